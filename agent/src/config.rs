@@ -1,0 +1,27 @@
+//! The agent's settings.
+
+use std::time::Duration;
+
+use crate::llm::LlmConfig;
+
+/// How long running jobs get to finish after SIGTERM before they are given
+/// back to the coordinator.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `https://host:port` of the coordinator.
+    pub coordinator: String,
+    /// PEM of the CA to trust for the coordinator (none: system roots).
+    pub ca_pem: Option<Vec<u8>>,
+    pub node_id: String,
+    pub region: String,
+    pub capabilities: Vec<String>,
+    pub max_workers: u32,
+    pub gpu: bool,
+    pub specialization: Option<String>,
+    pub llm: LlmConfig,
+    /// Models to announce instead of asking the LLM server.
+    pub models: Vec<String>,
+    pub drain_timeout: Duration,
+}

@@ -1,0 +1,21 @@
+//! kobo-agent: runs on each worker machine, leases jobs from `kobo-coord`
+//! over HTTPS, runs them on the machine's own LLM, and reports results and
+//! metrics. It only ever dials out (works behind NAT).
+//!
+//! # Layout
+//! - [`config`]: the agent's settings.
+//! - [`coordinator`]: the calls to the coordinator (register, lease, heartbeat, complete).
+//! - [`runner`]: the lease loop, job tasks, heartbeats and graceful drain.
+//! - [`llm`]: the LLM backends (Ollama, OpenAI-compatible, simulated).
+//! - [`metrics`]: system metrics for heartbeats.
+//! - [`signals`]: shutdown on SIGTERM or Ctrl-C.
+
+pub mod config;
+pub mod coordinator;
+pub mod llm;
+pub mod metrics;
+pub mod runner;
+pub mod signals;
+
+pub use config::AgentConfig;
+pub use runner::run;

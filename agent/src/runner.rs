@@ -1,0 +1,475 @@
+//! The agent's life: register, then three loops sharing one table of running
+//! jobs — lease (long-poll), heartbeat (renew leases, report metrics, learn of
+//! cancellations), and one task per job (run the LLM call, report the result
+//! until the coordinator has it). SIGTERM stops leasing, lets running jobs
+//! finish within the drain deadline, reports, and returns.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kobo_protocol::{
+    CompleteRequest, HeartbeatRequest, HeldLease, JobId, Lease, LeaseRequest, Outcome,
+    RegisterRequest, RegisterResponse,
+};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AgentConfig;
+use crate::coordinator::{CallError, CoordinatorClient};
+use crate::llm::{BackendKind, LlmClient};
+use crate::metrics::MetricsSampler;
+
+/// First delay after a failed call to the coordinator; doubles up to the cap.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+/// How long finished results keep being offered after shutdown began.
+const REPORT_DEADLINE_ON_SHUTDOWN: Duration = Duration::from_secs(15);
+
+/// One job this agent holds: running, or finished and waiting to be reported.
+struct Held {
+    lease_token: i64,
+    /// Cancelled when the coordinator says the job is no longer ours.
+    abort: CancellationToken,
+}
+
+struct Shared {
+    config: AgentConfig,
+    instance_id: String,
+    client: CoordinatorClient,
+    llm: LlmClient,
+    held: Mutex<HashMap<JobId, Held>>,
+    slots: Arc<Semaphore>,
+    /// Set when the coordinator asks this node to drain.
+    draining: AtomicBool,
+    /// Woken when the node must register again (coordinator forgot it).
+    reregister: Notify,
+    timings: Mutex<RegisterResponse>,
+}
+
+impl Shared {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn timings(&self) -> RegisterResponse {
+        self.timings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Doubling delay for retries, reset on success.
+struct Retry(Duration);
+
+impl Retry {
+    fn new() -> Retry {
+        Retry(RETRY_FIRST)
+    }
+
+    /// Sleeps the current delay (with jitter), or until `stop` is cancelled.
+    async fn wait(&mut self, stop: &CancellationToken) {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = self.sleep() => {}
+        }
+    }
+
+    async fn sleep(&mut self) {
+        let jitter = 0.5 + rand::random::<f64>() * 0.5;
+        let delay = self.0.mul_f64(jitter);
+        self.0 = (self.0 * 2).min(RETRY_CAP);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn random_instance_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Runs the agent until `shutdown` is cancelled and running jobs drained.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = CoordinatorClient::new(&config.coordinator, config.ca_pem.as_deref())?;
+    let llm = LlmClient::new(config.llm.clone())?;
+    let models = if config.models.is_empty() {
+        match llm.list_models().await {
+            Ok(models) => models,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list the LLM's models; announcing none");
+                config.llm.default_model.iter().cloned().collect()
+            }
+        }
+    } else {
+        config.models.clone()
+    };
+    let shared = Arc::new(Shared {
+        instance_id: random_instance_id(),
+        client,
+        llm,
+        held: Mutex::new(HashMap::new()),
+        slots: Arc::new(Semaphore::new(config.max_workers as usize)),
+        draining: AtomicBool::new(false),
+        reregister: Notify::new(),
+        timings: Mutex::new(RegisterResponse {
+            heartbeat_interval_ms: 3000,
+            lease_ttl_ms: 15_000,
+            long_poll_ms: 25_000,
+            server_time: 0,
+        }),
+        config,
+    });
+    let register = RegisterRequest {
+        node_id: shared.config.node_id.clone(),
+        instance_id: shared.instance_id.clone(),
+        region: shared.config.region.clone(),
+        capabilities: shared.config.capabilities.clone(),
+        max_workers: shared.config.max_workers,
+        gpu: shared.config.gpu,
+        backend: shared.llm.kind().as_str().to_string(),
+        models,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        specialization: shared.config.specialization.clone(),
+    };
+    if !register_until_done(&shared, &register, &shutdown).await {
+        return Ok(());
+    }
+    tracing::info!(
+        node_id = %shared.config.node_id,
+        coordinator = %shared.config.coordinator,
+        backend = %shared.llm.kind(),
+        models = ?register.models,
+        max_workers = shared.config.max_workers,
+        "agent registered"
+    );
+
+    // Jobs and their reports outlive the lease loop: they get their own token,
+    // cancelled only when the drain deadline passes.
+    let jobs_abort = CancellationToken::new();
+    let jobs = TaskTracker::new();
+    let background = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), background.clone()));
+    let reregister = tokio::spawn(reregister_loop(
+        shared.clone(),
+        register,
+        background.clone(),
+    ));
+
+    lease_loop(&shared, &shutdown, &jobs, &jobs_abort).await;
+
+    jobs.close();
+    let n_running = shared.held().len();
+    tracing::info!(n_running, drain_timeout = ?shared.config.drain_timeout, "stopping: no new leases, finishing running jobs");
+    if tokio::time::timeout(shared.config.drain_timeout, jobs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; giving the remaining jobs back");
+        jobs_abort.cancel();
+        let _ = tokio::time::timeout(REPORT_DEADLINE_ON_SHUTDOWN, jobs.wait()).await;
+    }
+    background.cancel();
+    let _ = heartbeat.await;
+    let _ = reregister.await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn register_until_done(
+    shared: &Shared,
+    req: &RegisterRequest,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut retry = Retry::new();
+    loop {
+        match shared.client.register(req).await {
+            Ok(timings) => {
+                *shared
+                    .timings
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = timings;
+                return true;
+            }
+            Err(CallError::Rejected(message)) => {
+                tracing::error!(%message, "the coordinator rejected the registration");
+            }
+            Err(err) => tracing::warn!(error = %err, "registration failed; retrying"),
+        }
+        retry.wait(shutdown).await;
+        if shutdown.is_cancelled() {
+            return false;
+        }
+    }
+}
+
+async fn reregister_loop(shared: Arc<Shared>, req: RegisterRequest, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.reregister.notified() => {}
+        }
+        tracing::warn!("the coordinator does not know this agent; registering again");
+        register_until_done(&shared, &req, &stop).await;
+    }
+}
+
+/// Takes free worker slots: waits for one, then grabs any others free now.
+async fn take_slots(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        permit = shared.slots.clone().acquire_owned() => permit.ok()?,
+    };
+    let mut permits = vec![first];
+    while let Ok(permit) = shared.slots.clone().try_acquire_owned() {
+        permits.push(permit);
+    }
+    Some(permits)
+}
+
+async fn lease_loop(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    jobs: &TaskTracker,
+    jobs_abort: &CancellationToken,
+) {
+    let mut retry = Retry::new();
+    loop {
+        let Some(mut permits) = take_slots(shared, shutdown).await else {
+            return;
+        };
+        let timings = shared.timings();
+        if shared.draining.load(Ordering::Relaxed) {
+            drop(permits);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(timings.heartbeat_interval_ms)) => continue,
+            }
+        }
+        let req = LeaseRequest {
+            node_id: shared.config.node_id.clone(),
+            instance_id: shared.instance_id.clone(),
+            max_jobs: permits.len() as u32,
+            wait_ms: timings.long_poll_ms,
+        };
+        let answer = tokio::select! {
+            // Dropping the request closes it: the coordinator unparks us, and
+            // gives back any lease it was handing over at that instant.
+            _ = shutdown.cancelled() => return,
+            answer = shared.client.lease(&req) => answer,
+        };
+        match answer {
+            Ok(answer) => {
+                retry = Retry::new();
+                for lease in answer.leases {
+                    let Some(permit) = permits.pop() else {
+                        tracing::error!(
+                            job_id = lease.job_id,
+                            "coordinator granted more jobs than asked for"
+                        );
+                        break;
+                    };
+                    start_job(shared, lease, permit, jobs, jobs_abort);
+                }
+            }
+            Err(CallError::Unregistered(message)) => {
+                tracing::debug!(%message, "lease refused");
+                shared.reregister.notify_one();
+                drop(permits);
+                retry.wait(shutdown).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "lease request failed");
+                drop(permits);
+                retry.wait(shutdown).await;
+            }
+        }
+    }
+}
+
+fn start_job(
+    shared: &Arc<Shared>,
+    lease: Lease,
+    permit: OwnedSemaphorePermit,
+    jobs: &TaskTracker,
+    jobs_abort: &CancellationToken,
+) {
+    let abort = jobs_abort.child_token();
+    shared.held().insert(
+        lease.job_id,
+        Held {
+            lease_token: lease.lease_token,
+            abort: abort.clone(),
+        },
+    );
+    tracing::debug!(job_id = lease.job_id, lease_token = lease.lease_token, kind = %lease.kind, "job started");
+    jobs.spawn(run_job(shared.clone(), lease, permit, abort));
+}
+
+async fn run_job(
+    shared: Arc<Shared>,
+    lease: Lease,
+    permit: OwnedSemaphorePermit,
+    abort: CancellationToken,
+) {
+    let job_id = lease.job_id;
+    let started = Instant::now();
+    let call = shared.llm.run(&lease.request);
+    let outcome = tokio::select! {
+        _ = abort.cancelled() => None,
+        result = with_timeout(lease.timeout_ms, call) => Some(match result {
+            Ok(Ok(output)) => Outcome::Succeeded { output },
+            Ok(Err(err)) => Outcome::Failed { error: err.message, retryable: err.retryable },
+            Err(limit) => Outcome::Failed {
+                error: format!("timed out after {} ms", limit.as_millis()),
+                retryable: true,
+            },
+        }),
+    };
+    // The worker is free as soon as the LLM call ends; reporting may take
+    // longer when the coordinator is away.
+    drop(permit);
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None if shared.held().contains_key(&job_id) => {
+            // Aborted by the drain deadline, not by the coordinator: say so,
+            // so the job is retried elsewhere at once.
+            Outcome::Failed {
+                error: "agent shut down before the job finished".into(),
+                retryable: true,
+            }
+        }
+        None => {
+            tracing::info!(job_id, "job aborted: cancelled or no longer ours");
+            return;
+        }
+    };
+    tracing::debug!(
+        job_id,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "job finished; reporting"
+    );
+    report(&shared, job_id, lease.lease_token, outcome).await;
+    shared.held().remove(&job_id);
+}
+
+async fn with_timeout<F: std::future::Future>(
+    timeout_ms: Option<u64>,
+    fut: F,
+) -> Result<F::Output, Duration> {
+    match timeout_ms {
+        Some(ms) => {
+            let limit = Duration::from_millis(ms);
+            tokio::time::timeout(limit, fut).await.map_err(|_| limit)
+        }
+        None => Ok(fut.await),
+    }
+}
+
+/// Offers the result until the coordinator takes it, says it is stale, or
+/// the job is taken away; keeps trying while the coordinator is unreachable.
+async fn report(shared: &Shared, job_id: JobId, lease_token: i64, outcome: Outcome) {
+    let mut req = CompleteRequest {
+        node_id: shared.config.node_id.clone(),
+        lease_token,
+        outcome,
+    };
+    let mut retry = Retry::new();
+    loop {
+        match shared.client.complete(job_id, &req).await {
+            Ok(answer) => {
+                tracing::debug!(job_id, state = %answer.state, duplicate = answer.duplicate, "result accepted");
+                return;
+            }
+            Err(CallError::Stale(message)) => {
+                tracing::info!(job_id, %message, "result refused: the lease is no longer ours");
+                return;
+            }
+            Err(CallError::Rejected(message)) => {
+                if matches!(req.outcome, Outcome::Succeeded { .. }) {
+                    tracing::warn!(job_id, %message, "result rejected; reporting the rejection as the job's failure");
+                    req.outcome = Outcome::Failed {
+                        error: format!("the coordinator rejected the result: {message}"),
+                        retryable: false,
+                    };
+                    continue;
+                }
+                tracing::error!(job_id, %message, "failure report rejected");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(job_id, error = %err, "reporting failed; keeping the result and retrying");
+            }
+        }
+        retry.sleep().await;
+        if !shared.held().contains_key(&job_id) {
+            // Taken away by a heartbeat answer meanwhile.
+            return;
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut sampler = MetricsSampler::new();
+    let mut rtt_ms = None;
+    loop {
+        let interval = Duration::from_millis(shared.timings().heartbeat_interval_ms);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let running: Vec<HeldLease> = shared
+            .held()
+            .iter()
+            .map(|(job_id, held)| HeldLease {
+                job_id: *job_id,
+                lease_token: held.lease_token,
+            })
+            .collect();
+        let loaded_models = match shared.llm.kind() {
+            BackendKind::Ollama => shared.llm.loaded_models().await.ok().flatten(),
+            _ => None,
+        };
+        let req = HeartbeatRequest {
+            node_id: shared.config.node_id.clone(),
+            instance_id: shared.instance_id.clone(),
+            running,
+            metrics: Some(sampler.sample()),
+            rtt_ms,
+            loaded_models,
+        };
+        let sent = Instant::now();
+        match shared.client.heartbeat(&req).await {
+            Ok(answer) => {
+                rtt_ms = Some(sent.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                if let Ok(mut timings) = shared.timings.lock() {
+                    timings.heartbeat_interval_ms = answer.heartbeat_interval_ms;
+                    timings.lease_ttl_ms = answer.lease_ttl_ms;
+                }
+                let was_draining = shared.draining.swap(answer.drain, Ordering::Relaxed);
+                if answer.drain && !was_draining {
+                    tracing::info!("coordinator asked this node to drain: no new jobs");
+                }
+                let mut held = shared.held();
+                for job_id in answer.cancelled.iter().chain(answer.revoked.iter()) {
+                    if let Some(job) = held.remove(job_id) {
+                        tracing::info!(
+                            job_id,
+                            "job no longer ours (cancelled or reassigned); aborting"
+                        );
+                        job.abort.cancel();
+                    }
+                }
+            }
+            Err(CallError::Unregistered(message)) => {
+                tracing::debug!(%message, "heartbeat refused");
+                shared.reregister.notify_one();
+            }
+            Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! The `kobo-coord` command line: argument definitions and the client
+//! commands (`submit`, `jobs`, `job`, `cancel`, `nodes`) with their human and
+//! `--json` outputs.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use kobo_protocol::{
+    GenerationOptions, JobDetail, JobListQuery, JobState, JobView, NodeView, Preferences,
+    Requirements, SubmitJob, UnixMillis,
+};
+
+use crate::client::{ApiClient, Endpoint};
+use crate::config::{QueueConfig, ServeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kobo-coord",
+    version,
+    about = "The kobo coordinator: a durable LLM job queue with agents on many machines"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator (HTTPS API on one TLS listener).
+    Serve(ServeArgs),
+    /// Start a coordinator and three local agents, run a mixed batch of jobs, print where each ran.
+    Demo(DemoArgs),
+    /// Submit a job; prints its id (with --wait, its result).
+    Submit(SubmitArgs),
+    /// List jobs, newest first.
+    Jobs(JobsArgs),
+    /// Show one job with its attempts and events.
+    Job(JobArgs),
+    /// Cancel a queued or running job.
+    Cancel(JobArgs),
+    /// List nodes with status, load, last heartbeat and metrics.
+    Nodes(NodesArgs),
+}
+
+/// Where the data directory is; shared by `serve` and client commands.
+#[derive(Debug, Args, Clone)]
+pub struct DataDirArg {
+    /// Data directory (database, CA, credentials).
+    #[arg(long, env = "KOBO_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+}
+
+/// The default data directory: `$XDG_DATA_HOME/kobo` or `~/.local/share/kobo`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("kobo");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/kobo"),
+        None => PathBuf::from("kobo-data"),
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Coordinator URL (default: the local coordinator of --data-dir).
+    #[arg(long, env = "KOBO_URL")]
+    pub url: Option<String>,
+    /// CA certificate to trust (default: <data-dir>/ca.pem when present).
+    #[arg(long, env = "KOBO_CA")]
+    pub ca: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
+        let endpoint =
+            Endpoint::resolve(&self.data_dir.data_dir, self.url.clone(), self.ca.clone())?;
+        ApiClient::new(&endpoint)
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct QueueArgs {
+    /// Heartbeat interval agents must keep (ms); 3 missed = node lost.
+    #[arg(long, default_value_t = QueueConfig::default().heartbeat_interval_ms)]
+    pub heartbeat_ms: u64,
+    /// Lease lifetime, renewed by each heartbeat (ms).
+    #[arg(long, default_value_t = QueueConfig::default().lease_ttl_ms)]
+    pub lease_ttl_ms: u64,
+    /// Longest a lease request parks waiting for work (ms).
+    #[arg(long, default_value_t = QueueConfig::default().long_poll_ms)]
+    pub long_poll_ms: u64,
+    /// First retry delay after a failed attempt (ms); doubles per attempt, with jitter.
+    #[arg(long, default_value_t = QueueConfig::default().retry_base_ms)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay (ms).
+    #[arg(long, default_value_t = QueueConfig::default().retry_cap_ms)]
+    pub retry_cap_ms: u64,
+    /// Attempts of a job that names none.
+    #[arg(long, default_value_t = QueueConfig::default().default_max_attempts)]
+    pub max_attempts: u32,
+}
+
+impl QueueArgs {
+    pub fn config(&self) -> anyhow::Result<QueueConfig> {
+        if self.heartbeat_ms == 0 || self.lease_ttl_ms == 0 {
+            bail!("--heartbeat-ms and --lease-ttl-ms must be positive");
+        }
+        if self.lease_ttl_ms <= self.heartbeat_ms {
+            bail!(
+                "--lease-ttl-ms ({}) must be longer than --heartbeat-ms ({}): heartbeats renew leases",
+                self.lease_ttl_ms,
+                self.heartbeat_ms
+            );
+        }
+        if self.max_attempts == 0 {
+            bail!("--max-attempts must be at least 1");
+        }
+        Ok(QueueConfig {
+            heartbeat_interval_ms: self.heartbeat_ms,
+            lease_ttl_ms: self.lease_ttl_ms,
+            long_poll_ms: self.long_poll_ms,
+            retry_base_ms: self.retry_base_ms,
+            retry_cap_ms: self.retry_cap_ms.max(self.retry_base_ms),
+            default_max_attempts: self.max_attempts,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Address to listen on.
+    #[arg(long, env = "KOBO_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Extra DNS names or IPs for the server certificate (repeatable).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// URL clients should use, written to <data-dir>/client.json.
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> anyhow::Result<ServeConfig> {
+        Ok(ServeConfig {
+            data_dir: self.data_dir.data_dir.clone(),
+            queue: self.queue.config()?,
+            sans: self.sans.clone(),
+            advertise_url: self.advertise_url.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Jobs in the mixed batch.
+    #[arg(long, default_value_t = 12)]
+    pub jobs: usize,
+    /// Latency of the simulated LLM when no Ollama answers (ms).
+    #[arg(long, default_value_t = 400)]
+    pub sim_latency_ms: u64,
+    /// Use the simulated LLM even if Ollama answers on 127.0.0.1:11434.
+    #[arg(long)]
+    pub sim: bool,
+    /// Keep the demo's data directory (printed at the end) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The prompt; `-` reads it from standard input.
+    pub prompt: Option<String>,
+    /// A whole job as JSON (the body of POST /v1/jobs); `-` for standard input.
+    #[arg(long, conflicts_with = "prompt")]
+    pub file: Option<PathBuf>,
+    /// Kind of work; a node must list it among its capabilities.
+    #[arg(long, default_value = "general_query")]
+    pub kind: String,
+    /// Model to call; only nodes serving it may run the job.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Per-attempt time limit of the LLM call (ms).
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Start no sooner than this many ms from now.
+    #[arg(long)]
+    pub delay_ms: Option<u64>,
+    /// A second submit with the same key returns the first job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Extra capabilities the node must have (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub require: Vec<String>,
+    /// Only GPU nodes.
+    #[arg(long)]
+    pub gpu: bool,
+    /// Data must stay in this area (japan, europe, us, ...).
+    #[arg(long)]
+    pub data_location: Option<String>,
+    /// Only nodes declaring confidential_processing.
+    #[arg(long)]
+    pub confidential: bool,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Wait for the job to finish and print its result.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<JobState>,
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The job id.
+    pub id: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    JobState::parse(s).ok_or_else(|| {
+        let all: Vec<_> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown state {s:?}; one of {}", all.join(", "))
+    })
+}
+
+fn read_arg_or_stdin(value: &str) -> anyhow::Result<String> {
+    if value == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+        Ok(text)
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let job = match &args.file {
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                read_arg_or_stdin("-")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+            };
+            serde_json::from_str::<SubmitJob>(&text)
+                .with_context(|| format!("parsing job {}", path.display()))?
+        }
+        None => {
+            let Some(prompt) = &args.prompt else {
+                bail!("give a prompt (or `-` for standard input, or --file job.json)");
+            };
+            let options = (args.temperature.is_some() || args.max_tokens.is_some()).then(|| {
+                GenerationOptions {
+                    temperature: args.temperature,
+                    max_tokens: args.max_tokens,
+                    ..GenerationOptions::default()
+                }
+            });
+            SubmitJob {
+                kind: args.kind.clone(),
+                model: args.model.clone(),
+                prompt: Some(read_arg_or_stdin(prompt)?),
+                system: args.system.clone(),
+                options,
+                requirements: Requirements {
+                    capabilities: args.require.clone(),
+                    gpu: args.gpu,
+                    data_location: args.data_location.clone(),
+                    confidential: args.confidential,
+                },
+                preferences: Preferences::default(),
+                priority: args.priority,
+                max_attempts: args.max_attempts,
+                timeout_ms: args.timeout_ms,
+                run_at: args
+                    .delay_ms
+                    .map(|d| crate::store::unix_now_ms() + d as i64),
+                idempotency_key: args.idempotency_key.clone(),
+                ..SubmitJob::default()
+            }
+        }
+    };
+    let client = args.client.client()?;
+    let answer = client.submit(&job).await?;
+    if !args.wait {
+        if args.client.json {
+            return print_json(&answer);
+        }
+        println!("{}", answer.id);
+        return Ok(());
+    }
+    let job = client.wait_terminal(answer.id).await?;
+    if args.client.json {
+        return print_json(&job);
+    }
+    match (&job.state, &job.output) {
+        (JobState::Succeeded, Some(output)) => {
+            println!("{}", output.text);
+            Ok(())
+        }
+        _ => bail!(
+            "job {} ended {}{}",
+            job.id,
+            job.state,
+            job.last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// `2026-11-24 09:15:02` in UTC, or `-`.
+pub fn format_time(ms: Option<UnixMillis>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn ago(ms: UnixMillis) -> String {
+    let secs = (crate::store::unix_now_ms() - ms).max(0) as f64 / 1000.0;
+    format!("{secs:.1}s ago")
+}
+
+fn head(text: &str, n: usize) -> String {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if line.chars().count() > n {
+        format!("{}…", line.chars().take(n).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    table
+}
+
+pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    let query = JobListQuery {
+        state: args.state,
+        kind: args.kind.clone(),
+        node_id: args.node.clone(),
+        limit: Some(args.limit),
+        before_id: None,
+    };
+    let list = args.client.client()?.jobs(&query).await?;
+    if args.client.json {
+        return print_json(&list);
+    }
+    let mut t = table(&[
+        "id",
+        "state",
+        "kind",
+        "model",
+        "node",
+        "attempts",
+        "created",
+        "result / reason",
+    ]);
+    for job in &list.jobs {
+        t.add_row(vec![
+            job.id.to_string(),
+            job.state.to_string(),
+            job.kind.clone(),
+            job.model.clone().unwrap_or_else(|| "-".into()),
+            job.node_id.clone().unwrap_or_else(|| "-".into()),
+            format!("{}/{}", job.attempts, job.max_attempts),
+            format_time(Some(job.created_at)),
+            summary(job),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn summary(job: &JobView) -> String {
+    match job.state {
+        JobState::Succeeded => job
+            .output
+            .as_ref()
+            .map(|o| head(&o.text, 50))
+            .unwrap_or_default(),
+        JobState::Dead => job
+            .last_error
+            .as_deref()
+            .map(|e| head(e, 50))
+            .unwrap_or_default(),
+        JobState::Queued => job.queue_reason.clone().unwrap_or_default(),
+        JobState::Scheduled => format!("runs at {}", format_time(Some(job.run_at))),
+        JobState::Leased | JobState::Cancelled => String::new(),
+    }
+}
+
+pub async fn job(args: JobArgs) -> anyhow::Result<()> {
+    let detail = args.client.client()?.job(args.id).await?;
+    if args.client.json {
+        return print_json(&detail);
+    }
+    print_job(&detail);
+    Ok(())
+}
+
+fn print_job(detail: &JobDetail) {
+    let job = &detail.job;
+    println!(
+        "job {}  {}  kind={}  model={}",
+        job.id,
+        job.state,
+        job.kind,
+        job.model.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  priority {}  attempts {}/{}  node {}",
+        job.priority,
+        job.attempts,
+        job.max_attempts,
+        job.node_id.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  created {}  finished {}",
+        format_time(Some(job.created_at)),
+        format_time(job.finished_at)
+    );
+    if let Some(reason) = &job.queue_reason {
+        println!("  waiting: {reason}");
+    }
+    if let Some(err) = &job.last_error {
+        println!("  last error: {err}");
+    }
+    if let Some(output) = &job.output {
+        println!(
+            "  result ({} prompt + {} completion tokens, {} ms, model {}):",
+            output.usage.prompt_tokens,
+            output.usage.completion_tokens,
+            output.usage.duration_ms,
+            output.model
+        );
+        for line in output.text.lines() {
+            println!("    {line}");
+        }
+    }
+    if !detail.attempts.is_empty() {
+        let mut t = table(&[
+            "attempt", "lease", "node", "started", "finished", "outcome", "error",
+        ]);
+        for a in &detail.attempts {
+            t.add_row(vec![
+                a.attempt.to_string(),
+                a.lease_token.to_string(),
+                a.node_id.clone(),
+                format_time(Some(a.started_at)),
+                format_time(a.finished_at),
+                a.outcome.clone(),
+                a.error.as_deref().map(|e| head(e, 60)).unwrap_or_default(),
+            ]);
+        }
+        println!("{t}");
+    }
+    let mut t = table(&["at", "from", "to", "node", "attempt", "detail"]);
+    for e in &detail.events {
+        t.add_row(vec![
+            format_time(Some(e.at)),
+            e.from_state
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            e.to_state.to_string(),
+            e.node_id.clone().unwrap_or_else(|| "-".into()),
+            e.attempt.to_string(),
+            e.detail.as_deref().map(|d| head(d, 60)).unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {
+    let job = args.client.client()?.cancel(args.id).await?;
+    if args.client.json {
+        return print_json(&job);
+    }
+    println!("job {} {}", job.id, job.state);
+    Ok(())
+}
+
+pub async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let nodes = args.client.client()?.nodes().await?;
+    if args.client.json {
+        return print_json(&nodes);
+    }
+    println!("{}", nodes_table(&nodes));
+    Ok(())
+}
+
+pub fn nodes_table(nodes: &[NodeView]) -> Table {
+    let mut t = table(&[
+        "node",
+        "region",
+        "status",
+        "load",
+        "capabilities",
+        "backend",
+        "heartbeat",
+        "rtt",
+        "done/failed",
+        "cpu",
+        "mem",
+    ]);
+    for n in nodes {
+        let (cpu, mem) = match &n.metrics {
+            Some(m) => (
+                format!("{:.0}%", m.cpu_percent),
+                format!(
+                    "{:.0}%",
+                    100.0 * m.mem_used_bytes as f64 / m.mem_total_bytes.max(1) as f64
+                ),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        t.add_row(vec![
+            n.node_id.clone(),
+            n.region.clone(),
+            n.status.as_str().to_string(),
+            format!("{}/{}", n.running, n.max_workers),
+            n.capabilities.join(","),
+            format!("{}{}", n.backend, if n.gpu { " gpu" } else { "" }),
+            ago(n.last_heartbeat_at),
+            n.rtt_ms
+                .map(|r| format!("{r} ms"))
+                .unwrap_or_else(|| "-".into()),
+            format!("{}/{}", n.jobs_succeeded, n.jobs_failed),
+            cpu,
+            mem,
+        ]);
+    }
+    t
+}
+
+/// How long `submit --wait` and the demo wait per call before asking again.
+pub const WAIT_SLICE: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_time(Some(0)), "1970-01-01 00:00:00");
+        assert_eq!(format_time(Some(1_795_000_000_000)), "2026-11-18 11:06:40");
+        assert_eq!(format_time(None), "-");
+    }
+}

@@ -1,0 +1,220 @@
+//! A typed HTTPS client for the coordinator's client routes, used by the CLI,
+//! the demo, tests and (later) the MCP adapter.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use kobo_protocol::{
+    ErrorBody, JobDetail, JobId, JobList, JobListQuery, JobView, NodeView, SubmitBatch,
+    SubmitBatchResponse, SubmitJob, SubmitResponse,
+};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::server::{CLIENT_FILE, ClientFile};
+
+/// Connect timeout for client calls.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to reach a coordinator.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Endpoint {
+    /// Resolves the endpoint: explicit `url`/`ca` win; otherwise the data
+    /// directory's `client.json` and `ca.pem` (a local coordinator).
+    pub fn resolve(
+        data_dir: &Path,
+        url: Option<String>,
+        ca: Option<PathBuf>,
+    ) -> anyhow::Result<Endpoint> {
+        let url = match url {
+            Some(url) => url,
+            None => {
+                let path = data_dir.join(CLIENT_FILE);
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "reading {} (is `kobo-coord serve` running with this --data-dir? elsewhere pass --url or KOBO_URL)",
+                        path.display()
+                    )
+                })?;
+                let file: ClientFile = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                file.url
+            }
+        };
+        let ca_path = ca.or_else(|| {
+            let local = data_dir.join("ca.pem");
+            local.exists().then_some(local)
+        });
+        let ca_pem = match ca_path {
+            Some(path) => Some(
+                std::fs::read(&path)
+                    .with_context(|| format!("reading CA certificate {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Endpoint { url, ca_pem })
+    }
+}
+
+/// Builds a reqwest client that trusts `ca_pem` only (or the system roots
+/// when none is given).
+pub fn http_client(ca_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .user_agent(concat!("kobo/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem).context("parsing the CA certificate")?;
+        if certs.is_empty() {
+            bail!("the CA file holds no certificate");
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().context("building the HTTPS client")
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ApiClient {
+    pub fn new(endpoint: &Endpoint) -> anyhow::Result<ApiClient> {
+        Ok(ApiClient {
+            http: http_client(endpoint.ca_pem.as_deref())?,
+            base: endpoint.url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: Vec<(String, String)>,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if !query.is_empty() {
+            request = request.query(&query);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", self.base))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .context("reading the coordinator's answer")?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .with_context(|| format!("decoding the answer of {path}"));
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    pub async fn submit(&self, job: &SubmitJob) -> anyhow::Result<SubmitResponse> {
+        self.call(Method::POST, "/v1/jobs", Vec::new(), Some(job))
+            .await
+    }
+
+    pub async fn submit_batch(&self, jobs: Vec<SubmitJob>) -> anyhow::Result<SubmitBatchResponse> {
+        self.call(
+            Method::POST,
+            "/v1/jobs/batch",
+            Vec::new(),
+            Some(&SubmitBatch { jobs }),
+        )
+        .await
+    }
+
+    pub async fn jobs(&self, query: &JobListQuery) -> anyhow::Result<JobList> {
+        self.call(Method::GET, "/v1/jobs", query_pairs(query), None::<&()>)
+            .await
+    }
+
+    pub async fn job(&self, id: JobId) -> anyhow::Result<JobDetail> {
+        self.call(
+            Method::GET,
+            &format!("/v1/jobs/{id}"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Waits up to `timeout` for the job to finish; returns it either way.
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> anyhow::Result<JobView> {
+        let query = kobo_protocol::WaitQuery {
+            timeout_ms: Some(timeout.as_millis() as u64),
+        };
+        self.call(
+            Method::GET,
+            &format!("/v1/jobs/{id}/wait"),
+            query_pairs(&query),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Waits for the job to finish, however long it takes.
+    pub async fn wait_terminal(&self, id: JobId) -> anyhow::Result<JobView> {
+        loop {
+            let job = self.wait(id, Duration::from_secs(60)).await?;
+            if job.state.is_terminal() {
+                return Ok(job);
+            }
+        }
+    }
+
+    pub async fn cancel(&self, id: JobId) -> anyhow::Result<JobView> {
+        self.call(
+            Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
+        self.call(Method::GET, "/v1/nodes", Vec::new(), None::<&()>)
+            .await
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(err) => anyhow!("{} ({})", err.error.message, status),
+        Err(_) => anyhow!("{}: {}", status, String::from_utf8_lossy(body)),
+    }
+}
+
+/// A query struct as key/value pairs (its JSON fields, nulls left out).
+fn query_pairs<T: Serialize>(query: &T) -> Vec<(String, String)> {
+    match serde_json::to_value(query) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,64 @@
+//! Coordinator settings: queue timings and server options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default heartbeat interval agents are told to keep.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(3);
+/// Default lease lifetime; renewed by every heartbeat, so it must cover a few.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+/// A node that missed this many heartbeats is lost and its leases released.
+pub const MISSED_HEARTBEATS_LOST: u32 = 3;
+/// Longest a lease request parks: under common 30 s proxy idle timeouts.
+pub const DEFAULT_LONG_POLL: Duration = Duration::from_secs(25);
+/// First retry delay; doubled per attempt, with jitter.
+pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+pub const DEFAULT_RETRY_CAP: Duration = Duration::from_secs(300);
+/// Attempts of a job that names none.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// How long node metrics are kept.
+pub const METRICS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Timings of the queue, shared by the store, the hub and the reaper.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub heartbeat_interval_ms: u64,
+    pub lease_ttl_ms: u64,
+    pub long_poll_ms: u64,
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    pub default_max_attempts: u32,
+}
+
+impl QueueConfig {
+    /// A node whose last heartbeat is older than this is lost.
+    pub fn lost_after_ms(&self) -> u64 {
+        self.heartbeat_interval_ms * MISSED_HEARTBEATS_LOST as u64
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT.as_millis() as u64,
+            lease_ttl_ms: DEFAULT_LEASE_TTL.as_millis() as u64,
+            long_poll_ms: DEFAULT_LONG_POLL.as_millis() as u64,
+            retry_base_ms: DEFAULT_RETRY_BASE.as_millis() as u64,
+            retry_cap_ms: DEFAULT_RETRY_CAP.as_millis() as u64,
+            default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub queue: QueueConfig,
+    /// Extra subject alternative names for the server certificate.
+    pub sans: Vec<String>,
+    /// The URL clients should use, written to `<data-dir>/client.json`;
+    /// derived from the bound address when not set.
+    pub advertise_url: Option<String>,
+}

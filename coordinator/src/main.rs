@@ -1,0 +1,53 @@
+//! `kobo-coord`: parses the command line, sets up logging, runs a command.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use kobo_coord::cli::{self, Cli, Command};
+use tokio_util::sync::CancellationToken;
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("listening on {}", args.listen))?;
+            let shutdown = CancellationToken::new();
+            kobo_agent::signals::cancel_on_signal(shutdown.clone());
+            kobo_coord::serve(listener, config, shutdown).await
+        }
+        Command::Demo(args) => kobo_coord::demo::run(args).await,
+        Command::Submit(args) => cli::submit(args).await,
+        Command::Jobs(args) => cli::jobs(args).await,
+        Command::Job(args) => cli::job(args).await,
+        Command::Cancel(args) => cli::cancel(args).await,
+        Command::Nodes(args) => cli::nodes(args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kobo-coord: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Queue operations: each is one write on the store plus the hand-offs and
+//! notifications it causes. The HTTP layer calls these; they never see HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kobo_protocol::{
+    CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, JobId, JobState,
+    JobView, Lease, LeaseRequest, NodeStatus, RegisterRequest, RegisterResponse, SubmitJob,
+    SubmitResponse,
+};
+use rusqlite::params;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::METRICS_RETENTION;
+use crate::dispatch::{self, Hub};
+use crate::store::{self, Backoff, Changes, Effect, Store, StoreError, WriteCtx};
+
+/// Longest the timer sleeps even when nothing is due: a safety net, not a
+/// polling interval (every due time is computed and woken for).
+const TIMER_MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Shortest sleep between ticks, so a due time that a tick cannot clear never
+/// spins the timer.
+const TIMER_MIN_SLEEP: Duration = Duration::from_millis(1);
+
+/// The queue: the store and the hub of parked agents.
+#[derive(Clone)]
+pub struct Queue {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+}
+
+/// Turns what a write changed into hand-offs and notifications.
+fn apply(ctx: &mut WriteCtx<'_>, changes: Changes) -> Result<(), StoreError> {
+    for job_id in changes.finished {
+        ctx.effect(Effect::Finished(job_id));
+    }
+    if changes.scheduled {
+        ctx.effect(Effect::WakeTimer);
+    }
+    dispatch::hand_off(ctx, changes.ready)
+}
+
+enum LeaseStart {
+    Granted(Vec<Lease>),
+    Parked(u64, oneshot::Receiver<Vec<Lease>>),
+    Idle,
+}
+
+/// Unparks a lease request when its handler ends, however it ends.
+struct ParkGuard<'a> {
+    hub: &'a Hub,
+    waiter_id: u64,
+}
+
+impl Drop for ParkGuard<'_> {
+    fn drop(&mut self) {
+        self.hub.unpark(self.waiter_id);
+    }
+}
+
+impl Queue {
+    pub fn new(store: Store, hub: Arc<Hub>) -> Queue {
+        Queue { store, hub }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base_ms: self.hub.config.retry_base_ms,
+            cap_ms: self.hub.config.retry_cap_ms,
+        }
+    }
+
+    /// Inserts validated jobs in one transaction; ready ones go straight to
+    /// parked agents that may run them.
+    pub async fn submit(&self, jobs: Vec<SubmitJob>) -> Result<Vec<SubmitResponse>, StoreError> {
+        self.store
+            .write(move |ctx| {
+                let mut changes = Changes::default();
+                let default_attempts = ctx.hub.config.default_max_attempts;
+                let answers = jobs
+                    .iter()
+                    .map(|job| {
+                        store::insert_job(ctx.tx, ctx.now, default_attempts, job, &mut changes)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                apply(ctx, changes)?;
+                Ok(answers)
+            })
+            .await
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, StoreError> {
+        let config = self.hub.config.clone();
+        self.store
+            .write(move |ctx| {
+                let mut changes = Changes::default();
+                store::register_node(ctx.tx, ctx.now, &req, &mut changes)?;
+                apply(ctx, changes)?;
+                tracing::info!(node_id = %req.node_id, region = %req.region, max_workers = req.max_workers, "agent registered");
+                Ok(RegisterResponse {
+                    heartbeat_interval_ms: config.heartbeat_interval_ms,
+                    lease_ttl_ms: config.lease_ttl_ms,
+                    long_poll_ms: config.long_poll_ms,
+                    server_time: ctx.now,
+                })
+            })
+            .await
+    }
+
+    /// Leases up to `max_jobs` jobs, parking up to `wait` when none is ready.
+    pub async fn lease(&self, req: LeaseRequest) -> Result<Vec<Lease>, StoreError> {
+        let wait = Duration::from_millis(req.wait_ms.min(self.hub.config.long_poll_ms));
+        let start = self
+            .store
+            .write(move |ctx| {
+                let node = store::load_node(ctx.tx, &req.node_id)?;
+                if node.instance_id != req.instance_id {
+                    return Err(StoreError::Conflict(format!(
+                        "node {} is registered by another agent instance; register again",
+                        req.node_id
+                    )));
+                }
+                store::touch_node(ctx.tx, ctx.now, &req.node_id)?;
+                if matches!(node.status, NodeStatus::Draining | NodeStatus::Drained) {
+                    return Ok(LeaseStart::Idle);
+                }
+                let ttl = ctx.hub.config.lease_ttl_ms;
+                let leases =
+                    store::lease_for_node(ctx.tx, ctx.now, ttl, &node.profile, req.max_jobs)?;
+                if !leases.is_empty() || req.wait_ms == 0 {
+                    return Ok(LeaseStart::Granted(leases));
+                }
+                let (sender, receiver) = oneshot::channel();
+                let waiter_id = ctx.hub.park(node.profile, req.max_jobs, sender, ctx.now);
+                Ok(LeaseStart::Parked(waiter_id, receiver))
+            })
+            .await?;
+        match start {
+            LeaseStart::Granted(leases) => Ok(leases),
+            LeaseStart::Idle => {
+                tokio::time::sleep(wait).await;
+                Ok(Vec::new())
+            }
+            LeaseStart::Parked(waiter_id, mut receiver) => {
+                let guard = ParkGuard {
+                    hub: &self.hub,
+                    waiter_id,
+                };
+                match tokio::time::timeout(wait, &mut receiver).await {
+                    Ok(leases) => Ok(leases.unwrap_or_default()),
+                    Err(_) => {
+                        if self.hub.unpark(waiter_id) {
+                            Ok(Vec::new())
+                        } else {
+                            // Claimed by a hand-off just now: its leases are
+                            // committed and on their way.
+                            drop(guard);
+                            Ok(receiver.await.unwrap_or_default())
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, StoreError> {
+        self.store
+            .write(move |ctx| {
+                let node = store::load_node(ctx.tx, &req.node_id)?;
+                if node.instance_id != req.instance_id {
+                    return Err(StoreError::Conflict(format!(
+                        "node {} is registered by another agent instance; register again",
+                        req.node_id
+                    )));
+                }
+                store::record_heartbeat(ctx.tx, ctx.now, &req)?;
+                let config = &ctx.hub.config;
+                let (cancelled, revoked) = store::renew_leases(
+                    ctx.tx,
+                    ctx.now,
+                    config.lease_ttl_ms,
+                    &req.node_id,
+                    &req.running,
+                )?;
+                Ok(HeartbeatResponse {
+                    cancelled,
+                    revoked,
+                    drain: matches!(node.status, NodeStatus::Draining | NodeStatus::Drained),
+                    lease_ttl_ms: config.lease_ttl_ms,
+                    heartbeat_interval_ms: config.heartbeat_interval_ms,
+                })
+            })
+            .await
+    }
+
+    pub async fn complete(
+        &self,
+        job_id: JobId,
+        req: CompleteRequest,
+    ) -> Result<CompleteResponse, StoreError> {
+        let backoff = self.backoff();
+        self.store
+            .write(move |ctx| {
+                let mut changes = Changes::default();
+                let jitter = rand::random::<f64>();
+                let answer = store::complete_job(
+                    ctx.tx,
+                    ctx.now,
+                    backoff,
+                    jitter,
+                    job_id,
+                    &req,
+                    &mut changes,
+                )?;
+                apply(ctx, changes)?;
+                Ok(answer)
+            })
+            .await
+    }
+
+    /// Cancels a job; returns the state it was in.
+    pub async fn cancel(&self, job_id: JobId) -> Result<JobState, StoreError> {
+        self.store
+            .write(move |ctx| {
+                let mut changes = Changes::default();
+                let before = store::cancel_job(ctx.tx, ctx.now, job_id, &mut changes)?;
+                apply(ctx, changes)?;
+                Ok(before)
+            })
+            .await
+    }
+
+    /// The job once it is terminal, or as it is when `timeout` passes.
+    pub async fn wait(&self, job_id: JobId, timeout: Duration) -> Result<JobView, StoreError> {
+        let finished = self.hub.watch_job(job_id);
+        let job = self.get(job_id).await?;
+        if job.state.is_terminal() {
+            return Ok(job);
+        }
+        let _ = tokio::time::timeout(timeout, finished).await;
+        self.get(job_id).await
+    }
+
+    pub async fn get(&self, job_id: JobId) -> Result<JobView, StoreError> {
+        self.store
+            .read(move |conn| store::get_job(conn, job_id)?.ok_or(StoreError::JobNotFound(job_id)))
+            .await
+    }
+
+    /// Runs the clock-driven transitions due now. Returns true if a batch
+    /// limit was hit (more is due at once).
+    pub async fn tick(&self) -> Result<bool, StoreError> {
+        self.store
+            .write(|ctx| {
+                let mut changes = Changes::default();
+                let lost_after = ctx.hub.config.lost_after_ms();
+                let lost = store::mark_lost_nodes(ctx.tx, ctx.now, lost_after, &mut changes)?;
+                for node_id in &lost {
+                    tracing::warn!(%node_id, "node lost: missed heartbeats; its leases were released");
+                }
+                let n_expired = store::reap_expired(ctx.tx, ctx.now, &mut changes)?;
+                let n_due = store::promote_due(ctx.tx, ctx.now, &mut changes)?;
+                store::prune_metrics(ctx.tx, ctx.now - METRICS_RETENTION.as_millis() as i64)?;
+                apply(ctx, changes)?;
+                let full = store::TIMED_BATCH as usize;
+                Ok(n_expired >= full || n_due >= full)
+            })
+            .await
+    }
+
+    /// After a restart: the coordinator was away, so nodes get a fresh
+    /// heartbeat deadline and leases a fresh expiry instead of being declared
+    /// lost for the coordinator's own absence.
+    pub async fn recover_after_restart(&self) -> Result<(), StoreError> {
+        self.store
+            .write(|ctx| {
+                let ttl = ctx.hub.config.lease_ttl_ms as i64;
+                ctx.tx.execute(
+                    "UPDATE nodes SET last_heartbeat_at = ?1 WHERE status IN ('active', 'draining', 'drained')",
+                    [ctx.now],
+                )?;
+                ctx.tx.execute(
+                    "UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?1) WHERE state = 'leased'",
+                    params![ctx.now + ttl],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Sleeps until the next timed transition is due, runs it, repeats.
+    pub async fn run_timer(&self, shutdown: CancellationToken) {
+        loop {
+            let lost_after = self.hub.config.lost_after_ms();
+            let next = self
+                .store
+                .read(move |conn| store::next_wakeup(conn, lost_after))
+                .await;
+            let now = store::unix_now_ms();
+            let sleep = match next {
+                Ok(Some(at)) => Duration::from_millis(at.saturating_sub(now).max(0) as u64),
+                Ok(None) => TIMER_MAX_SLEEP,
+                Err(err) => {
+                    tracing::error!(error = %err, "timer: reading next wake-up failed");
+                    TIMER_MAX_SLEEP
+                }
+            }
+            .clamp(TIMER_MIN_SLEEP, TIMER_MAX_SLEEP);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.hub.timer().notified() => {}
+            }
+            loop {
+                match self.tick().await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(err) => {
+                        tracing::error!(error = %err, "timer: timed transitions failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

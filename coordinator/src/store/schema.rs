@@ -1,0 +1,109 @@
+//! Connection settings, migrations and the list of every query constant (so a
+//! test can prepare them all against a migrated database).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../sql/migrations/0001_init.sql"),
+    include_str!("../../../sql/migrations/0002_views.sql"),
+];
+
+/// How long a connection waits for a lock held by another process (an
+/// operator's `sqlite3`, say) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every query constant of the store, for the test that prepares them all.
+pub const QUERIES: &[&str] = &[
+    super::jobs::INSERT_JOB,
+    super::jobs::FIND_BY_IDEMPOTENCY_KEY,
+    super::jobs::SELECT_QUEUED_OF_KIND,
+    super::jobs::GRANT_LEASE,
+    super::jobs::INSERT_ATTEMPT,
+    super::jobs::FINISH_ATTEMPT,
+    super::jobs::INSERT_EVENT,
+    super::jobs::SELECT_JOB_ROW,
+    super::jobs::SELECT_ATTEMPT_OUTCOME,
+    super::jobs::RENEW_LEASE,
+    super::jobs::SELECT_LEASED_BY_NODE,
+    super::timed::SELECT_DUE_SCHEDULED,
+    super::timed::SELECT_EXPIRED_LEASES,
+    super::timed::SELECT_LOST_NODES,
+    super::timed::SELECT_NEXT_WAKEUP,
+    super::nodes::UPSERT_NODE,
+    super::nodes::SELECT_INSTANCE,
+    super::nodes::SELECT_PROFILE,
+    super::nodes::TOUCH_NODE,
+    super::nodes::UPDATE_HEARTBEAT_INFO,
+    super::nodes::INSERT_METRICS,
+    super::nodes::PRUNE_METRICS,
+    super::nodes::SELECT_NODES,
+    super::nodes::SELECT_LATEST_METRICS,
+    super::nodes::COUNT_RUNNING,
+    super::views::SELECT_JOB,
+    super::views::SELECT_ATTEMPTS,
+    super::views::SELECT_EVENTS,
+];
+
+/// Opens a connection with kobo's settings and checks that they took.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let journal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Pragma {
+            pragma: "journal_mode",
+            actual: journal,
+            expected: "wal",
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    check_pragma(&conn, "synchronous", 2, "2 (FULL)")?;
+    check_pragma(&conn, "foreign_keys", 1, "1 (ON)")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn check_pragma(
+    conn: &Connection,
+    pragma: &'static str,
+    expected: i64,
+    expected_text: &'static str,
+) -> Result<(), StoreError> {
+    let actual: i64 = conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))?;
+    if actual != expected {
+        return Err(StoreError::Pragma {
+            pragma,
+            actual: actual.to_string(),
+            expected: expected_text,
+        });
+    }
+    Ok(())
+}
+
+/// Brings the schema up to date, each migration in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", idx + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! The coordinator's own certificate authority and server certificate, kept
+//! in the data directory: `ca.pem`/`ca.key` (created once) and
+//! `server.pem`/`server.key` (re-issued when missing, near expiry, or when the
+//! wanted names change).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+/// CA certificate lifetime.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Server certificate lifetime.
+const SERVER_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Re-issue the server certificate when less than this is left.
+const SERVER_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("failed to read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate generation failed")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("invalid certificate or key in {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("tls configuration failed")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Paths of the certificate files in a data directory.
+#[derive(Debug, Clone)]
+pub struct CertPaths {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub server_names: PathBuf,
+}
+
+impl CertPaths {
+    pub fn in_dir(dir: &Path) -> CertPaths {
+        CertPaths {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            server_names: dir.join("server.names"),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file atomically; `secret` files are created 0600.
+fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+    let io = |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(&tmp).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = rcgen::date_time_ymd(1970, 1, 1)
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + lifetime;
+}
+
+/// Creates the CA in `paths` unless it exists.
+pub fn ensure_ca(paths: &CertPaths) -> Result<(), TlsError> {
+    if paths.ca_cert.exists() && paths.ca_key.exists() {
+        return Ok(());
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "kobo coordinator CA");
+    dn.push(DnType::OrganizationName, "kobo");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, CA_LIFETIME);
+    let cert = params.self_signed(&key)?;
+    write(&paths.ca_key, &key.serialize_pem(), true)?;
+    write(&paths.ca_cert, &cert.pem(), false)?;
+    tracing::info!(path = %paths.ca_cert.display(), "created certificate authority");
+    Ok(())
+}
+
+/// The names the server certificate must carry: loopback, the host name, and
+/// what the operator asked for.
+pub fn server_names(extra: &[String]) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(host) = fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_string());
+        }
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn server_cert_is_fresh(paths: &CertPaths, names: &str) -> bool {
+    let Ok(recorded) = fs::read_to_string(&paths.server_names) else {
+        return false;
+    };
+    if recorded != names || !paths.server_key.exists() {
+        return false;
+    }
+    let Ok(pem) = fs::read(&paths.server_cert) else {
+        return false;
+    };
+    let Ok(der) = CertificateDer::from_pem_slice(&pem) else {
+        return false;
+    };
+    match x509_parser::parse_x509_certificate(&der) {
+        Ok((_, cert)) => {
+            let left = cert.validity().time_to_expiration();
+            left.is_some_and(|left| left.whole_seconds() > SERVER_RENEW_BEFORE.as_secs() as i64)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Issues the server certificate from the CA unless a fresh one with the same
+/// names exists.
+pub fn ensure_server_cert(paths: &CertPaths, names: &[String]) -> Result<(), TlsError> {
+    let joined = names.join("\n");
+    if server_cert_is_fresh(paths, &joined) {
+        return Ok(());
+    }
+    let ca_key_pem = read(&paths.ca_key)?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| TlsError::Invalid {
+        path: paths.ca_key.clone(),
+        message: e.to_string(),
+    })?;
+    let ca_pem = read(&paths.ca_cert)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| TlsError::Invalid {
+        path: paths.ca_cert.clone(),
+        message: e.to_string(),
+    })?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = names
+        .iter()
+        .map(|name| match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => name.clone().try_into().map(SanType::DnsName),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "kobo-coord");
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, SERVER_LIFETIME);
+    let cert = params.signed_by(&key, &issuer)?;
+    write(&paths.server_key, &key.serialize_pem(), true)?;
+    write(&paths.server_cert, &cert.pem(), false)?;
+    write(&paths.server_names, &joined, false)?;
+    tracing::info!(names = ?names, "issued server certificate");
+    Ok(())
+}
+
+/// The rustls server configuration: TLS 1.2+ with the server certificate.
+/// Client certificates are not asked for yet (see the Security issue); the
+/// accept loop already passes whatever the handshake verified to handlers.
+pub fn server_config(paths: &CertPaths) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(&paths.server_cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Invalid {
+            path: paths.server_cert.clone(),
+            message: e.to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&paths.server_key).map_err(|e| TlsError::Invalid {
+        path: paths.server_key.clone(),
+        message: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

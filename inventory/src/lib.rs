@@ -1,0 +1,1 @@
+//! The YAML inventory model and its validation (see the Provisioning issue); empty until then.

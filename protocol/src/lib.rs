@@ -1,0 +1,31 @@
+//! Wire types shared by `kobo-coord`, `kobo-agent` and clients.
+//!
+//! Everything that crosses a process boundary as JSON is defined here and only
+//! here. Request types reject unknown fields so that a typo in a client becomes
+//! a 4xx naming the field instead of a silently ignored option.
+//!
+//! # Layout
+//! - [`job`]: what a client submits and what it reads back.
+//! - [`agent`]: the agent ↔ coordinator calls (register, lease, heartbeat, complete).
+//! - [`node`]: nodes as clients see them.
+//! - [`error`]: the one error body every route answers with.
+
+pub mod agent;
+pub mod error;
+pub mod job;
+pub mod node;
+
+pub use agent::*;
+pub use error::*;
+pub use job::*;
+pub use node::*;
+
+/// The version prefix of every HTTP route (`/v1/...`).
+pub const API_VERSION: &str = "v1";
+
+/// Milliseconds since the Unix epoch, the one timestamp type on the wire and in
+/// the database.
+pub type UnixMillis = i64;
+
+/// A job's numeric id, as stored in `jobs.id`.
+pub type JobId = i64;

@@ -1,0 +1,1 @@
+//! Plan and apply agent installs over SSH (see the Provisioning issue); empty until then.

@@ -1,0 +1,8 @@
+//! Test support for kobo: test-only servers and the harness that starts real
+//! `kobo-coord` and `kobo-agent` processes.
+//!
+//! # Layout
+//! - [`fake_llm`]: an HTTP server speaking the Ollama and OpenAI wire formats,
+//!   streaming included, with knobs for latency, errors, hangs and cut streams.
+
+pub mod fake_llm;
