@@ -92,8 +92,9 @@ fn random_instance_id() -> String {
 
 /// Runs the agent until `shutdown` is cancelled and running jobs drained.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut config = config;
     let client = CoordinatorClient::new(&config.coordinator, config.ca_pem.as_deref())?;
-    let llm = LlmClient::new(config.llm.clone())?;
+    let mut llm = LlmClient::new(config.llm.clone())?;
     let models = if config.models.is_empty() {
         match llm.list_models().await {
             Ok(models) => models,
@@ -105,6 +106,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     } else {
         config.models.clone()
     };
+    // Jobs that name no model run on the first model the server has.
+    if config.llm.default_model.is_none()
+        && let Some(first) = models.first()
+    {
+        config.llm.default_model = Some(first.clone());
+        llm = LlmClient::new(config.llm.clone())?;
+    }
     let shared = Arc::new(Shared {
         instance_id: random_instance_id(),
         client,

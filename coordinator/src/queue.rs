@@ -319,6 +319,10 @@ impl Queue {
                     Ok(false) => break,
                     Err(err) => {
                         tracing::error!(error = %err, "timer: timed transitions failed");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(TIMER_MAX_SLEEP) => {}
+                        }
                         break;
                     }
                 }

@@ -631,25 +631,27 @@ async fn generation(shared: Arc<Shared>, api: Api, path: &str, body: Bytes) -> R
     let (tokens, capped) = ask.tokens(&behavior);
     let reply = Reply {
         id: shared.next_id.fetch_add(1, Ordering::SeqCst),
-        ask: &ask,
-        tokens: &tokens,
+        api,
+        model: ask.model,
+        prompt_tokens: ask.prompt_tokens,
+        include_usage: ask.include_usage,
+        tokens,
         capped,
         started,
     };
     if !ask.stream {
         let value = match api {
-            Api::OllamaGenerate | Api::OllamaChat => reply.ollama_final(api, true),
+            Api::OllamaGenerate | Api::OllamaChat => reply.ollama_final(true),
             Api::OpenAi => reply.openai_whole(),
         };
         return json_response(StatusCode::OK, value);
     }
-    let (frames, content_type) = match api {
-        Api::OllamaGenerate | Api::OllamaChat => {
-            (reply.ollama_frames(api, midstream), "application/x-ndjson")
-        }
-        Api::OpenAi => (reply.openai_frames(midstream), "text/event-stream"),
+    let content_type = match api {
+        Api::OllamaGenerate | Api::OllamaChat => "application/x-ndjson",
+        Api::OpenAi => "text/event-stream",
     };
-    let mut response = Response::new(stream_body(&shared, frames, &behavior));
+    let frames = reply.frames(midstream);
+    let mut response = Response::new(stream_body(&shared, reply, frames, &behavior));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
@@ -750,16 +752,36 @@ fn vllm_type(status: StatusCode) -> &'static str {
     }
 }
 
-/// One reply being built.
-struct Reply<'a> {
+/// One reply being built; streamed frames are rendered when sent, so their
+/// timestamps and durations are true.
+struct Reply {
     id: u64,
-    ask: &'a Ask,
-    tokens: &'a [String],
+    api: Api,
+    model: String,
+    prompt_tokens: u64,
+    include_usage: bool,
+    tokens: Vec<String>,
     capped: bool,
     started: Instant,
 }
 
-impl Reply<'_> {
+/// One chunk of a streamed reply, rendered by [`Reply::render`].
+#[derive(Debug)]
+enum Frame {
+    /// An Ollama line, or an OpenAI content chunk.
+    Piece(String),
+    /// Ollama's `done` line, or OpenAI's `finish_reason` chunk.
+    Finish,
+    /// OpenAI's `choices: []` chunk with the usage.
+    Usage,
+    /// OpenAI's opening chunk with the assistant role.
+    Role,
+    Error(String, StatusCode),
+    /// OpenAI's `[DONE]`.
+    Done,
+}
+
+impl Reply {
     fn text(&self) -> String {
         self.tokens.concat()
     }
@@ -772,13 +794,77 @@ impl Reply<'_> {
         self.tokens.len() as u64
     }
 
+    /// What a stream sends, in order.
+    fn frames(&self, error: Option<&FakeFailure>) -> Vec<Frame> {
+        let ollama = self.api != Api::OpenAi;
+        let mut frames = Vec::new();
+        if !ollama {
+            frames.push(Frame::Role);
+        }
+        if let Some(failure) = error {
+            if ollama {
+                frames.extend(self.tokens.first().cloned().map(Frame::Piece));
+            }
+            let status =
+                StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            frames.push(Frame::Error(failure.text(), status));
+            if !ollama {
+                // vLLM ends an errored stream properly.
+                frames.push(Frame::Done);
+            }
+            return frames;
+        }
+        frames.extend(self.tokens.iter().cloned().map(Frame::Piece));
+        frames.push(Frame::Finish);
+        if !ollama {
+            if self.include_usage {
+                frames.push(Frame::Usage);
+            }
+            frames.push(Frame::Done);
+        }
+        frames
+    }
+
+    fn render(&self, frame: &Frame) -> Bytes {
+        let value = match (self.api, frame) {
+            (_, Frame::Done) => return Bytes::from_static(b"data: [DONE]\n\n"),
+            (Api::OpenAi, Frame::Role) => {
+                self.openai_chunk(json!({"role": "assistant", "content": ""}), None)
+            }
+            (Api::OpenAi, Frame::Piece(piece)) => {
+                self.openai_chunk(json!({"content": piece}), None)
+            }
+            (Api::OpenAi, Frame::Finish) => self.openai_chunk(json!({}), Some(self.reason())),
+            (Api::OpenAi, Frame::Usage) => {
+                let mut usage = self.openai_chunk(json!({}), None);
+                usage["choices"] = json!([]);
+                usage["usage"] = self.openai_usage();
+                usage
+            }
+            (Api::OpenAi, Frame::Error(message, status)) => json!({"error": {
+                "message": message,
+                "type": vllm_type(*status),
+                "param": null,
+                "code": status.as_u16(),
+            }}),
+            (_, Frame::Piece(piece)) => self.ollama_piece(piece),
+            (_, Frame::Finish | Frame::Usage | Frame::Role) => self.ollama_final(false),
+            (_, Frame::Error(message, _)) => json!({"error": message}),
+        };
+        if self.api == Api::OpenAi {
+            Bytes::from(format!("data: {value}\n\n"))
+        } else {
+            Bytes::from(format!("{value}\n"))
+        }
+    }
+
     /// An Ollama streaming line with one piece of text.
-    fn ollama_piece(&self, api: Api, piece: &str) -> Value {
+    fn ollama_piece(&self, piece: &str) -> Value {
         let mut line = json!({
-            "model": self.ask.model,
+            "model": self.model,
             "created_at": rfc3339(SystemTime::now()),
         });
-        if api == Api::OllamaChat {
+        if self.api == Api::OllamaChat {
             line["message"] = json!({"role": "assistant", "content": piece});
         } else {
             line["response"] = json!(piece);
@@ -788,40 +874,26 @@ impl Reply<'_> {
     }
 
     /// The last Ollama line (or the whole non-streamed reply).
-    fn ollama_final(&self, api: Api, whole: bool) -> Value {
+    fn ollama_final(&self, whole: bool) -> Value {
         let text = if whole { self.text() } else { String::new() };
-        let mut line = self.ollama_piece(api, &text);
-        let total = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut line = self.ollama_piece(&text);
+        let total = u64::try_from(self.started.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(LOAD_DURATION_NS);
+        let prompt_eval = 1_000_000 * self.prompt_tokens;
         line["done"] = json!(true);
         line["done_reason"] = json!(self.reason());
-        if api == Api::OllamaGenerate {
-            let context: Vec<u64> =
-                (1..=self.ask.prompt_tokens + self.completion_tokens()).collect();
+        if self.api == Api::OllamaGenerate {
+            let context: Vec<u64> = (1..=self.prompt_tokens + self.completion_tokens()).collect();
             line["context"] = json!(context);
         }
-        line["total_duration"] = json!(total.max(LOAD_DURATION_NS));
+        line["total_duration"] = json!(total.saturating_add(prompt_eval));
         line["load_duration"] = json!(LOAD_DURATION_NS);
-        line["prompt_eval_count"] = json!(self.ask.prompt_tokens);
-        line["prompt_eval_duration"] = json!(1_000_000 * self.ask.prompt_tokens);
+        line["prompt_eval_count"] = json!(self.prompt_tokens);
+        line["prompt_eval_duration"] = json!(prompt_eval);
         line["eval_count"] = json!(self.completion_tokens());
         line["eval_duration"] = json!(total.saturating_sub(LOAD_DURATION_NS));
         line
-    }
-
-    fn ollama_frames(&self, api: Api, error: Option<&FakeFailure>) -> Vec<Bytes> {
-        let ndjson = |v: Value| Bytes::from(format!("{v}\n"));
-        if let Some(failure) = error {
-            let first = self.tokens.first().cloned().unwrap_or_default();
-            return vec![
-                ndjson(self.ollama_piece(api, &first)),
-                ndjson(json!({"error": failure.text()})),
-            ];
-        }
-        self.tokens
-            .iter()
-            .map(|t| ndjson(self.ollama_piece(api, t)))
-            .chain(std::iter::once(ndjson(self.ollama_final(api, false))))
-            .collect()
     }
 
     fn openai_id(&self) -> String {
@@ -836,11 +908,11 @@ impl Reply<'_> {
             "id": self.openai_id(),
             "object": "chat.completion.chunk",
             "created": unix_seconds(),
-            "model": self.ask.model,
+            "model": self.model,
             "system_fingerprint": "fp_fake",
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
-        if self.ask.include_usage {
+        if self.include_usage {
             chunk["usage"] = Value::Null;
         }
         chunk
@@ -848,44 +920,10 @@ impl Reply<'_> {
 
     fn openai_usage(&self) -> Value {
         json!({
-            "prompt_tokens": self.ask.prompt_tokens,
+            "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens(),
-            "total_tokens": self.ask.prompt_tokens + self.completion_tokens(),
+            "total_tokens": self.prompt_tokens + self.completion_tokens(),
         })
-    }
-
-    fn openai_frames(&self, error: Option<&FakeFailure>) -> Vec<Bytes> {
-        let sse = |v: Value| Bytes::from(format!("data: {v}\n\n"));
-        let done = Bytes::from_static(b"data: [DONE]\n\n");
-        let mut frames = vec![sse(
-            self.openai_chunk(json!({"role": "assistant", "content": ""}), None)
-        )];
-        if let Some(failure) = error {
-            let status =
-                StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            frames.push(sse(json!({"error": {
-                "message": failure.text(),
-                "type": vllm_type(status),
-                "param": null,
-                "code": status.as_u16(),
-            }})));
-            frames.push(done);
-            return frames;
-        }
-        frames.extend(
-            self.tokens
-                .iter()
-                .map(|t| sse(self.openai_chunk(json!({"content": t}), None))),
-        );
-        frames.push(sse(self.openai_chunk(json!({}), Some(self.reason()))));
-        if self.ask.include_usage {
-            let mut usage = self.openai_chunk(json!({}), None);
-            usage["choices"] = json!([]);
-            usage["usage"] = self.openai_usage();
-            frames.push(sse(usage));
-        }
-        frames.push(done);
-        frames
     }
 
     fn openai_whole(&self) -> Value {
@@ -893,7 +931,7 @@ impl Reply<'_> {
             "id": self.openai_id(),
             "object": "chat.completion",
             "created": unix_seconds(),
-            "model": self.ask.model,
+            "model": self.model,
             "system_fingerprint": "fp_fake",
             "choices": [{
                 "index": 0,
@@ -908,9 +946,10 @@ impl Reply<'_> {
 
 /// The frames, paced by the token rate and cut per the behavior; ends
 /// (aborting the connection) when the fake shuts down.
-fn stream_body(shared: &Shared, frames: Vec<Bytes>, behavior: &FakeBehavior) -> Body {
+fn stream_body(shared: &Shared, reply: Reply, frames: Vec<Frame>, behavior: &FakeBehavior) -> Body {
     struct Pace {
-        frames: VecDeque<Bytes>,
+        reply: Reply,
+        frames: VecDeque<Frame>,
         sent: u32,
         gap: Option<Duration>,
         cut: Option<(u32, bool)>,
@@ -920,6 +959,7 @@ fn stream_body(shared: &Shared, frames: Vec<Bytes>, behavior: &FakeBehavior) -> 
     let gap = (behavior.tokens_per_second > 0.0 && behavior.tokens_per_second.is_finite())
         .then(|| Duration::from_secs_f64(1.0 / behavior.tokens_per_second));
     let pace = Pace {
+        reply,
         frames: frames.into(),
         sent: 0,
         gap,
@@ -957,7 +997,8 @@ fn stream_body(shared: &Shared, frames: Vec<Bytes>, behavior: &FakeBehavior) -> 
             }
         }
         pace.sent += 1;
-        Some((Ok::<_, io::Error>(frame), pace))
+        let bytes = pace.reply.render(&frame);
+        Some((Ok::<_, io::Error>(bytes), pace))
     });
     Body::from_stream(stream)
 }

@@ -4,5 +4,8 @@
 //! # Layout
 //! - [`fake_llm`]: an HTTP server speaking the Ollama and OpenAI wire formats,
 //!   streaming included, with knobs for latency, errors, hangs and cut streams.
+//! - [`cluster`]: starts a real `kobo-coord` process and `kobo-agent`
+//!   processes on a temporary data directory, for end-to-end tests.
 
+pub mod cluster;
 pub mod fake_llm;

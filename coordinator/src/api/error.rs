@@ -129,7 +129,17 @@ where
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let message = err.inner().to_string();
-            let field = field_of(&err.path().to_string(), &message);
+            let path = err.path().to_string();
+            let syntax = matches!(
+                err.inner().classify(),
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            );
+            // Broken JSON outside any field: the body is at fault.
+            let field = if syntax && (path == "." || path.contains('?')) {
+                "body".to_string()
+            } else {
+                field_of(&path, &message)
+            };
             ApiError::invalid_field(field.clone(), format!("{field}: {message}"))
         })?;
         de.end()

@@ -102,11 +102,7 @@ async fn explain_queued(
     if !jobs.iter().any(|(job, _)| job.state == JobState::Queued) {
         return Ok(());
     }
-    let nodes = state
-        .queue
-        .store
-        .read(|conn| store::list_nodes(conn))
-        .await?;
+    let nodes = state.queue.store.read(store::list_nodes).await?;
     for (job, needs) in jobs.iter_mut() {
         if job.state == JobState::Queued {
             job.queue_reason = Some(queue_reason(needs, &nodes));
@@ -202,13 +198,7 @@ async fn jobs_cancel(
 }
 
 async fn nodes_list(State(state): State<AppState>) -> Result<Json<Vec<NodeView>>, ApiError> {
-    Ok(Json(
-        state
-            .queue
-            .store
-            .read(|conn| store::list_nodes(conn))
-            .await?,
-    ))
+    Ok(Json(state.queue.store.read(store::list_nodes).await?))
 }
 
 async fn agent_register(

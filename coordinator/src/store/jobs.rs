@@ -78,24 +78,25 @@ pub(crate) fn parse_state(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("job state {text:?}")))
 }
 
-pub fn insert_event(
-    tx: &Transaction<'_>,
-    now: i64,
-    job_id: JobId,
-    from: Option<JobState>,
-    to: JobState,
-    node_id: Option<&str>,
-    attempt: u32,
-    detail: Option<&str>,
-) -> Result<(), StoreError> {
+/// One state change of a job, for `job_events`.
+pub struct Event<'a> {
+    pub job_id: JobId,
+    pub from: Option<JobState>,
+    pub to: JobState,
+    pub node_id: Option<&'a str>,
+    pub attempt: u32,
+    pub detail: Option<&'a str>,
+}
+
+pub fn insert_event(tx: &Transaction<'_>, now: i64, event: Event<'_>) -> Result<(), StoreError> {
     tx.prepare_cached(INSERT_EVENT)?.execute(params![
-        job_id,
+        event.job_id,
         now,
-        from.map(JobState::as_str),
-        to.as_str(),
-        node_id,
-        attempt,
-        detail
+        event.from.map(JobState::as_str),
+        event.to.as_str(),
+        event.node_id,
+        event.attempt,
+        event.detail
     ])?;
     Ok(())
 }
@@ -153,7 +154,18 @@ pub fn insert_job(
         ],
         |r| r.get(0),
     )?;
-    insert_event(tx, now, id, None, state, None, 0, Some("submitted"))?;
+    insert_event(
+        tx,
+        now,
+        Event {
+            job_id: id,
+            from: None,
+            to: state,
+            node_id: None,
+            attempt: 0,
+            detail: Some("submitted"),
+        },
+    )?;
     if state == JobState::Queued {
         changes.ready.push(ReadyJob {
             id,
@@ -213,12 +225,14 @@ pub fn grant_lease(
     insert_event(
         tx,
         now,
-        job_id,
-        Some(JobState::Queued),
-        JobState::Leased,
-        Some(node_id),
-        attempt,
-        Some(&format!("lease {lease_token}")),
+        Event {
+            job_id,
+            from: Some(JobState::Queued),
+            to: JobState::Leased,
+            node_id: Some(node_id),
+            attempt,
+            detail: Some(&format!("lease {lease_token}")),
+        },
     )?;
     Ok(Some(Lease {
         job_id,
@@ -417,12 +431,14 @@ pub fn complete_job(
             insert_event(
                 tx,
                 now,
-                job_id,
-                Some(JobState::Leased),
-                JobState::Succeeded,
-                Some(node_id),
-                row.attempts,
-                None,
+                Event {
+                    job_id,
+                    from: Some(JobState::Leased),
+                    to: JobState::Succeeded,
+                    node_id: Some(node_id),
+                    attempt: row.attempts,
+                    detail: None,
+                },
             )?;
             changes.finished.push(job_id);
             JobState::Succeeded
@@ -498,12 +514,14 @@ fn end_attempt(
     insert_event(
         tx,
         now,
-        job_id,
-        Some(JobState::Leased),
-        state,
-        node_id,
-        row.attempts,
-        Some(&detail),
+        Event {
+            job_id,
+            from: Some(JobState::Leased),
+            to: state,
+            node_id,
+            attempt: row.attempts,
+            detail: Some(&detail),
+        },
     )?;
     Ok(state)
 }
@@ -587,12 +605,14 @@ pub fn cancel_job(
     insert_event(
         tx,
         now,
-        job_id,
-        Some(row.state),
-        JobState::Cancelled,
-        row.node_id.as_deref(),
-        row.attempts,
-        Some("cancelled by request"),
+        Event {
+            job_id,
+            from: Some(row.state),
+            to: JobState::Cancelled,
+            node_id: row.node_id.as_deref(),
+            attempt: row.attempts,
+            detail: Some("cancelled by request"),
+        },
     )?;
     changes.finished.push(job_id);
     Ok(row.state)

@@ -39,7 +39,7 @@ pub fn unix_now_ms() -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite error")]
+    #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("failed to open database {path}")]
     Open {

@@ -4,7 +4,7 @@
 use kobo_protocol::{JobId, JobState};
 use rusqlite::{Connection, Transaction, params};
 
-use super::jobs::{Changes, ReadyJob, insert_event, release_leases, release_node_leases};
+use super::jobs::{Changes, Event, ReadyJob, insert_event, release_leases, release_node_leases};
 use super::{StoreError, parse_list};
 use crate::routing::JobNeeds;
 
@@ -51,12 +51,14 @@ pub fn promote_due(
         insert_event(
             tx,
             now,
-            *id,
-            Some(JobState::Scheduled),
-            JobState::Queued,
-            None,
-            *attempts,
-            None,
+            Event {
+                job_id: *id,
+                from: Some(JobState::Scheduled),
+                to: JobState::Queued,
+                node_id: None,
+                attempt: *attempts,
+                detail: None,
+            },
         )?;
         changes.ready.push(ReadyJob {
             id: *id,

@@ -1,4 +1,0 @@
-//! kobo-agent integration tests, one binary: the LLM backends against the
-//! fake LLM server.
-
-mod llm;

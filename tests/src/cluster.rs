@@ -1,0 +1,430 @@
+//! A cluster of real processes for end-to-end tests: one `kobo-coord serve`
+//! on a temporary data directory and loopback port, `kobo-agent`s pointed at
+//! the fake LLM, and an HTTPS client. Scenarios read like prose:
+//!
+//! ```ignore
+//! let mut cluster = Cluster::builder().start().await;
+//! cluster.agent(AgentSpec::new("tokyo-01", &["code_generation"])).await;
+//! let job = cluster.submit_prompt("code_generation", "hi").await;
+//! ```
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kobo_coord::client::{ApiClient, Endpoint};
+use kobo_protocol::{JobId, JobState, JobView, SubmitJob};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::fake_llm::{self, FakeBehavior, FakeLlm};
+
+/// Longest a test waits for the cluster to reach an expected state.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary built next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Coordinator settings for a test: short timings so failover tests are quick.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    pub heartbeat_ms: u64,
+    pub lease_ttl_ms: u64,
+    pub retry_base_ms: u64,
+    pub max_attempts: u32,
+    pub long_poll_ms: u64,
+    pub fake: FakeBehavior,
+}
+
+impl ClusterBuilder {
+    pub fn heartbeat_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_ms = ms;
+        self
+    }
+
+    pub fn lease_ttl_ms(mut self, ms: u64) -> Self {
+        self.lease_ttl_ms = ms;
+        self
+    }
+
+    pub fn retry_base_ms(mut self, ms: u64) -> Self {
+        self.retry_base_ms = ms;
+        self
+    }
+
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    pub fn fake(mut self, behavior: FakeBehavior) -> Self {
+        self.fake = behavior;
+        self
+    }
+
+    pub async fn start(self) -> Cluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::Builder::new()
+            .prefix("kobo-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let fake = fake_llm::start(self.fake.clone()).await.expect("fake llm");
+        let port = free_port();
+        let mut cluster = Cluster {
+            data_dir: dir.path().to_path_buf(),
+            _dir: dir,
+            port,
+            coordinator: None,
+            coordinator_starts: 0,
+            agents: Vec::new(),
+            client: None,
+            fake,
+            settings: self,
+        };
+        cluster.start_coordinator().await;
+        cluster
+    }
+}
+
+/// What one agent process runs with.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub node_id: String,
+    pub region: String,
+    pub capabilities: Vec<String>,
+    /// `ollama`, `openai` or `sim`.
+    pub backend: String,
+    pub max_workers: u32,
+    pub extra_args: Vec<String>,
+}
+
+impl AgentSpec {
+    pub fn new(node_id: &str, capabilities: &[&str]) -> AgentSpec {
+        AgentSpec {
+            node_id: node_id.to_string(),
+            region: "ap-northeast-1".to_string(),
+            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+            backend: "ollama".to_string(),
+            max_workers: 4,
+            extra_args: Vec::new(),
+        }
+    }
+
+    pub fn backend(mut self, backend: &str) -> Self {
+        self.backend = backend.to_string();
+        self
+    }
+
+    pub fn region(mut self, region: &str) -> Self {
+        self.region = region.to_string();
+        self
+    }
+
+    pub fn max_workers(mut self, n: u32) -> Self {
+        self.max_workers = n;
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.to_string());
+        self
+    }
+}
+
+pub struct Agent {
+    pub spec: AgentSpec,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id().expect("agent running") as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal agent");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub coordinator: Option<Child>,
+    coordinator_starts: u32,
+    pub agents: Vec<Agent>,
+    client: Option<ApiClient>,
+    pub fake: FakeLlm,
+    pub settings: ClusterBuilder,
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            heartbeat_ms: 300,
+            lease_ttl_ms: 1500,
+            retry_base_ms: 50,
+            max_attempts: 3,
+            long_poll_ms: 5000,
+            fake: FakeBehavior::default(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("ca.pem")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("kobo.db")
+    }
+
+    /// Starts (or restarts) the coordinator on the same port and data
+    /// directory, and waits until it answers.
+    pub async fn start_coordinator(&mut self) {
+        self.coordinator_starts += 1;
+        let s = &self.settings;
+        let log = self
+            .data_dir
+            .join(format!("coordinator-{}.log", self.coordinator_starts));
+        let child = Command::new(binary("kobo-coord"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["--heartbeat-ms", &s.heartbeat_ms.to_string()])
+            .args(["--lease-ttl-ms", &s.lease_ttl_ms.to_string()])
+            .args(["--retry-base-ms", &s.retry_base_ms.to_string()])
+            .args(["--max-attempts", &s.max_attempts.to_string()])
+            .args(["--long-poll-ms", &s.long_poll_ms.to_string()])
+            .env("RUST_LOG", "info,kobo_coord=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("coordinator log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start kobo-coord");
+        self.coordinator = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.ca_path().exists()
+                && let Ok(client) = ApiClient::new(&Endpoint {
+                    url: self.url(),
+                    ca_pem: std::fs::read(self.ca_path()).ok(),
+                })
+                && client.nodes().await.is_ok()
+            {
+                self.client = Some(client);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coordinator did not start; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILLs the coordinator and waits for it to be gone.
+    pub async fn kill_coordinator(&mut self) {
+        if let Some(mut child) = self.coordinator.take() {
+            child.start_kill().expect("kill coordinator");
+            let _ = child.wait().await;
+        }
+    }
+
+    pub fn client(&self) -> &ApiClient {
+        self.client.as_ref().expect("coordinator started")
+    }
+
+    /// Starts an agent process and waits until the coordinator lists it.
+    pub async fn agent(&mut self, spec: AgentSpec) -> usize {
+        let idx = self.agents.len();
+        let log = self
+            .data_dir
+            .join(format!("agent-{}-{idx}.log", spec.node_id));
+        let mut command = Command::new(binary("kobo-agent"));
+        command
+            .args(["--coordinator", &self.url()])
+            .arg("--ca")
+            .arg(self.ca_path())
+            .args(["--node-id", &spec.node_id])
+            .args(["--region", &spec.region])
+            .args(["--capabilities", &spec.capabilities.join(",")])
+            .args(["--llm", &spec.backend])
+            .args(["--max-workers", &spec.max_workers.to_string()])
+            .args(["--drain-timeout-secs", "10"]);
+        if spec.backend != "sim" {
+            command.args(["--llm-endpoint", &self.fake.url()]);
+        }
+        let child = command
+            .args(&spec.extra_args)
+            .env("RUST_LOG", "info,kobo_agent=debug")
+            .env_remove("OPENAI_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start kobo-agent");
+        let node_id = spec.node_id.clone();
+        self.agents.push(Agent { spec, child, log });
+        self.wait_until(&format!("agent {node_id} registered"), || async {
+            self.client()
+                .nodes()
+                .await
+                .map(|nodes| {
+                    nodes.iter().any(|n| {
+                        n.node_id == node_id && n.status == kobo_protocol::NodeStatus::Active
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .await;
+        idx
+    }
+
+    /// Polls `check` until it is true, or fails the test after [`PATIENCE`].
+    pub async fn wait_until<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + PATIENCE;
+        while !check().await {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for: {what}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
+            return out;
+        };
+        let mut paths: Vec<_> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {} (last lines)\n", path.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub async fn submit(&self, job: &SubmitJob) -> JobId {
+        self.client().submit(job).await.expect("submit").id
+    }
+
+    pub async fn submit_prompt(&self, kind: &str, prompt: &str) -> JobId {
+        self.submit(&job(kind, prompt)).await
+    }
+
+    /// Waits for the job to reach a terminal state.
+    pub async fn wait_done(&self, id: JobId) -> JobView {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let job = self
+                .client()
+                .wait(id, Duration::from_secs(5))
+                .await
+                .expect("wait");
+            if job.state.is_terminal() {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} still {} after {PATIENCE:?}\n{}",
+                job.state,
+                self.logs()
+            );
+        }
+    }
+
+    /// Waits for the job to reach `state`.
+    pub async fn wait_state(&self, id: JobId, state: JobState) -> JobView {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let job = self.client().job(id).await.expect("get job").job;
+            if job.state == state {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} is {} not {state} after {PATIENCE:?}\n{}",
+                job.state,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A read-only connection to the coordinator's database file.
+    pub fn db(&self) -> rusqlite::Connection {
+        open_read_only(&self.db_path())
+    }
+}
+
+pub fn open_read_only(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("open kobo.db");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
+}
+
+/// A plain job of `kind` with `prompt`.
+pub fn job(kind: &str, prompt: &str) -> SubmitJob {
+    SubmitJob {
+        kind: kind.to_string(),
+        prompt: Some(prompt.to_string()),
+        ..SubmitJob::default()
+    }
+}

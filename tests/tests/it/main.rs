@@ -1,0 +1,13 @@
+//! End-to-end tests: real `kobo-coord` and `kobo-agent` processes, real
+//! HTTPS, a real SQLite file; only the LLM is the fake in `kobo_tests::fake_llm`.
+//! `llm` tests the agent's LLM backends directly against that fake.
+
+mod bad_input;
+mod cancel;
+mod crash;
+mod failover;
+mod happy;
+mod idempotency;
+mod llm;
+mod retries;
+mod sqlite_reporting;
