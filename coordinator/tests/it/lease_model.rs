@@ -205,12 +205,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         last_heartbeat: [0; 3],
         lost: [false; 3],
     };
-    for node in 0..3 {
+    for (node, kinds) in NODE_KINDS.iter().enumerate() {
         let req = RegisterRequest {
             node_id: node_id(node),
             instance_id: "i".into(),
             region: "eu-west-2".into(),
-            capabilities: NODE_KINDS[node].iter().map(|k| k.to_string()).collect(),
+            capabilities: kinds.iter().map(|k| k.to_string()).collect(),
             max_workers: 4,
             gpu: false,
             backend: "sim".into(),
