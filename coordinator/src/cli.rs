@@ -365,26 +365,16 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 
 /// `2026-11-24 09:15:02` in UTC, or `-`.
 pub fn format_time(ms: Option<UnixMillis>) -> String {
-    let Some(ms) = ms else { return "-".into() };
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let Some(ms) = ms.and_then(|ms| u64::try_from(ms).ok()) else {
+        return "-".into();
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    // `2026-11-24T09:15:02Z` → `2026-11-24 09:15:02`
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
 }
 
 fn ago(ms: UnixMillis) -> String {

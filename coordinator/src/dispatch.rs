@@ -83,6 +83,14 @@ impl Hub {
         parked.len() != before
     }
 
+    /// Answers every parked lease request with nothing (at shutdown).
+    pub fn unpark_all(&self) {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     /// Node ids with a lease request parked right now.
     pub fn parked_nodes(&self) -> Vec<String> {
         let parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);

@@ -42,6 +42,22 @@ fn apply(ctx: &mut WriteCtx<'_>, changes: Changes) -> Result<(), StoreError> {
     dispatch::hand_off(ctx, changes.ready)
 }
 
+/// Loads a node, refusing a call from an agent instance that is no longer
+/// the node's registered one (a newer process took over the node id).
+fn current_instance(
+    ctx: &WriteCtx<'_>,
+    node_id: &str,
+    instance_id: &str,
+) -> Result<store::NodeRecord, StoreError> {
+    let node = store::load_node(ctx.tx, node_id)?;
+    if node.instance_id != instance_id {
+        return Err(StoreError::Conflict(format!(
+            "node {node_id} is registered by another agent instance; register again"
+        )));
+    }
+    Ok(node)
+}
+
 enum LeaseStart {
     Granted(Vec<Lease>),
     Parked(u64, oneshot::Receiver<Vec<Lease>>),
@@ -115,13 +131,7 @@ impl Queue {
         let start = self
             .store
             .write(move |ctx| {
-                let node = store::load_node(ctx.tx, &req.node_id)?;
-                if node.instance_id != req.instance_id {
-                    return Err(StoreError::Conflict(format!(
-                        "node {} is registered by another agent instance; register again",
-                        req.node_id
-                    )));
-                }
+                let node = current_instance(ctx, &req.node_id, &req.instance_id)?;
                 store::touch_node(ctx.tx, ctx.now, &req.node_id)?;
                 if matches!(node.status, NodeStatus::Draining | NodeStatus::Drained) {
                     return Ok(LeaseStart::Idle);
@@ -168,13 +178,7 @@ impl Queue {
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, StoreError> {
         self.store
             .write(move |ctx| {
-                let node = store::load_node(ctx.tx, &req.node_id)?;
-                if node.instance_id != req.instance_id {
-                    return Err(StoreError::Conflict(format!(
-                        "node {} is registered by another agent instance; register again",
-                        req.node_id
-                    )));
-                }
+                let node = current_instance(ctx, &req.node_id, &req.instance_id)?;
                 store::record_heartbeat(ctx.tx, ctx.now, &req)?;
                 let config = &ctx.hub.config;
                 let (cancelled, revoked) = store::renew_leases(

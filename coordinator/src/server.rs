@@ -84,6 +84,14 @@ pub async fn serve(
     let timer_shutdown = shutdown.clone();
     tracker.spawn(async move { timer_queue.run_timer(timer_shutdown).await });
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "kobo-coord serving");
+    let hub = queue.hub.clone();
+    let unpark_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        // Parked lease requests are answered at once instead of holding
+        // shutdown for a whole long-poll.
+        unpark_shutdown.cancelled().await;
+        hub.unpark_all();
+    });
     accept_loop(
         listener,
         TlsAcceptor::from(tls_config),

@@ -2,7 +2,7 @@
 //! on a temporary data directory and loopback port, `kobo-agent`s pointed at
 //! the fake LLM, and an HTTPS client. Scenarios read like prose:
 //!
-//! ```ignore
+//! ```text
 //! let mut cluster = Cluster::builder().start().await;
 //! cluster.agent(AgentSpec::new("tokyo-01", &["code_generation"])).await;
 //! let job = cluster.submit_prompt("code_generation", "hi").await;

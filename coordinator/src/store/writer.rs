@@ -64,7 +64,13 @@ where
 {
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool {
         let result = match self.work.take() {
-            Some(work) => work(ctx),
+            // A bug in one write must not take the writer thread (and with it
+            // every later write) down: it fails alone and is rolled back.
+            Some(work) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(ctx)))
+                .unwrap_or_else(|_| {
+                    tracing::error!("a store write panicked; rolled back");
+                    Err(StoreError::Corrupt("a store write panicked".into()))
+                }),
             None => Err(StoreError::Closed),
         };
         let ok = result.is_ok();

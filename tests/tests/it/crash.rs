@@ -80,3 +80,61 @@ async fn coordinator_crash_loses_no_acknowledged_job_and_completes_none_twice() 
         "the restarted coordinator served:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_its_result_while_the_coordinator_is_down() {
+    let mut cluster = Cluster::builder().start().await;
+    cluster.fake.update_behavior(|b| b.latency_ms = 800);
+    cluster
+        .agent(AgentSpec::new("alpha", &["general_query"]))
+        .await;
+    let id = cluster
+        .submit(&job("general_query", "survive the outage"))
+        .await;
+    cluster
+        .wait_until("the LLM call started", || async {
+            cluster.fake.requests_to("/api/generate") == 1
+        })
+        .await;
+    cluster.kill_coordinator().await;
+    // The LLM call finishes while the coordinator is away; the agent keeps
+    // the result and retries reporting it.
+    assert!(cluster.fake.wait_idle(Duration::from_secs(10)).await);
+    assert_eq!(cluster.fake.requests_to("/api/generate"), 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.start_coordinator().await;
+    let done = cluster.wait_done(id).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(
+        done.attempts, 1,
+        "the kept result was accepted; the job did not run again"
+    );
+    assert_eq!(cluster.fake.requests_to("/api/generate"), 1);
+    let agent_log = cluster.agents[0].log_text();
+    assert!(
+        agent_log.contains("keeping the result and retrying"),
+        "{agent_log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_coordinator_promptly_even_with_parked_agents() {
+    let mut cluster = Cluster::builder().start().await;
+    cluster
+        .agent(AgentSpec::new("alpha", &["general_query"]))
+        .await;
+    let mut coordinator = cluster.coordinator.take().expect("running");
+    let pid = nix::unistd::Pid::from_raw(coordinator.id().expect("pid") as i32);
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+    let status = tokio::time::timeout(Duration::from_secs(10), coordinator.wait())
+        .await
+        .expect("stops within 10 s")
+        .expect("wait");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "a parked long-poll held shutdown for {:?}",
+        asked.elapsed()
+    );
+}
