@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::identity::TlsIdentity;
 use crate::llm::LlmConfig;
 
 /// How long running jobs get to finish after SIGTERM before they are given
@@ -14,6 +15,8 @@ pub struct AgentConfig {
     pub coordinator: String,
     /// PEM of the CA to trust for the coordinator (none: system roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// The node certificate and key for mutual TLS.
+    pub identity: Option<TlsIdentity>,
     pub node_id: String,
     pub region: String,
     pub capabilities: Vec<String>,

@@ -1,16 +1,19 @@
 //! The agent's side of the agent ↔ coordinator calls. The agent always dials;
 //! the coordinator never does.
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use kobo_protocol::{
     CompleteRequest, CompleteResponse, ErrorBody, HeartbeatRequest, HeartbeatResponse, JobId,
-    LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse,
+    LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::identity::TlsIdentity;
 
 /// Connect timeout to the coordinator.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,36 +34,78 @@ pub enum CallError {
     /// The lease is no longer ours (409): drop the job.
     #[error("{0}")]
     Stale(String),
+    /// The coordinator refused this node's credentials (401/403): revoked,
+    /// or a certificate for another node.
+    #[error("{0}")]
+    Refused(String),
     /// The coordinator rejected the request (4xx): retrying it will not help.
     #[error("{0}")]
     Rejected(String),
 }
 
+/// The agent's HTTPS client of the coordinator: trusts only the
+/// coordinator's CA and presents the node certificate (mutual TLS). The
+/// identity can be swapped after a renewal.
 #[derive(Clone)]
 pub struct CoordinatorClient {
-    http: reqwest::Client,
+    http: Arc<RwLock<reqwest::Client>>,
     base: String,
+    ca_pem: Option<Vec<u8>>,
+}
+
+fn build_http(
+    ca_pem: Option<&[u8]>,
+    identity: Option<&TlsIdentity>,
+) -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("kobo-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem).context("parsing the CA certificate")?;
+        anyhow::ensure!(!certs.is_empty(), "the CA file holds no certificate");
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some(identity) = identity {
+        let mut pem = identity.cert_pem.clone();
+        pem.push(b'\n');
+        pem.extend_from_slice(&identity.key_pem);
+        builder = builder.identity(
+            reqwest::Identity::from_pem(&pem).context("reading the node certificate and key")?,
+        );
+    }
+    builder.build().context("building the HTTPS client")
 }
 
 impl CoordinatorClient {
-    pub fn new(url: &str, ca_pem: Option<&[u8]>) -> anyhow::Result<CoordinatorClient> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("kobo-agent/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = ca_pem {
-            let certs =
-                reqwest::Certificate::from_pem_bundle(pem).context("parsing the CA certificate")?;
-            anyhow::ensure!(!certs.is_empty(), "the CA file holds no certificate");
-            builder = builder.tls_certs_only(certs);
-        }
+    pub fn new(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        identity: Option<&TlsIdentity>,
+    ) -> anyhow::Result<CoordinatorClient> {
         Ok(CoordinatorClient {
-            http: builder.build().context("building the HTTPS client")?,
+            http: Arc::new(RwLock::new(build_http(ca_pem, identity)?)),
             base: url.trim_end_matches('/').to_string(),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
         })
+    }
+
+    /// Presents `identity` from now on (new connections).
+    pub fn set_identity(&self, identity: &TlsIdentity) -> anyhow::Result<()> {
+        let http = build_http(self.ca_pem.as_deref(), Some(identity))?;
+        *self.http.write().unwrap_or_else(PoisonError::into_inner) = http;
+        Ok(())
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
@@ -70,7 +115,7 @@ impl CoordinatorClient {
         timeout: Duration,
     ) -> Result<T, CallError> {
         let response = self
-            .http
+            .http()
             .post(format!("{}{path}", self.base))
             .timeout(timeout)
             .json(body)
@@ -93,6 +138,7 @@ impl CoordinatorClient {
         Err(match status {
             StatusCode::CONFLICT if path.contains("/jobs/") => CallError::Stale(message),
             StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Unregistered(message),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CallError::Refused(message),
             s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
                 CallError::Unavailable(message)
             }
@@ -111,6 +157,10 @@ impl CoordinatorClient {
 
     pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<HeartbeatResponse, CallError> {
         self.post("/v1/agent/heartbeat", req, CALL_TIMEOUT).await
+    }
+
+    pub async fn renew(&self, req: &RenewRequest) -> Result<RenewResponse, CallError> {
+        self.post("/v1/agent/renew", req, CALL_TIMEOUT).await
     }
 
     pub async fn complete(

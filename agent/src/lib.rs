@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: the agent's settings.
 //! - [`coordinator`]: the calls to the coordinator (register, lease, heartbeat, complete).
+//! - [`identity`]: the node key and certificate: join, keygen, renewal.
 //! - [`runner`]: the lease loop, job tasks, heartbeats and graceful drain.
 //! - [`llm`]: the LLM backends (Ollama, OpenAI-compatible, simulated).
 //! - [`metrics`]: system metrics for heartbeats.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod identity;
 pub mod llm;
 pub mod metrics;
 pub mod runner;

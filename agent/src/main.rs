@@ -1,13 +1,15 @@
 //! `kobo-agent`: parses the command line and runs the agent until SIGTERM or
-//! Ctrl-C, then drains.
+//! Ctrl-C, then drains. `kobo-agent join` enrolls first; `kobo-agent keygen`
+//! makes the node key and prints a certificate signing request.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
 use kobo_agent::AgentConfig;
+use kobo_agent::identity::{self, IdentityFiles};
 use kobo_agent::llm::{BackendKind, LlmConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -15,29 +17,72 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "kobo-agent",
     version,
-    about = "The kobo worker agent: leases jobs from kobo-coord and runs them on this machine's LLM"
+    about = "The kobo worker agent: leases jobs from kobo-coord and runs them on this machine's LLM",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll with a single-use join token, then run.
+    Join {
+        /// Coordinator URL, e.g. https://coord.example:7443.
+        url: String,
+        /// The token from `kobo-coord token create --node <node-id>`.
+        #[arg(long, env = "KOBO_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+    /// Make the node key (if missing) and print a certificate signing request.
+    Keygen {
+        #[arg(long, env = "KOBO_NODE_ID")]
+        node_id: String,
+        /// Where the node key lives.
+        #[arg(long, env = "KOBO_AGENT_DIR", default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
+}
+
+/// `$KOBO_AGENT_DIR`, else `~/.local/share/kobo-agent`.
+fn default_state_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/kobo-agent"),
+        None => PathBuf::from("kobo-agent"),
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
     /// Coordinator URL, e.g. https://coord.example:7443.
     #[arg(long, env = "KOBO_COORDINATOR")]
-    coordinator: String,
-    /// CA certificate of the coordinator (its <data-dir>/ca.pem).
+    coordinator: Option<String>,
+    /// Where the node key, certificate and CA live (node.key, node.pem, ca.pem).
+    #[arg(long, env = "KOBO_AGENT_DIR", default_value_os_t = default_state_dir())]
+    state_dir: PathBuf,
+    /// CA certificate of the coordinator (default: <state-dir>/ca.pem).
     #[arg(long, env = "KOBO_CA")]
     ca: Option<PathBuf>,
-    /// This node's unique id.
+    /// Node certificate (default: <state-dir>/node.pem).
+    #[arg(long, env = "KOBO_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Node private key (default: <state-dir>/node.key).
+    #[arg(long, env = "KOBO_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// This node's unique id (the certificate's name).
     #[arg(long, env = "KOBO_NODE_ID")]
-    node_id: String,
+    node_id: Option<String>,
     /// Region, e.g. ap-northeast-1 (decides data residency).
     #[arg(long, env = "KOBO_REGION")]
-    region: String,
+    region: Option<String>,
     /// Kinds of work this node takes (comma-separated); a job runs only on a
     /// node listing its kind.
-    #[arg(
-        long,
-        env = "KOBO_CAPABILITIES",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long, env = "KOBO_CAPABILITIES", value_delimiter = ',')]
     capabilities: Vec<String>,
     /// Jobs run at once.
     #[arg(long, env = "KOBO_MAX_WORKERS", default_value_t = 4)]
@@ -54,7 +99,7 @@ struct Cli {
     /// Base URL of the LLM server (default: Ollama's http://127.0.0.1:11434).
     #[arg(long, env = "KOBO_LLM_ENDPOINT")]
     llm_endpoint: Option<String>,
-    /// Model used when a job names none.
+    /// Model used when a job names none (default: the server's first).
     #[arg(long, env = "KOBO_LLM_MODEL")]
     llm_model: Option<String>,
     /// Name of the environment variable holding the OpenAI-compatible API key.
@@ -71,43 +116,110 @@ struct Cli {
     drain_timeout_secs: u64,
 }
 
-fn config(cli: Cli) -> anyhow::Result<AgentConfig> {
-    let ca_pem = match &cli.ca {
+fn read_optional(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn config(
+    run: RunArgs,
+    coordinator: Option<String>,
+    node_id: Option<String>,
+) -> anyhow::Result<AgentConfig> {
+    let Some(coordinator) = coordinator.or(run.coordinator) else {
+        bail!("--coordinator (or KOBO_COORDINATOR) is required");
+    };
+    let Some(node_id) = node_id.or(run.node_id) else {
+        bail!("--node-id (or KOBO_NODE_ID) is required");
+    };
+    let Some(region) = run.region else {
+        bail!("--region (or KOBO_REGION) is required");
+    };
+    if run.capabilities.is_empty() {
+        bail!(
+            "--capabilities (or KOBO_CAPABILITIES) is required: the kinds of work this node takes"
+        );
+    }
+    anyhow::ensure!(run.max_workers >= 1, "--max-workers must be at least 1");
+    let ca_pem = match &run.ca {
         Some(path) => Some(
             std::fs::read(path)
                 .with_context(|| format!("reading CA certificate {}", path.display()))?,
         ),
-        None => None,
+        None => read_optional(&run.state_dir.join("ca.pem"))?,
     };
-    anyhow::ensure!(cli.max_workers >= 1, "--max-workers must be at least 1");
-    let endpoint = match (cli.llm, cli.llm_endpoint) {
+    let files = match (run.cert, run.key) {
+        (Some(cert), Some(key)) => IdentityFiles { cert, key },
+        _ => IdentityFiles::in_dir(&run.state_dir),
+    };
+    let identity = if files.cert.exists() && files.key.exists() {
+        Some(files.load()?)
+    } else {
+        tracing::warn!(
+            cert = %files.cert.display(),
+            "no node certificate: the coordinator will refuse this agent; enroll with `kobo-agent join`"
+        );
+        None
+    };
+    let endpoint = match (run.llm, run.llm_endpoint) {
         (_, Some(endpoint)) => Some(endpoint),
         (BackendKind::Ollama, None) => Some("http://127.0.0.1:11434".to_string()),
-        (BackendKind::OpenAi, None) => anyhow::bail!("--llm openai needs --llm-endpoint"),
+        (BackendKind::OpenAi, None) => bail!("--llm openai needs --llm-endpoint"),
         (BackendKind::Sim, None) => None,
     };
     Ok(AgentConfig {
-        coordinator: cli.coordinator,
+        coordinator,
         ca_pem,
-        node_id: cli.node_id,
-        region: cli.region,
-        capabilities: cli.capabilities,
-        max_workers: cli.max_workers,
-        gpu: cli.gpu,
-        specialization: cli.specialization,
+        identity,
+        node_id,
+        region,
+        capabilities: run.capabilities,
+        max_workers: run.max_workers,
+        gpu: run.gpu,
+        specialization: run.specialization,
         llm: LlmConfig {
-            kind: cli.llm,
+            kind: run.llm,
             endpoint,
-            api_key: std::env::var(&cli.llm_api_key_env)
+            api_key: std::env::var(&run.llm_api_key_env)
                 .ok()
                 .filter(|k| !k.is_empty()),
-            default_model: cli.llm_model,
-            sim_latency: Duration::from_millis(cli.sim_latency_ms),
+            default_model: run.llm_model,
+            sim_latency: Duration::from_millis(run.sim_latency_ms),
             request_timeout: None,
         },
-        models: cli.models,
-        drain_timeout: Duration::from_secs(cli.drain_timeout_secs),
+        models: run.models,
+        drain_timeout: Duration::from_secs(run.drain_timeout_secs),
     })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = match cli.command {
+        Some(Command::Keygen { node_id, state_dir }) => {
+            let key = identity::load_or_create_key(&state_dir)?;
+            print!("{}", identity::csr(&node_id, &key)?);
+            eprintln!(
+                "node key: {} (never leaves this machine)",
+                state_dir.join("node.key").display()
+            );
+            return Ok(());
+        }
+        Some(Command::Join { url, token, run }) => {
+            let node_id = run
+                .node_id
+                .clone()
+                .context("--node-id is required: the name the token was created for")?;
+            let enrolled = identity::join(&url, &token, &node_id, &run.state_dir).await?;
+            tracing::info!(node_id = %enrolled, state_dir = %run.state_dir.display(), "enrolled");
+            config(*run, Some(url), Some(enrolled))?
+        }
+        None => config(cli.run, None, None)?,
+    };
+    let shutdown = CancellationToken::new();
+    kobo_agent::signals::cancel_on_signal(shutdown.clone());
+    kobo_agent::run(config, shutdown).await
 }
 
 fn main() -> ExitCode {
@@ -119,14 +231,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = config(cli).and_then(|config| {
-        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-        runtime.block_on(async {
-            let shutdown = CancellationToken::new();
-            kobo_agent::signals::cancel_on_signal(shutdown.clone());
-            kobo_agent::run(config, shutdown).await
-        })
-    });
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -93,7 +93,11 @@ fn random_instance_id() -> String {
 /// Runs the agent until `shutdown` is cancelled and running jobs drained.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut config = config;
-    let client = CoordinatorClient::new(&config.coordinator, config.ca_pem.as_deref())?;
+    let client = CoordinatorClient::new(
+        &config.coordinator,
+        config.ca_pem.as_deref(),
+        config.identity.as_ref(),
+    )?;
     let mut llm = LlmClient::new(config.llm.clone())?;
     let models = if config.models.is_empty() {
         match llm.list_models().await {
@@ -159,6 +163,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let jobs = TaskTracker::new();
     let background = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), background.clone()));
+    let renewal = tokio::spawn(renewal_loop(shared.clone(), background.clone()));
     let reregister = tokio::spawn(reregister_loop(
         shared.clone(),
         register,
@@ -180,6 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     background.cancel();
     let _ = heartbeat.await;
+    let _ = renewal.await;
     let _ = reregister.await;
     tracing::info!("agent stopped");
     Ok(())
@@ -200,7 +206,7 @@ async fn register_until_done(
                     .unwrap_or_else(PoisonError::into_inner) = timings;
                 return true;
             }
-            Err(CallError::Rejected(message)) => {
+            Err(CallError::Rejected(message) | CallError::Refused(message)) => {
                 tracing::error!(%message, "the coordinator rejected the registration");
             }
             Err(err) => tracing::warn!(error = %err, "registration failed; retrying"),
@@ -480,4 +486,65 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
             Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
         }
     }
+}
+
+/// Renews the node certificate at 2/3 of its life, with a fresh key, over
+/// mutual TLS; stores it and presents it from then on.
+async fn renewal_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let Some(mut identity) = shared.config.identity.clone() else {
+        return;
+    };
+    loop {
+        let due = match crate::identity::renewal_due(&identity.cert_pem) {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the node certificate's validity; not renewing");
+                return;
+            }
+        };
+        let wait = due
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match renew_once(&shared, &identity).await {
+            Ok(renewed) => {
+                tracing::info!("node certificate renewed");
+                identity = renewed;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "certificate renewal failed; retrying in a minute");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    shared: &Shared,
+    current: &crate::identity::TlsIdentity,
+) -> anyhow::Result<crate::identity::TlsIdentity> {
+    let key = crate::identity::new_key()?;
+    let csr_pem = crate::identity::csr(&shared.config.node_id, &key)?;
+    let answer = shared
+        .client
+        .renew(&kobo_protocol::RenewRequest { csr_pem })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key_pem = key.serialize_pem();
+    if let Some(files) = &current.files {
+        files.store(&answer.certificate_pem, &key_pem)?;
+    }
+    let renewed = crate::identity::TlsIdentity {
+        cert_pem: answer.certificate_pem.into_bytes(),
+        key_pem: key_pem.into_bytes(),
+        files: current.files.clone(),
+    };
+    shared.client.set_identity(&renewed)?;
+    Ok(renewed)
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use kobo_protocol::{
-    ErrorBody, JobDetail, JobId, JobList, JobListQuery, JobView, NodeView, SubmitBatch,
-    SubmitBatchResponse, SubmitJob, SubmitResponse,
+    AccessRole, ApiKeyCreate, ApiKeyCreated, ApiKeyView, AuditList, AuditQuery, AuditVerify,
+    ErrorBody, JobDetail, JobId, JobList, JobListQuery, JobView, NodeView, RevokeResponse,
+    SubmitBatch, SubmitBatchResponse, SubmitJob, SubmitResponse, TokenCreate, TokenCreated,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -23,6 +24,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Endpoint {
     pub url: String,
     pub ca_pem: Option<Vec<u8>>,
+    /// Sent as `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl Endpoint {
@@ -32,6 +35,7 @@ impl Endpoint {
         data_dir: &Path,
         url: Option<String>,
         ca: Option<PathBuf>,
+        api_key: Option<String>,
     ) -> anyhow::Result<Endpoint> {
         let url = match url {
             Some(url) => url,
@@ -59,7 +63,12 @@ impl Endpoint {
             ),
             None => None,
         };
-        Ok(Endpoint { url, ca_pem })
+        let api_key = api_key.or_else(|| crate::init::local_admin_key(data_dir));
+        Ok(Endpoint {
+            url,
+            ca_pem,
+            api_key,
+        })
     }
 }
 
@@ -86,6 +95,7 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    api_key: Option<String>,
 }
 
 impl ApiClient {
@@ -93,6 +103,7 @@ impl ApiClient {
         Ok(ApiClient {
             http: http_client(endpoint.ca_pem.as_deref())?,
             base: endpoint.url.trim_end_matches('/').to_string(),
+            api_key: endpoint.api_key.clone(),
         })
     }
 
@@ -107,6 +118,9 @@ impl ApiClient {
         let mut request = self.http.request(method, &url);
         if !query.is_empty() {
             request = request.query(&query);
+        }
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -194,6 +208,86 @@ impl ApiClient {
     pub async fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
         self.call(Method::GET, "/v1/nodes", Vec::new(), None::<&()>)
             .await
+    }
+
+    pub async fn apikey_create(
+        &self,
+        name: &str,
+        role: AccessRole,
+    ) -> anyhow::Result<ApiKeyCreated> {
+        let body = ApiKeyCreate {
+            name: name.to_string(),
+            role,
+        };
+        self.call(Method::POST, "/v1/admin/apikeys", Vec::new(), Some(&body))
+            .await
+    }
+
+    pub async fn apikey_list(&self) -> anyhow::Result<Vec<ApiKeyView>> {
+        self.call(Method::GET, "/v1/admin/apikeys", Vec::new(), None::<&()>)
+            .await
+    }
+
+    pub async fn apikey_revoke(&self, id: &str) -> anyhow::Result<()> {
+        self.call_empty(Method::POST, &format!("/v1/admin/apikeys/{id}/revoke"))
+            .await
+    }
+
+    pub async fn token_create(&self, node_id: &str, ttl: Duration) -> anyhow::Result<TokenCreated> {
+        let body = TokenCreate {
+            node_id: node_id.to_string(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.call(Method::POST, "/v1/admin/tokens", Vec::new(), Some(&body))
+            .await
+    }
+
+    pub async fn node_revoke(&self, node_id: &str) -> anyhow::Result<RevokeResponse> {
+        self.call(
+            Method::POST,
+            &format!("/v1/admin/nodes/{node_id}/revoke"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn audit(&self, query: &AuditQuery) -> anyhow::Result<AuditList> {
+        self.call(
+            Method::GET,
+            "/v1/admin/audit",
+            query_pairs(query),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn audit_verify(&self) -> anyhow::Result<AuditVerify> {
+        self.call(
+            Method::GET,
+            "/v1/admin/audit/verify",
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// A call whose success has no body (204).
+    async fn call_empty(&self, method: Method, path: &str) -> anyhow::Result<()> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", self.base))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(api_error(status, &bytes))
     }
 }
 

@@ -61,4 +61,6 @@ pub struct ServeConfig {
     /// The URL clients should use, written to `<data-dir>/client.json`;
     /// derived from the bound address when not set.
     pub advertise_url: Option<String>,
+    /// A CA certificate and key to use instead of creating one.
+    pub ca_import: Option<(PathBuf, PathBuf)>,
 }

@@ -144,9 +144,13 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         .context("binding a local port")?;
     let addr = listener.local_addr()?;
     let url = format!("https://{addr}");
-    let paths = tls::CertPaths::in_dir(&data_dir);
-    tls::ensure_ca(&paths)?;
-    let ca_pem = std::fs::read(&paths.ca_cert)?;
+    let initialized = crate::init::init(&crate::init::InitOptions {
+        data_dir: data_dir.clone(),
+        ..crate::init::InitOptions::default()
+    })?;
+    let ca_pem = std::fs::read(tls::CertPaths::in_dir(&data_dir).ca_cert)?;
+    let admin_key = crate::init::local_admin_key(&data_dir).context("the demo's admin key")?;
+    debug_assert!(initialized.admin_key.is_some());
 
     let model = if args.sim {
         None
@@ -172,11 +176,25 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         },
         sans: Vec::new(),
         advertise_url: Some(url.clone()),
+        ca_import: None,
     };
     let server = tokio::spawn(crate::serve(listener, config, shutdown.clone()));
 
+    let client = ApiClient::new(&Endpoint {
+        url: url.clone(),
+        ca_pem: Some(ca_pem.clone()),
+        api_key: Some(admin_key),
+    })?;
     let mut agents = Vec::new();
     for card in &NODES {
+        // Each agent enrolls as a real one would: a single-use token, a key
+        // made for it, a certificate from the coordinator's CA.
+        let token = client
+            .token_create(card.node_id, Duration::from_secs(60))
+            .await?;
+        let agent_dir = data_dir.join("agents").join(card.node_id);
+        kobo_agent::identity::join(&url, &token.token, card.node_id, &agent_dir).await?;
+        let identity = kobo_agent::identity::IdentityFiles::in_dir(&agent_dir).load()?;
         let llm = LlmConfig {
             kind: if model.is_some() {
                 BackendKind::Ollama
@@ -192,6 +210,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         let config = AgentConfig {
             coordinator: url.clone(),
             ca_pem: Some(ca_pem.clone()),
+            identity: Some(identity),
             node_id: card.node_id.to_string(),
             region: card.region.to_string(),
             capabilities: card.capabilities.iter().map(|c| c.to_string()).collect(),
@@ -205,10 +224,6 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         agents.push(tokio::spawn(kobo_agent::run(config, shutdown.clone())));
     }
 
-    let client = ApiClient::new(&Endpoint {
-        url: url.clone(),
-        ca_pem: Some(ca_pem),
-    })?;
     let result = drive(args, &client, model).await;
     shutdown.cancel();
     for agent in agents {

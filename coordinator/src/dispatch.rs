@@ -12,6 +12,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::config::QueueConfig;
 use crate::routing::{self, NodeProfile};
+use crate::security::Sealer;
 use crate::store::{self, Effect, ReadyJob, StoreError, WriteCtx};
 
 /// Where a parked lease request receives its leases.
@@ -39,6 +40,8 @@ impl Waiter {
 /// store's writer thread and by handlers.
 pub struct Hub {
     pub config: QueueConfig,
+    /// Seals and opens confidential prompts and results.
+    pub sealer: Sealer,
     parked: Mutex<Vec<Waiter>>,
     next_waiter_id: AtomicU64,
     finished: Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>,
@@ -46,9 +49,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(config: QueueConfig) -> Hub {
+    pub fn new(config: QueueConfig, sealer: Sealer) -> Hub {
         Hub {
             config,
+            sealer,
             parked: Mutex::new(Vec::new()),
             next_waiter_id: AtomicU64::new(1),
             finished: Mutex::new(HashMap::new()),
@@ -160,8 +164,14 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
         let Some(idx) = best else { continue };
         let waiter = &mut parked[idx];
         let ttl = ctx.hub.config.lease_ttl_ms;
-        if let Some(lease) = store::grant_lease(ctx.tx, ctx.now, ttl, job.id, &waiter.node.node_id)?
-        {
+        if let Some(lease) = store::grant_lease(
+            ctx.tx,
+            ctx.now,
+            &ctx.hub.sealer,
+            ttl,
+            job.id,
+            &waiter.node.node_id,
+        )? {
             waiter.granted.push(lease);
         }
     }

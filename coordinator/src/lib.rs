@@ -4,23 +4,31 @@
 //!
 //! # Layout
 //! - [`server`]: the TLS accept loop and [`serve`], the entry point.
+//! - [`access`]: principals, roles, the cache of keys and certificates.
+//! - [`admin`]: API keys, join tokens, enrollment, revocation, audit log.
 //! - [`api`]: routes and handlers; [`validate`]: input checks naming fields.
 //! - [`queue`]: queue operations (submit, lease, heartbeat, complete, cancel, timer).
 //! - [`dispatch`]: parked lease requests and the hand-off of ready jobs.
 //! - [`routing`]: hard constraints (which node may run which job).
 //! - [`store`]: SQLite schema, the group-commit writer, queries.
-//! - [`tls`]: the coordinator's CA and server certificate.
+//! - [`tls`]: the coordinator's CA, server and node certificates.
+//! - [`security`]: secret keys, API keys, join tokens, sealing of confidential data.
 //! - [`client`]: a typed client of the API; [`cli`]: the command line; [`demo`].
+//! - [`init`]: preparing a data directory (CA, secrets, database, first admin key).
 //! - [`config`]: timings and settings.
 
+pub mod access;
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
+pub mod init;
 pub mod queue;
 pub mod routing;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -24,6 +24,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(args) => cli::job(args).await,
         Command::Cancel(args) => cli::cancel(args).await,
         Command::Nodes(args) => cli::nodes(args).await,
+        Command::Init(args) => cli::init(args),
+        Command::Apikey(command) => cli::apikey(command).await,
+        Command::Token(command) => cli::token(command).await,
+        Command::Node(command) => cli::node(command).await,
+        Command::Audit(args) => cli::audit(args).await,
     }
 }
 

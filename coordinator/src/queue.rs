@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kobo_protocol::{
-    CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, JobId, JobState,
-    JobView, Lease, LeaseRequest, NodeStatus, RegisterRequest, RegisterResponse, SubmitJob,
-    SubmitResponse,
+    AccessRole, CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, JobId,
+    JobState, JobView, Lease, LeaseRequest, NodeStatus, RegisterRequest, RegisterResponse,
+    SubmitJob, SubmitResponse,
 };
 use rusqlite::params;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Caller;
+use crate::admin;
 use crate::config::METRICS_RETENTION;
 use crate::dispatch::{self, Hub};
 use crate::store::{self, Backoff, Changes, Effect, Store, StoreError, WriteCtx};
@@ -29,6 +31,15 @@ const TIMER_MIN_SLEEP: Duration = Duration::from_millis(1);
 pub struct Queue {
     pub store: Store,
     pub hub: Arc<Hub>,
+}
+
+/// Whose confidential jobs `caller` may read in the clear: admins all
+/// (`None`), others only their own.
+pub fn reveal_only_of(caller: &Caller) -> Option<String> {
+    match caller.principal.role() {
+        Some(AccessRole::Admin) => None,
+        _ => Some(caller.actor()),
+    }
 }
 
 /// Turns what a write changed into hand-offs and notifications.
@@ -88,19 +99,45 @@ impl Queue {
         }
     }
 
-    /// Inserts validated jobs in one transaction; ready ones go straight to
-    /// parked agents that may run them.
-    pub async fn submit(&self, jobs: Vec<SubmitJob>) -> Result<Vec<SubmitResponse>, StoreError> {
+    /// Inserts validated jobs in one transaction, with one audit row;
+    /// ready ones go straight to parked agents that may run them.
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        jobs: Vec<SubmitJob>,
+    ) -> Result<Vec<SubmitResponse>, StoreError> {
+        let caller = caller.clone();
         self.store
             .write(move |ctx| {
                 let mut changes = Changes::default();
                 let default_attempts = ctx.hub.config.default_max_attempts;
+                let actor = caller.actor();
                 let answers = jobs
                     .iter()
                     .map(|job| {
-                        store::insert_job(ctx.tx, ctx.now, default_attempts, job, &mut changes)
+                        store::insert_job(
+                            ctx.tx,
+                            ctx.now,
+                            &ctx.hub.sealer,
+                            default_attempts,
+                            &actor,
+                            job,
+                            &mut changes,
+                        )
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                let created = answers.iter().filter(|a| a.created).count();
+                let target = match (answers.first(), answers.last()) {
+                    (Some(first), Some(last)) if first.id == last.id => format!("job:{}", first.id),
+                    (Some(first), Some(last)) => format!("jobs:{}..{}", first.id, last.id),
+                    _ => "jobs:none".to_string(),
+                };
+                let detail = format!("{} jobs, {created} created", answers.len());
+                store::append_audit(
+                    ctx.tx,
+                    ctx.now,
+                    &admin::record(&caller, "job.submit", Some(target), "ok", Some(detail)),
+                )?;
                 apply(ctx, changes)?;
                 Ok(answers)
             })
@@ -137,8 +174,14 @@ impl Queue {
                     return Ok(LeaseStart::Idle);
                 }
                 let ttl = ctx.hub.config.lease_ttl_ms;
-                let leases =
-                    store::lease_for_node(ctx.tx, ctx.now, ttl, &node.profile, req.max_jobs)?;
+                let leases = store::lease_for_node(
+                    ctx.tx,
+                    ctx.now,
+                    &ctx.hub.sealer,
+                    ttl,
+                    &node.profile,
+                    req.max_jobs,
+                )?;
                 if !leases.is_empty() || req.wait_ms == 0 {
                     return Ok(LeaseStart::Granted(leases));
                 }
@@ -208,12 +251,15 @@ impl Queue {
         self.store
             .write(move |ctx| {
                 let mut changes = Changes::default();
-                let jitter = rand::random::<f64>();
+                let retry = store::Retry {
+                    backoff,
+                    unit_random: rand::random::<f64>(),
+                };
                 let answer = store::complete_job(
                     ctx.tx,
                     ctx.now,
-                    backoff,
-                    jitter,
+                    &ctx.hub.sealer,
+                    retry,
                     job_id,
                     &req,
                     &mut changes,
@@ -224,12 +270,24 @@ impl Queue {
             .await
     }
 
-    /// Cancels a job; returns the state it was in.
-    pub async fn cancel(&self, job_id: JobId) -> Result<JobState, StoreError> {
+    /// Cancels a job; returns the state it was in. A `submit` key may
+    /// cancel only its own jobs.
+    pub async fn cancel(&self, caller: &Caller, job_id: JobId) -> Result<JobState, StoreError> {
+        let caller = caller.clone();
         self.store
             .write(move |ctx| {
+                let owner = store::job_owner(ctx.tx, job_id)?.ok_or(StoreError::JobNotFound(job_id))?;
+                let actor = caller.actor();
+                if caller.principal.role() != Some(AccessRole::Admin) && owner.as_deref() != Some(actor.as_str()) {
+                    return Err(StoreError::Forbidden(format!("job {job_id} was submitted by someone else; only they or an admin may cancel it")));
+                }
                 let mut changes = Changes::default();
                 let before = store::cancel_job(ctx.tx, ctx.now, job_id, &mut changes)?;
+                store::append_audit(
+                    ctx.tx,
+                    ctx.now,
+                    &admin::record(&caller, "job.cancel", Some(format!("job:{job_id}")), "ok", Some(format!("was {before}"))),
+                )?;
                 apply(ctx, changes)?;
                 Ok(before)
             })
@@ -237,19 +295,32 @@ impl Queue {
     }
 
     /// The job once it is terminal, or as it is when `timeout` passes.
-    pub async fn wait(&self, job_id: JobId, timeout: Duration) -> Result<JobView, StoreError> {
+    pub async fn wait(
+        &self,
+        caller: &Caller,
+        job_id: JobId,
+        timeout: Duration,
+    ) -> Result<JobView, StoreError> {
         let finished = self.hub.watch_job(job_id);
-        let job = self.get(job_id).await?;
+        let job = self.get(caller, job_id).await?;
         if job.state.is_terminal() {
             return Ok(job);
         }
         let _ = tokio::time::timeout(timeout, finished).await;
-        self.get(job_id).await
+        self.get(caller, job_id).await
     }
 
-    pub async fn get(&self, job_id: JobId) -> Result<JobView, StoreError> {
+    pub async fn get(&self, caller: &Caller, job_id: JobId) -> Result<JobView, StoreError> {
+        let hub = self.hub.clone();
+        let only_of = reveal_only_of(caller);
         self.store
-            .read(move |conn| store::get_job(conn, job_id)?.ok_or(StoreError::JobNotFound(job_id)))
+            .read(move |conn| {
+                let reveal = store::Reveal {
+                    sealer: &hub.sealer,
+                    only_of: only_of.as_deref(),
+                };
+                store::get_job(conn, job_id, &reveal)?.ok_or(StoreError::JobNotFound(job_id))
+            })
             .await
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -19,11 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::access::{AccessCache, Caller, Principal};
+use crate::admin::{Admin, record};
 use crate::api::{self, AppState, PeerInfo};
 use crate::config::ServeConfig;
 use crate::dispatch::Hub;
+use crate::init;
 use crate::queue::Queue;
-use crate::store::Store;
+use crate::security::Secrets;
+use crate::store::{self, Store};
 use crate::tls;
 
 /// A TLS handshake that takes longer than this is dropped (slow or hostile
@@ -43,19 +47,52 @@ pub struct ClientFile {
     pub url: String,
 }
 
-/// Prepares the data directory: database, CA, server certificate.
-pub fn prepare(config: &ServeConfig) -> anyhow::Result<(Store, Arc<Hub>, tls::CertPaths)> {
-    fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+/// How often the server certificate's expiry is checked while serving.
+const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+/// Request headers must arrive within this long (slowloris clients are cut).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most concurrent streams on one HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 1024;
+
+/// Everything a running coordinator holds.
+pub struct Prepared {
+    pub queue: Queue,
+    pub admin: Admin,
+    pub access: Arc<AccessCache>,
+    pub paths: tls::CertPaths,
+}
+
+/// Prepares the data directory (see [`init`]) and opens the store.
+pub fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
+    init::init(&init::InitOptions {
+        data_dir: config.data_dir.clone(),
+        sans: config.sans.clone(),
+        ca_import: config.ca_import.clone(),
+    })?;
     let paths = tls::CertPaths::in_dir(&config.data_dir);
-    tls::ensure_ca(&paths).context("creating the certificate authority")?;
-    tls::ensure_server_cert(&paths, &tls::server_names(&config.sans))
-        .context("issuing the server certificate")?;
-    let hub = Arc::new(Hub::new(config.queue.clone()));
+    let secrets = Secrets::load_or_create(&config.data_dir).context("reading the secret keys")?;
+    let hub = Arc::new(Hub::new(config.queue.clone(), secrets.sealer.clone()));
     let db = config.data_dir.join(DB_FILE);
     let store =
         Store::open(&db, hub.clone()).with_context(|| format!("opening {}", db.display()))?;
-    Ok((store, hub, paths))
+    let conn = store::open_connection(&db)?;
+    let access = Arc::new(AccessCache::new(
+        secrets.hasher.clone(),
+        store::list_api_keys(&conn)?,
+        store::valid_certificates(&conn)?,
+    ));
+    let ca = Arc::new(tls::Ca::load(&paths).context("loading the certificate authority")?);
+    let admin = Admin {
+        store: store.clone(),
+        ca,
+        access: access.clone(),
+    };
+    Ok(Prepared {
+        queue: Queue::new(store, hub),
+        admin,
+        access,
+        paths,
+    })
 }
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
@@ -65,8 +102,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (store, hub, paths) = prepare(&config)?;
-    let queue = Queue::new(store, hub);
+    let prepared = prepare(&config)?;
+    let queue = prepared.queue.clone();
     queue
         .recover_after_restart()
         .await
@@ -75,14 +112,36 @@ pub async fn serve(
         .local_addr()
         .context("reading the listen address")?;
     write_client_file(&config.data_dir, config.advertise_url.as_deref(), local)?;
-    let tls_config = tls::server_config(&paths).context("loading the server certificate")?;
+    let cert =
+        tls::ReloadingCert::new(&prepared.paths).context("loading the server certificate")?;
+    let tls_config =
+        tls::server_config(&prepared.paths, cert.clone()).context("configuring TLS")?;
     let app = api::router(AppState {
         queue: queue.clone(),
+        admin: prepared.admin.clone(),
+        access: prepared.access.clone(),
     });
     let tracker = TaskTracker::new();
     let timer_queue = queue.clone();
     let timer_shutdown = shutdown.clone();
     tracker.spawn(async move { timer_queue.run_timer(timer_shutdown).await });
+    let renew_shutdown = shutdown.clone();
+    let (paths, names) = (prepared.paths.clone(), tls::server_names(&config.sans));
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = renew_shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CERT_CHECK_INTERVAL) => {}
+            }
+            let (cert, paths, names) = (cert.clone(), paths.clone(), names.clone());
+            match tokio::task::spawn_blocking(move || cert.renew_if_due(&paths, &names)).await {
+                Ok(Ok(true)) => tracing::info!("server certificate renewed"),
+                Ok(Ok(false)) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "server certificate renewal failed"),
+                Err(err) => tracing::error!(error = %err, "server certificate renewal panicked"),
+            }
+        }
+    });
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "kobo-coord serving");
     let hub = queue.hub.clone();
     let unpark_shutdown = shutdown.clone();
@@ -96,6 +155,7 @@ pub async fn serve(
         listener,
         TlsAcceptor::from(tls_config),
         app,
+        prepared.admin.clone(),
         shutdown.clone(),
         &tracker,
     )
@@ -129,6 +189,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     app: Router,
+    admin: Admin,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -148,32 +209,51 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let admin = admin.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    tracing::debug!(peer = %addr, error = %err, "tls handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %addr, "tls handshake timed out");
+            let refused = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Ok(tls),
+                Ok(Err(err)) => Err(format!("tls handshake failed: {err}")),
+                Err(_) => Err("tls handshake timed out".to_string()),
+            };
+            let tls = match refused {
+                Ok(tls) => tls,
+                Err(why) => {
+                    tracing::debug!(peer = %addr, %why, "connection refused");
+                    let caller = Caller {
+                        principal: Principal::Anonymous,
+                        source: Some(addr.to_string()),
+                        request_id: None,
+                    };
+                    if let Err(err) = admin.audit(record(&caller, "auth.tls", None, "denied", Some(why))).await {
+                        tracing::error!(error = %err, "could not audit a refused handshake");
+                    }
                     return;
                 }
             };
             let peer = PeerInfo {
                 addr,
-                client_certs: tls
+                node_cert: tls
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect()),
+                    .and_then(|certs| certs.first())
+                    .and_then(tls::node_cert),
             };
             let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(peer.clone());
                 app.clone().call(request)
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_H2_STREAMS);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {

@@ -204,25 +204,200 @@ pub fn ensure_server_cert(paths: &CertPaths, names: &[String]) -> Result<(), Tls
     Ok(())
 }
 
-/// The rustls server configuration: TLS 1.2+ with the server certificate.
-/// Client certificates are not asked for yet (see the Security issue); the
-/// accept loop already passes whatever the handshake verified to handlers.
-pub fn server_config(paths: &CertPaths) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = CertificateDer::pem_file_iter(&paths.server_cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Invalid {
-            path: paths.server_cert.clone(),
-            message: e.to_string(),
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&paths.server_key).map_err(|e| TlsError::Invalid {
-        path: paths.server_key.clone(),
+/// The rustls server configuration: TLS 1.2+, the (renewable) server
+/// certificate, and client certificates from our CA verified when offered
+/// (optional at the handshake: people and programs use API keys instead; the
+/// agent routes then insist on one).
+pub fn server_config(
+    paths: &CertPaths,
+    cert: Arc<ReloadingCert>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_file(&paths.ca_cert).map_err(|e| TlsError::Invalid {
+        path: paths.ca_cert.clone(),
         message: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    roots.add(ca)?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Invalid {
+        path: paths.ca_cert.clone(),
+        message: e.to_string(),
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Lifetime of node (client) certificates; agents renew at 2/3 of it.
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A certificate issued to a node.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub pem: String,
+    /// Hex of the serial number, as the `certificates` table keys it.
+    pub serial: String,
+    pub not_after_ms: i64,
+}
+
+/// The CA in memory, for signing node certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+    /// Hex SHA-256 of the CA certificate (DER): what join tokens pin.
+    pub cert_sha256: String,
+}
+
+impl Ca {
+    pub fn load(paths: &CertPaths) -> Result<Ca, TlsError> {
+        let key_pem = read(&paths.ca_key)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Invalid {
+            path: paths.ca_key.clone(),
+            message: e.to_string(),
+        })?;
+        let cert_pem = read(&paths.ca_cert)?;
+        let der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| TlsError::Invalid {
+                path: paths.ca_cert.clone(),
+                message: e.to_string(),
+            })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| TlsError::Invalid {
+            path: paths.ca_cert.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Ca {
+            issuer,
+            cert_sha256: crate::security::sha256_hex(&der),
+            cert_pem,
+        })
+    }
+
+    /// Signs a node certificate for the public key of `csr_pem`: CN = node
+    /// id, clientAuth only, [`NODE_CERT_LIFETIME`]. The CSR's own subject
+    /// and extensions are ignored: the coordinator decides what it certifies.
+    pub fn sign_node_csr(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        now_ms: i64,
+    ) -> Result<IssuedCert, TlsError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            TlsError::Invalid {
+                path: PathBuf::from("csr"),
+                message: e.to_string(),
+            }
+        })?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node_id);
+        dn.push(DnType::OrganizationName, "kobo nodes");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let serial: [u8; 16] = rand::random();
+        // Positive, non-zero serial (RFC 5280).
+        let mut serial = serial.to_vec();
+        serial[0] = (serial[0] & 0x7f) | 0x01;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_millis(now_ms.max(0) as u64);
+        params.not_before = now - Duration::from_secs(300);
+        params.not_after = now + NODE_CERT_LIFETIME;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(IssuedCert {
+            pem: cert.pem(),
+            serial: crate::security::hex_encode(&serial),
+            not_after_ms: now_ms + NODE_CERT_LIFETIME.as_millis() as i64,
+        })
+    }
+}
+
+/// What a verified client certificate says: the node and the serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCert {
+    pub node_id: String,
+    pub serial: String,
+}
+
+/// Reads the node id (CN) and serial of a client certificate.
+pub fn node_cert(der: &CertificateDer<'_>) -> Option<NodeCert> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let node_id = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let serial = crate::security::hex_encode(cert.raw_serial());
+    Some(NodeCert { node_id, serial })
+}
+
+/// The server certificate, swappable while serving (renewal without restart).
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadingCert {
+    fn load(paths: &CertPaths) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let chain = CertificateDer::pem_file_iter(&paths.server_cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError::Invalid {
+                path: paths.server_cert.clone(),
+                message: e.to_string(),
+            })?;
+        let key =
+            PrivateKeyDer::from_pem_file(&paths.server_key).map_err(|e| TlsError::Invalid {
+                path: paths.server_key.clone(),
+                message: e.to_string(),
+            })?;
+        let provider = rustls::crypto::ring::default_provider();
+        Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+            chain, key, &provider,
+        )?))
+    }
+
+    pub fn new(paths: &CertPaths) -> Result<Arc<ReloadingCert>, TlsError> {
+        Ok(Arc::new(ReloadingCert {
+            current: std::sync::RwLock::new(ReloadingCert::load(paths)?),
+        }))
+    }
+
+    /// Re-issues the server certificate if it is near expiry and swaps it in.
+    pub fn renew_if_due(&self, paths: &CertPaths, names: &[String]) -> Result<bool, TlsError> {
+        if server_cert_is_fresh(paths, &names.join("\n")) {
+            return Ok(false);
+        }
+        ensure_server_cert(paths, names)?;
+        let fresh = ReloadingCert::load(paths)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(true)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
 }

@@ -223,6 +223,20 @@ pub fn heartbeat(req: &HeartbeatRequest) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Largest certificate signing request accepted (bytes).
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// A PEM certificate signing request: present, bounded, PEM-shaped.
+pub fn csr(field: &str, pem: &str) -> Result<(), FieldError> {
+    if pem.len() > MAX_CSR_BYTES {
+        return fail(field, format!("longer than {MAX_CSR_BYTES} bytes"));
+    }
+    if !pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
+        return fail(field, "must be a PEM certificate signing request");
+    }
+    Ok(())
+}
+
 pub fn complete(req: &CompleteRequest) -> Result<(), FieldError> {
     name("node_id", &req.node_id)?;
     match &req.outcome {

@@ -272,6 +272,14 @@ pub struct JobView {
     /// Why a queued job is not running yet, when the coordinator knows.
     pub queue_reason: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Only nodes declaring `confidential_processing` run it; its prompt and
+    /// result are sealed at rest.
+    pub confidential: bool,
+    /// Who submitted it (`apikey:<id>`, `local`).
+    pub submitted_by: Option<String>,
+    /// The prompt and result are withheld from this caller (confidential
+    /// job, not the caller's own).
+    pub redacted: bool,
     pub output: Option<LlmOutput>,
 }
 

@@ -5,16 +5,19 @@
 //! a 4xx naming the field instead of a silently ignored option.
 //!
 //! # Layout
+//! - [`admin`]: roles, API keys, join tokens, enrollment, audit.
 //! - [`job`]: what a client submits and what it reads back.
 //! - [`agent`]: the agent ↔ coordinator calls (register, lease, heartbeat, complete).
 //! - [`node`]: nodes as clients see them.
 //! - [`error`]: the one error body every route answers with.
 
+pub mod admin;
 pub mod agent;
 pub mod error;
 pub mod job;
 pub mod node;
 
+pub use admin::*;
 pub use agent::*;
 pub use error::*;
 pub use job::*;

@@ -5,6 +5,7 @@
 //!
 //! cargo run --release -p kobo-tests --example core_figures
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,8 +22,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn agent_client(url: &str, ca: &[u8], node: &str) -> CoordinatorClient {
-    let client = CoordinatorClient::new(url, Some(ca)).expect("client");
+async fn agent_client(
+    url: &str,
+    ca: &[u8],
+    admin: &ApiClient,
+    dir: &Path,
+    node: &str,
+) -> CoordinatorClient {
+    let token = admin
+        .token_create(node, Duration::from_secs(60))
+        .await
+        .expect("token")
+        .token;
+    let node_dir = dir.join("agents").join(node);
+    kobo_agent::identity::join(url, &token, node, &node_dir)
+        .await
+        .expect("join");
+    let identity = kobo_agent::identity::IdentityFiles::in_dir(&node_dir)
+        .load()
+        .expect("identity");
+    let client = CoordinatorClient::new(url, Some(ca), Some(&identity)).expect("client");
     client
         .register(&RegisterRequest {
             node_id: node.into(),
@@ -71,20 +90,25 @@ async fn main() -> anyhow::Result<()> {
         queue: QueueConfig::default(),
         sans: vec![],
         advertise_url: Some(url.clone()),
+        ca_import: None,
     };
-    kobo_coord::tls::ensure_ca(&kobo_coord::tls::CertPaths::in_dir(dir.path()))?;
+    kobo_coord::init::init(&kobo_coord::init::InitOptions {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })?;
     let server = tokio::spawn(kobo_coord::serve(listener, config, shutdown.clone()));
     let ca = std::fs::read(dir.path().join("ca.pem"))?;
     let client = ApiClient::new(&Endpoint {
         url: url.clone(),
         ca_pem: Some(ca.clone()),
+        api_key: kobo_coord::init::local_admin_key(dir.path()),
     })?;
     while client.nodes().await.is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // 1. Pickup latency: one parked agent, jobs submitted one at a time.
-    let agent = agent_client(&url, &ca, "pickup-agent").await;
+    let agent = agent_client(&url, &ca, &client, dir.path(), "pickup-agent").await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let parked = Arc::new(tokio::sync::Notify::new());
     let agent_parked = parked.clone();
@@ -141,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
         let mut agents = Vec::new();
         for idx in 0..50 {
             let node = format!("tp-{mode}-{idx}").replace(' ', "_");
-            let agent = agent_client(&url, &ca, &node).await;
+            let agent = agent_client(&url, &ca, &client, dir.path(), &node).await;
             let done = done.clone();
             let stop = stop.clone();
             agents.push(tokio::spawn(async move {

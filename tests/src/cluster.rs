@@ -242,6 +242,7 @@ impl Cluster {
                 && let Ok(client) = ApiClient::new(&Endpoint {
                     url: self.url(),
                     ca_pem: std::fs::read(self.ca_path()).ok(),
+                    api_key: kobo_coord::init::local_admin_key(&self.data_dir),
                 })
                 && client.nodes().await.is_ok()
             {
@@ -275,11 +276,25 @@ impl Cluster {
         let log = self
             .data_dir
             .join(format!("agent-{}-{idx}.log", spec.node_id));
+        // Every agent enrolls the real way: a single-use join token, a key
+        // made by the agent, a certificate from the coordinator's CA.
+        let token = self
+            .client()
+            .token_create(&spec.node_id, Duration::from_secs(300))
+            .await
+            .expect("join token")
+            .token;
+        let state_dir = self
+            .data_dir
+            .join("agents")
+            .join(format!("{}-{idx}", spec.node_id));
         let mut command = Command::new(binary("kobo-agent"));
         command
-            .args(["--coordinator", &self.url()])
-            .arg("--ca")
-            .arg(self.ca_path())
+            .arg("join")
+            .arg(self.url())
+            .args(["--token", &token])
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(["--node-id", &spec.node_id])
             .args(["--region", &spec.region])
             .args(["--capabilities", &spec.capabilities.join(",")])
@@ -313,6 +328,62 @@ impl Cluster {
         })
         .await;
         idx
+    }
+
+    /// Enrolls `node_id` in-process (token, key, CSR, certificate) and
+    /// returns a protocol client presenting its certificate.
+    pub async fn enroll(&self, node_id: &str) -> kobo_agent::coordinator::CoordinatorClient {
+        let identity = self.enroll_identity(node_id).await;
+        let ca = std::fs::read(self.ca_path()).expect("ca");
+        kobo_agent::coordinator::CoordinatorClient::new(&self.url(), Some(&ca), Some(&identity))
+            .expect("client")
+    }
+
+    /// A raw HTTPS client presenting a freshly enrolled certificate of `node_id`.
+    pub async fn enroll_raw(&self, node_id: &str) -> reqwest::Client {
+        let identity = self.enroll_identity(node_id).await;
+        let mut pem = identity.cert_pem.clone();
+        pem.push(b'\n');
+        pem.extend_from_slice(&identity.key_pem);
+        let ca = std::fs::read(self.ca_path()).expect("ca");
+        reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("ca"))
+            .identity(reqwest::Identity::from_pem(&pem).expect("identity"))
+            .build()
+            .expect("client")
+    }
+
+    /// Enrolls `node_id` (token, key, CSR, certificate) and returns its identity.
+    pub async fn enroll_identity(&self, node_id: &str) -> kobo_agent::identity::TlsIdentity {
+        let token = self
+            .client()
+            .token_create(node_id, Duration::from_secs(300))
+            .await
+            .expect("join token")
+            .token;
+        let dir = self.data_dir.join("enrolled").join(node_id);
+        kobo_agent::identity::join(&self.url(), &token, node_id, &dir)
+            .await
+            .expect("join");
+        kobo_agent::identity::IdentityFiles::in_dir(&dir)
+            .load()
+            .expect("identity")
+    }
+
+    /// A client of the API with a new key of `role`.
+    pub async fn client_with_role(&self, role: kobo_protocol::AccessRole) -> (ApiClient, String) {
+        let created = self
+            .client()
+            .apikey_create(&format!("test-{role}"), role)
+            .await
+            .expect("api key");
+        let client = ApiClient::new(&Endpoint {
+            url: self.url(),
+            ca_pem: std::fs::read(self.ca_path()).ok(),
+            api_key: Some(created.key.clone()),
+        })
+        .expect("client");
+        (client, created.key)
     }
 
     /// Polls `check` until it is true, or fails the test after [`PATIENCE`].

@@ -9,8 +9,9 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::StoreError;
 use crate::routing::{self, JobNeeds, NodeProfile};
+use crate::security::Sealer;
 
-pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17) RETURNING id";
+pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18) RETURNING id";
 pub const FIND_BY_IDEMPOTENCY_KEY: &str = "SELECT id, state FROM jobs WHERE idempotency_key = ?1";
 pub const SELECT_QUEUED_OF_KIND: &str = "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model FROM jobs WHERE state = 'queued' AND kind = ?1 ORDER BY priority DESC, ready_at, id";
 pub const GRANT_LEASE: &str = "UPDATE jobs SET state = 'leased', node_id = ?2, lease_token = lease_token + 1, attempts = attempts + 1, lease_expires_at = ?3, updated_at = ?4, queue_reason = NULL WHERE id = ?1 AND state = 'queued' RETURNING lease_token, attempts, kind, timeout_ms, request";
@@ -43,6 +44,15 @@ pub struct Changes {
     pub finished: Vec<JobId>,
     /// A job was scheduled for later: the timer may need to wake sooner.
     pub scheduled: bool,
+}
+
+/// The retry delay of a failed attempt: the policy and the random draw
+/// (a parameter, so tests choose it).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub backoff: Backoff,
+    /// Uniform in [0, 1]: where in the jitter range the delay falls.
+    pub unit_random: f64,
 }
 
 /// Retry timing for failed attempts.
@@ -106,7 +116,9 @@ pub fn insert_event(tx: &Transaction<'_>, now: i64, event: Event<'_>) -> Result<
 pub fn insert_job(
     tx: &Transaction<'_>,
     now: i64,
+    sealer: &Sealer,
     default_max_attempts: u32,
+    submitted_by: &str,
     job: &SubmitJob,
     changes: &mut Changes,
 ) -> Result<SubmitResponse, StoreError> {
@@ -131,6 +143,12 @@ pub fn insert_job(
     };
     let request = serde_json::to_string(&job.llm_request())
         .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?;
+    // A confidential prompt never reaches the database in the clear.
+    let request = if job.requirements.confidential {
+        sealer.seal("request", &request)
+    } else {
+        request
+    };
     let req = &job.requirements;
     let id: i64 = tx.prepare_cached(INSERT_JOB)?.query_row(
         params![
@@ -151,6 +169,7 @@ pub fn insert_job(
             run_at,
             (state == JobState::Queued).then_some(now),
             now,
+            submitted_by,
         ],
         |r| r.get(0),
     )?;
@@ -193,6 +212,7 @@ pub fn insert_job(
 pub fn grant_lease(
     tx: &Transaction<'_>,
     now: i64,
+    sealer: &Sealer,
     lease_ttl_ms: u64,
     job_id: JobId,
     node_id: &str,
@@ -213,6 +233,9 @@ pub fn grant_lease(
     let Some((lease_token, attempt, kind, timeout_ms, request)) = granted else {
         return Ok(None);
     };
+    let request = sealer
+        .open("request", &request)
+        .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))?;
     let request: LlmRequest = serde_json::from_str(&request)
         .map_err(|e| StoreError::Corrupt(format!("request of job {job_id}: {e}")))?;
     tx.prepare_cached(INSERT_ATTEMPT)?.execute(params![
@@ -250,6 +273,7 @@ pub fn grant_lease(
 pub fn lease_for_node(
     tx: &Transaction<'_>,
     now: i64,
+    sealer: &Sealer,
     lease_ttl_ms: u64,
     node: &NodeProfile,
     max_jobs: u32,
@@ -288,7 +312,7 @@ pub fn lease_for_node(
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut leases = Vec::new();
     for (_, _, job_id) in candidates.into_iter().take(max_jobs as usize) {
-        if let Some(lease) = grant_lease(tx, now, lease_ttl_ms, job_id, &node.node_id)? {
+        if let Some(lease) = grant_lease(tx, now, sealer, lease_ttl_ms, job_id, &node.node_id)? {
             leases.push(lease);
         }
     }
@@ -362,8 +386,8 @@ fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, StoreError> {
 pub fn complete_job(
     tx: &Transaction<'_>,
     now: i64,
-    backoff: Backoff,
-    unit_random: f64,
+    sealer: &Sealer,
+    retry: Retry,
     job_id: JobId,
     report: &CompleteRequest,
     changes: &mut Changes,
@@ -410,6 +434,11 @@ pub fn complete_job(
         Outcome::Succeeded { output } => {
             let result = serde_json::to_string(output)
                 .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+            let result = if row.needs.confidential {
+                sealer.seal("result", &result)
+            } else {
+                result
+            };
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'succeeded', result = ?2, finished_at = ?3, updated_at = ?3, lease_expires_at = NULL, last_error = NULL WHERE id = ?1",
             )?
@@ -446,8 +475,8 @@ pub fn complete_job(
         Outcome::Failed { error, retryable } => {
             tx.prepare_cached("UPDATE nodes SET jobs_failed = jobs_failed + 1 WHERE node_id = ?1")?
                 .execute([node_id])?;
-            let retry_at =
-                retryable.then(|| now + backoff.delay_ms(row.attempts, unit_random) as i64);
+            let retry_at = retryable
+                .then(|| now + retry.backoff.delay_ms(row.attempts, retry.unit_random) as i64);
             end_attempt(tx, now, job_id, &row, "failed", error, retry_at, changes)?
         }
     };

@@ -7,9 +7,11 @@
 //! one failing write never spoils the others. The caller's future resolves only
 //! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
 
+mod audit;
 mod jobs;
 mod nodes;
 mod schema;
+mod security;
 mod timed;
 mod views;
 mod writer;
@@ -20,9 +22,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
+pub use audit::*;
 pub use jobs::*;
 pub use nodes::*;
 pub use schema::{QUERIES, migrate, open_connection};
+pub use security::*;
 pub use timed::*;
 pub use views::*;
 pub use writer::{Effect, WriteCtx};
@@ -65,6 +69,12 @@ pub enum StoreError {
     /// The request conflicts with the job's state (e.g. cancelling a finished job).
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (and the refusal was audited).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is well-formed but its content is unusable (e.g. a CSR).
+    #[error("{0}")]
+    Invalid(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("the store is shut down")]

@@ -12,6 +12,7 @@ use super::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/migrations/0001_init.sql"),
     include_str!("../../../sql/migrations/0002_views.sql"),
+    include_str!("../../../sql/migrations/0003_security.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process (an
@@ -48,6 +49,20 @@ pub const QUERIES: &[&str] = &[
     super::views::SELECT_JOB,
     super::views::SELECT_ATTEMPTS,
     super::views::SELECT_EVENTS,
+    super::security::INSERT_API_KEY,
+    super::security::SELECT_API_KEYS,
+    super::security::REVOKE_API_KEY,
+    super::security::INSERT_TOKEN,
+    super::security::SELECT_TOKEN,
+    super::security::USE_TOKEN,
+    super::security::INSERT_CERTIFICATE,
+    super::security::SELECT_VALID_CERTIFICATES,
+    super::security::REVOKE_NODE_CERTIFICATES,
+    super::security::REVOKE_NODE,
+    super::audit::SELECT_LAST_AUDIT_HASH,
+    super::audit::INSERT_AUDIT,
+    super::audit::SELECT_AUDIT,
+    super::audit::SELECT_AUDIT_ALL,
 ];
 
 /// Opens a connection with kobo's settings and checks that they took.

@@ -1,4 +1,6 @@
 //! Job reads for clients: one job, its attempts and events, and listings.
+//! Confidential jobs' prompts and results are opened only for callers the
+//! [`Reveal`] allows, and withheld (`redacted`) from the others.
 
 use kobo_protocol::{
     AttemptView, JobDetail, JobEventView, JobId, JobListQuery, JobView, LlmOutput, LlmRequest,
@@ -8,9 +10,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Valu
 
 use super::{StoreError, parse_list, parse_state};
 use crate::routing::JobNeeds;
+use crate::security::Sealer;
 
-const JOB_COLUMNS: &str = "id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result";
-pub const SELECT_JOB: &str = "SELECT id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, request, req_capabilities, req_gpu, confidential, data_location, prefer_region, prefer_node, timeout_ms FROM jobs WHERE id = ?1";
+const JOB_COLUMNS: &str = "id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, confidential, submitted_by, req_capabilities, req_gpu, data_location";
+/// Columns after [`JOB_COLUMNS`] in [`SELECT_JOB`].
+const DETAIL_FIRST: usize = 22;
+pub const SELECT_JOB: &str = "SELECT id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, confidential, submitted_by, req_capabilities, req_gpu, data_location, request, prefer_region, prefer_node, timeout_ms FROM jobs WHERE id = ?1";
 pub const SELECT_ATTEMPTS: &str = "SELECT attempt, lease_token, node_id, started_at, finished_at, outcome, error FROM job_attempts WHERE job_id = ?1 ORDER BY lease_token";
 pub const SELECT_EVENTS: &str = "SELECT at, from_state, to_state, node_id, attempt, detail FROM job_events WHERE job_id = ?1 ORDER BY id";
 
@@ -19,16 +24,44 @@ pub const MAX_LIST: u32 = 10_000;
 /// Jobs a listing returns when the query names no limit.
 pub const DEFAULT_LIST: u32 = 100;
 
-fn job_view(r: &Row<'_>) -> Result<JobView, StoreError> {
+/// Who may see confidential prompts and results.
+pub struct Reveal<'a> {
+    pub sealer: &'a Sealer,
+    /// `None`: everyone's (admins). `Some(actor)`: only jobs this actor
+    /// submitted.
+    pub only_of: Option<&'a str>,
+}
+
+impl Reveal<'_> {
+    fn allows(&self, submitted_by: Option<&str>) -> bool {
+        match self.only_of {
+            None => true,
+            Some(actor) => submitted_by == Some(actor),
+        }
+    }
+}
+
+/// A job row's summary, and whether its sealed data may be opened.
+fn job_view(r: &Row<'_>, reveal: &Reveal<'_>) -> Result<(JobView, JobNeeds), StoreError> {
+    let confidential: bool = r.get(17)?;
+    let submitted_by: Option<String> = r.get(18)?;
+    let redacted = confidential && !reveal.allows(submitted_by.as_deref());
     let result: Option<String> = r.get(16)?;
     let output = match result {
-        Some(text) => Some(
-            serde_json::from_str::<LlmOutput>(&text)
-                .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?,
-        ),
+        Some(_) if redacted => None,
+        Some(text) => {
+            let text = reveal
+                .sealer
+                .open("result", &text)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Some(
+                serde_json::from_str::<LlmOutput>(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?,
+            )
+        }
         None => None,
     };
-    Ok(JobView {
+    let job = JobView {
         id: r.get(0)?,
         state: parse_state(&r.get::<_, String>(1)?)?,
         kind: r.get(2)?,
@@ -45,34 +78,57 @@ fn job_view(r: &Row<'_>) -> Result<JobView, StoreError> {
         last_error: r.get(13)?,
         queue_reason: r.get(14)?,
         idempotency_key: r.get(15)?,
+        confidential,
+        submitted_by,
+        redacted,
         output,
-    })
+    };
+    let needs = JobNeeds {
+        kind: job.kind.clone(),
+        capabilities: parse_list(&r.get::<_, String>(19)?)?,
+        gpu: r.get(20)?,
+        confidential,
+        data_location: r.get(21)?,
+        model: job.model.clone(),
+    };
+    Ok((job, needs))
 }
 
 /// One job with everything known about it; `None` if there is no such job.
 pub fn job_detail(
     conn: &Connection,
     job_id: JobId,
+    reveal: &Reveal<'_>,
 ) -> Result<Option<(JobDetail, JobNeeds)>, StoreError> {
     let mut stmt = conn.prepare_cached(SELECT_JOB)?;
     let mut rows = stmt.query([job_id])?;
     let Some(r) = rows.next()? else {
         return Ok(None);
     };
-    let job = job_view(r)?;
-    let request: LlmRequest = serde_json::from_str(&r.get::<_, String>(17)?)
-        .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?;
+    let (job, needs) = job_view(r, reveal)?;
+    let request = if job.redacted {
+        LlmRequest {
+            model: job.model.clone(),
+            ..LlmRequest::default()
+        }
+    } else {
+        let text = reveal
+            .sealer
+            .open("request", &r.get::<_, String>(DETAIL_FIRST)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("request: {e}")))?
+    };
     let requirements = Requirements {
-        capabilities: parse_list(&r.get::<_, String>(18)?)?,
-        gpu: r.get(19)?,
-        confidential: r.get(20)?,
-        data_location: r.get(21)?,
+        capabilities: needs.capabilities.clone(),
+        gpu: needs.gpu,
+        confidential: needs.confidential,
+        data_location: needs.data_location.clone(),
     };
     let preferences = Preferences {
-        region: r.get(22)?,
-        node: r.get(23)?,
+        region: r.get(DETAIL_FIRST + 1)?,
+        node: r.get(DETAIL_FIRST + 2)?,
     };
-    let timeout_ms: Option<i64> = r.get(24)?;
+    let timeout_ms: Option<i64> = r.get(DETAIL_FIRST + 3)?;
     drop(rows);
     let attempts = conn
         .prepare_cached(SELECT_ATTEMPTS)?
@@ -104,14 +160,6 @@ pub fn job_detail(
             detail: r.get(5)?,
         });
     }
-    let needs = JobNeeds {
-        kind: job.kind.clone(),
-        capabilities: requirements.capabilities.clone(),
-        gpu: requirements.gpu,
-        confidential: requirements.confidential,
-        data_location: requirements.data_location.clone(),
-        model: job.model.clone(),
-    };
     Ok(Some((
         JobDetail {
             job,
@@ -127,17 +175,24 @@ pub fn job_detail(
 }
 
 /// One job's summary; `None` if there is no such job.
-pub fn get_job(conn: &Connection, job_id: JobId) -> Result<Option<JobView>, StoreError> {
+pub fn get_job(
+    conn: &Connection,
+    job_id: JobId,
+    reveal: &Reveal<'_>,
+) -> Result<Option<JobView>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([job_id])?;
-    rows.next()?.map(job_view).transpose()
+    rows.next()?
+        .map(|r| job_view(r, reveal).map(|(job, _)| job))
+        .transpose()
 }
 
 /// Jobs matching `query`, newest first, with what each needs of a node.
 pub fn list_jobs(
     conn: &Connection,
     query: &JobListQuery,
+    reveal: &Reveal<'_>,
 ) -> Result<Vec<(JobView, JobNeeds)>, StoreError> {
     let mut clauses = Vec::new();
     let mut args: Vec<Value> = Vec::new();
@@ -163,32 +218,20 @@ pub fn list_jobs(
     } else {
         format!("WHERE {}", clauses.join(" AND "))
     };
-    let sql = format!(
-        "SELECT {JOB_COLUMNS}, req_capabilities, req_gpu, confidential, data_location FROM jobs {filter} ORDER BY id DESC LIMIT {limit}"
-    );
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id DESC LIMIT {limit}");
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     let mut jobs = Vec::new();
     while let Some(r) = rows.next()? {
-        let job = job_view(r)?;
-        let needs = JobNeeds {
-            kind: job.kind.clone(),
-            capabilities: parse_list(&r.get::<_, String>(17)?)?,
-            gpu: r.get(18)?,
-            confidential: r.get(19)?,
-            data_location: r.get(20)?,
-            model: job.model.clone(),
-        };
-        jobs.push((job, needs));
+        jobs.push(job_view(r, reveal)?);
     }
     Ok(jobs)
 }
 
-/// Whether a job exists (for 404s).
-pub fn job_exists(conn: &Connection, job_id: JobId) -> Result<bool, StoreError> {
+/// Who submitted a job (`None`: no such job).
+pub fn job_owner(conn: &Connection, job_id: JobId) -> Result<Option<Option<String>>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
-        .query_row([job_id], |_| Ok(()))
-        .optional()?
-        .is_some())
+        .prepare_cached("SELECT submitted_by FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |r| r.get(0))
+        .optional()?)
 }

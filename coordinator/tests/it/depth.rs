@@ -8,7 +8,7 @@ use kobo_coord::store::{self, Changes};
 use kobo_protocol::SubmitJob;
 use rusqlite::{Connection, StatementStatus, TransactionBehavior};
 
-use crate::temp_db;
+use crate::{sealer, temp_db};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -37,7 +37,16 @@ fn fill(conn: &mut Connection, n: usize) {
             priority: (idx % 5) as i32,
             ..SubmitJob::default()
         };
-        store::insert_job(&tx, NOW - n as i64 + idx as i64, 3, &job, &mut changes).expect("insert");
+        store::insert_job(
+            &tx,
+            NOW - n as i64 + idx as i64,
+            &sealer(),
+            3,
+            "local",
+            &job,
+            &mut changes,
+        )
+        .expect("insert");
     }
     tx.commit().expect("commit");
 }
@@ -59,7 +68,7 @@ fn lease_steps(conn: &mut Connection, n_leases: usize) -> (i64, i64) {
         stmt.reset_status(StatementStatus::FullscanStep);
     }
     for _ in 0..n_leases {
-        let leases = store::lease_for_node(&tx, NOW, 15_000, &node(), 1).expect("lease");
+        let leases = store::lease_for_node(&tx, NOW, &sealer(), 15_000, &node(), 1).expect("lease");
         assert_eq!(leases.len(), 1);
     }
     let mut vm = 0;

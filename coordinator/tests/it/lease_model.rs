@@ -6,14 +6,14 @@
 use std::collections::HashMap;
 
 use kobo_coord::routing::NodeProfile;
-use kobo_coord::store::{self, Backoff, Changes, StoreError};
+use kobo_coord::store::{self, Backoff, Changes, Retry, StoreError};
 use kobo_protocol::{
     CompleteRequest, HeldLease, JobState, LlmOutput, Outcome, RegisterRequest, SubmitJob,
 };
 use proptest::prelude::*;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use crate::temp_db;
+use crate::{sealer, temp_db};
 
 const TTL: u64 = 10_000;
 const LOST_AFTER: u64 = 9_000;
@@ -236,7 +236,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     ..SubmitJob::default()
                 };
                 let answer = write(&mut conn, |tx| {
-                    store::insert_job(tx, now, 3, &job, &mut Changes::default())
+                    store::insert_job(
+                        tx,
+                        now,
+                        &sealer(),
+                        3,
+                        "local",
+                        &job,
+                        &mut Changes::default(),
+                    )
                 })
                 .expect("insert");
                 prop_assert_eq!(answer.id as usize, model.jobs.len() + 1);
@@ -257,7 +265,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.touch(node);
                 let leases = write(&mut conn, |tx| {
                     store::touch_node(tx, now, &node_id(node))?;
-                    store::lease_for_node(tx, now, TTL, &profile(node), n)
+                    store::lease_for_node(tx, now, &sealer(), TTL, &profile(node), n)
                 })
                 .expect("lease");
                 let mut expected: Vec<usize> = (0..model.jobs.len())
@@ -339,8 +347,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     store::complete_job(
                         tx,
                         now,
-                        BACKOFF,
-                        JITTER,
+                        &sealer(),
+                        Retry {
+                            backoff: BACKOFF,
+                            unit_random: JITTER,
+                        },
                         job as i64 + 1,
                         &report,
                         &mut Changes::default(),

@@ -16,3 +16,8 @@ pub(crate) fn temp_db() -> (tempfile::TempDir, Connection) {
     store::migrate(&mut conn).expect("migrate");
     (dir, conn)
 }
+
+/// A sealer with a fixed test key.
+pub(crate) fn sealer() -> kobo_coord::security::Sealer {
+    kobo_coord::security::Sealer::new(&[7; 32])
+}

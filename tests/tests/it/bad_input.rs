@@ -8,6 +8,8 @@ use reqwest::StatusCode;
 struct Raw {
     http: reqwest::Client,
     base: String,
+    /// An API key, or none for a client presenting a node certificate.
+    key: Option<String>,
 }
 
 impl Raw {
@@ -16,13 +18,28 @@ impl Raw {
         Raw {
             http: kobo_coord::client::http_client(Some(&ca)).expect("client"),
             base: cluster.url(),
+            key: kobo_coord::init::local_admin_key(&cluster.data_dir),
+        }
+    }
+
+    async fn node(cluster: &Cluster, node_id: &str) -> Raw {
+        Raw {
+            http: cluster.enroll_raw(node_id).await,
+            base: cluster.url(),
+            key: None,
+        }
+    }
+
+    fn auth(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
         }
     }
 
     async fn post(&self, path: &str, body: Vec<u8>) -> (StatusCode, Option<ErrorBody>) {
         let response = self
-            .http
-            .post(format!("{}{path}", self.base))
+            .auth(self.http.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -35,8 +52,7 @@ impl Raw {
 
     async fn get(&self, path: &str) -> (StatusCode, Option<ErrorBody>) {
         let response = self
-            .http
-            .get(format!("{}{path}", self.base))
+            .auth(self.http.get(format!("{}{path}", self.base)))
             .send()
             .await
             .expect("send");
@@ -61,26 +77,98 @@ async fn bad_submits_get_4xx_naming_the_field() {
         ("/v1/jobs", b"{not json", StatusCode::BAD_REQUEST, "body"),
         ("/v1/jobs", b"", StatusCode::BAD_REQUEST, "body"),
         ("/v1/jobs", b"[]", StatusCode::BAD_REQUEST, "body"),
-        ("/v1/jobs", b"{\"prompt\":\"hi\"}", StatusCode::BAD_REQUEST, "kind"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"hi\",\"colour\":1}", StatusCode::BAD_REQUEST, "colour"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"hi\",\"options\":{\"temp\":1}}", StatusCode::BAD_REQUEST, "options.temp"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"hi\",\"priority\":\"high\"}", StatusCode::BAD_REQUEST, "priority"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"hi\",\"max_attempts\":-1}", StatusCode::BAD_REQUEST, "max_attempts"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"hi\",\"max_attempts\":0}", StatusCode::BAD_REQUEST, "max_attempts"),
-        ("/v1/jobs", b"{\"kind\":\"q\"}", StatusCode::BAD_REQUEST, "prompt"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"a\\u0000b\"}", StatusCode::BAD_REQUEST, "prompt"),
-        ("/v1/jobs", b"{\"kind\":\"q'; DROP TABLE jobs;--\",\"prompt\":\"x\"}", StatusCode::BAD_REQUEST, "kind"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"\xff\xfe\"}", StatusCode::BAD_REQUEST, "prompt"),
-        ("/v1/jobs", b"{\"kind\":\"q\",\"prompt\":\"hi\"} trailing", StatusCode::BAD_REQUEST, "body"),
-        ("/v1/jobs/batch", b"{\"jobs\":[{\"kind\":\"q\",\"prompt\":\"ok\"},{\"kind\":\"\",\"prompt\":\"x\"}]}", StatusCode::BAD_REQUEST, "jobs[1].kind"),
-        ("/v1/jobs/batch", b"{\"jobs\":[]}", StatusCode::BAD_REQUEST, "jobs"),
+        (
+            "/v1/jobs",
+            b"{\"prompt\":\"hi\"}",
+            StatusCode::BAD_REQUEST,
+            "kind",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"hi\",\"colour\":1}",
+            StatusCode::BAD_REQUEST,
+            "colour",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"hi\",\"options\":{\"temp\":1}}",
+            StatusCode::BAD_REQUEST,
+            "options.temp",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"hi\",\"priority\":\"high\"}",
+            StatusCode::BAD_REQUEST,
+            "priority",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"hi\",\"max_attempts\":-1}",
+            StatusCode::BAD_REQUEST,
+            "max_attempts",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"hi\",\"max_attempts\":0}",
+            StatusCode::BAD_REQUEST,
+            "max_attempts",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\"}",
+            StatusCode::BAD_REQUEST,
+            "prompt",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"a\\u0000b\"}",
+            StatusCode::BAD_REQUEST,
+            "prompt",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q'; DROP TABLE jobs;--\",\"prompt\":\"x\"}",
+            StatusCode::BAD_REQUEST,
+            "kind",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"\xff\xfe\"}",
+            StatusCode::BAD_REQUEST,
+            "prompt",
+        ),
+        (
+            "/v1/jobs",
+            b"{\"kind\":\"q\",\"prompt\":\"hi\"} trailing",
+            StatusCode::BAD_REQUEST,
+            "body",
+        ),
+        (
+            "/v1/jobs/batch",
+            b"{\"jobs\":[{\"kind\":\"q\",\"prompt\":\"ok\"},{\"kind\":\"\",\"prompt\":\"x\"}]}",
+            StatusCode::BAD_REQUEST,
+            "jobs[1].kind",
+        ),
+        (
+            "/v1/jobs/batch",
+            b"{\"jobs\":[]}",
+            StatusCode::BAD_REQUEST,
+            "jobs",
+        ),
+    ];
+    let node = Raw::node(&cluster, "manual").await;
+    let agent_cases: &[(&str, &[u8], StatusCode, &str)] = &[
         ("/v1/agent/lease", b"{\"node_id\":\"n\",\"instance_id\":\"i\",\"max_jobs\":0}", StatusCode::BAD_REQUEST, "max_jobs"),
         ("/v1/agent/heartbeat", b"{\"node_id\":\"n\"}", StatusCode::BAD_REQUEST, "instance_id"),
         ("/v1/agent/register", b"{\"node_id\":\"n\",\"instance_id\":\"i\",\"region\":\"r\",\"capabilities\":[],\"max_workers\":1,\"backend\":\"sim\"}", StatusCode::BAD_REQUEST, "capabilities"),
         ("/v1/agent/jobs/1/complete", b"{\"node_id\":\"n\",\"lease_token\":1,\"outcome\":{\"status\":\"maybe\"}}", StatusCode::BAD_REQUEST, "outcome"),
     ];
-    for (path, body, status, field) in cases {
-        let (got, error) = raw.post(path, body.to_vec()).await;
+    let all = cases
+        .iter()
+        .map(|c| (&raw, c))
+        .chain(agent_cases.iter().map(|c| (&node, c)));
+    for (client, (path, body, status, field)) in all {
+        let (got, error) = client.post(path, body.to_vec()).await;
         let shown = String::from_utf8_lossy(body);
         assert_eq!(got, *status, "{path} {shown}");
         let error = error.unwrap_or_else(|| panic!("{path} {shown}: no JSON error body"));
@@ -117,11 +205,11 @@ async fn bad_submits_get_4xx_naming_the_field() {
         assert_eq!(got, status, "{path}");
         assert!(error.is_some(), "{path}: JSON error body");
     }
-    // Agent calls from a node that never registered.
-    let (got, _) = raw
+    // Agent calls from an enrolled node that never registered.
+    let (got, _) = node
         .post(
             "/v1/agent/heartbeat",
-            br#"{"node_id":"ghost","instance_id":"i","running":[]}"#.to_vec(),
+            br#"{"node_id":"manual","instance_id":"i","running":[]}"#.to_vec(),
         )
         .await;
     assert_eq!(got, StatusCode::NOT_FOUND);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kobo_agent::coordinator::{CallError, CoordinatorClient};
+use kobo_agent::coordinator::CallError;
 use kobo_protocol::{
     CompleteRequest, JobState, LeaseRequest, LlmOutput, Outcome, RegisterRequest, Usage,
 };
@@ -138,8 +138,7 @@ async fn sigstopped_agent_late_result_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_with_a_stale_lease_token_gets_409_and_changes_nothing() {
     let cluster = Cluster::builder().start().await;
-    let ca = std::fs::read(cluster.ca_path()).expect("ca");
-    let agent = CoordinatorClient::new(&cluster.url(), Some(&ca)).expect("client");
+    let agent = cluster.enroll("manual").await;
     agent
         .register(&RegisterRequest {
             node_id: "manual".into(),

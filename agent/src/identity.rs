@@ -1,0 +1,222 @@
+//! The node's identity: a private key made on the node (never sent
+//! anywhere), the certificate the coordinator's CA signed for it, and that
+//! CA. Enrollment with a join token (`kobo-agent join`), certificate signing
+//! requests (`kobo-agent keygen`), and renewal at 2/3 of the certificate's
+//! life with a fresh key.
+//!
+//! Files in the state directory: `node.key` (0600), `node.pem`, `ca.pem`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use kobo_protocol::{ErrorBody, JoinRequest, JoinResponse};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+/// Prefix of join tokens: `kobo-join.<ca sha256>.<id>.<secret>`.
+const JOIN_TOKEN_PREFIX: &str = "kobo-join";
+/// Limit for each enrollment call.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The certificate and key an agent presents, and where they live.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Where renewed certificate and key are written (none: not persisted).
+    pub files: Option<IdentityFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl IdentityFiles {
+    pub fn in_dir(dir: &Path) -> IdentityFiles {
+        IdentityFiles {
+            cert: dir.join("node.pem"),
+            key: dir.join("node.key"),
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<TlsIdentity> {
+        Ok(TlsIdentity {
+            cert_pem: fs::read(&self.cert)
+                .with_context(|| format!("reading {}", self.cert.display()))?,
+            key_pem: fs::read(&self.key)
+                .with_context(|| format!("reading {}", self.key.display()))?,
+            files: Some(self.clone()),
+        })
+    }
+
+    /// Writes a renewed identity atomically (key first, 0600).
+    pub fn store(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        write_file(&self.key, key_pem.as_bytes(), true)?;
+        write_file(&self.cert, cert_pem.as_bytes(), false)
+    }
+}
+
+/// Writes `path` atomically; `private` files are created 0600.
+pub fn write_file(path: &Path, contents: &[u8], private: bool) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A fresh ECDSA P-256 key (PEM).
+pub fn new_key() -> anyhow::Result<KeyPair> {
+    KeyPair::generate().context("generating a key")
+}
+
+/// A certificate signing request for `node_id` with `key` (PEM).
+pub fn csr(node_id: &str, key: &KeyPair) -> anyhow::Result<String> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node_id);
+    params.distinguished_name = dn;
+    Ok(params.serialize_request(key)?.pem()?)
+}
+
+/// The node key in `dir`, created (0600) if missing.
+pub fn load_or_create_key(dir: &Path) -> anyhow::Result<KeyPair> {
+    let path = dir.join("node.key");
+    match fs::read_to_string(&path) {
+        Ok(pem) => KeyPair::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM private key", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let key = new_key()?;
+            write_file(&path, key.serialize_pem().as_bytes(), true)?;
+            Ok(key)
+        }
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The CA pin a join token carries.
+pub fn token_ca_pin(token: &str) -> anyhow::Result<String> {
+    let mut parts = token.trim().split('.');
+    match (parts.next(), parts.next()) {
+        (Some(JOIN_TOKEN_PREFIX), Some(pin)) if pin.len() == 64 => Ok(pin.to_ascii_lowercase()),
+        _ => {
+            bail!("not a kobo join token (expected {JOIN_TOKEN_PREFIX}.<ca sha256>.<id>.<secret>)")
+        }
+    }
+}
+
+/// Checks that `ca_pem` is the CA the token pins.
+pub fn check_ca_pin(ca_pem: &[u8], pin: &str) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem)
+        .context("the coordinator's CA answer is not a PEM certificate")?;
+    let found = sha256_hex(&der);
+    if found != pin {
+        bail!(
+            "CA pin mismatch: the token pins {pin}, the coordinator presents {found}; refusing to send the certificate request"
+        );
+    }
+    Ok(())
+}
+
+/// Enrolls this node: fetches the coordinator's CA (before trusting it),
+/// checks it against the token's pin, sends a CSR for a key made here, and
+/// stores `ca.pem`, `node.key` and `node.pem` in `dir`. Returns the node id
+/// the certificate names.
+pub async fn join(
+    coordinator: &str,
+    token: &str,
+    node_id: &str,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pin = token_ca_pin(token)?;
+    let base = coordinator.trim_end_matches('/');
+    // The CA is not trusted yet: fetch it without verification, then verify
+    // it by its pin before anything secret is sent.
+    let untrusted = reqwest::Client::builder()
+        .timeout(JOIN_TIMEOUT)
+        .danger_accept_invalid_certs(true)
+        .build()?;
+    let ca_pem = untrusted
+        .get(format!("{base}/v1/join/ca"))
+        .send()
+        .await
+        .with_context(|| format!("fetching the CA from {base}"))?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    check_ca_pin(&ca_pem, &pin)?;
+    let certs = reqwest::Certificate::from_pem_bundle(&ca_pem)?;
+    let trusted = reqwest::Client::builder()
+        .timeout(JOIN_TIMEOUT)
+        .tls_certs_only(certs)
+        .build()?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = load_or_create_key(dir)?;
+    let request = JoinRequest {
+        token: token.trim().to_string(),
+        csr_pem: csr(node_id, &key)?,
+    };
+    let response = trusted
+        .post(format!("{base}/v1/join"))
+        .json(&request)
+        .send()
+        .await
+        .with_context(|| format!("enrolling with {base}"))?;
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("enrollment refused ({status}): {message}");
+    }
+    let joined: JoinResponse =
+        serde_json::from_slice(&bytes).context("decoding the enrollment answer")?;
+    write_file(&dir.join("ca.pem"), &ca_pem, false)?;
+    write_file(
+        &dir.join("node.pem"),
+        joined.certificate_pem.as_bytes(),
+        false,
+    )?;
+    Ok(joined.node_id)
+}
+
+/// When a certificate should be renewed: at 2/3 of its life.
+pub fn renewal_due(cert_pem: &[u8]) -> anyhow::Result<SystemTime> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem)
+        .context("reading the node certificate")?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).context("parsing the node certificate")?;
+    let validity = cert.validity();
+    let start = validity.not_before.timestamp();
+    let end = validity.not_after.timestamp();
+    let due = start + (end - start) * 2 / 3;
+    Ok(UNIX_EPOCH + Duration::from_secs(due.max(0) as u64))
+}
