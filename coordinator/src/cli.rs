@@ -269,6 +269,9 @@ pub struct ServeArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub ca: CaImportArgs,
+    /// Lifetime of node certificates (agents renew at 2/3 of it).
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub node_cert_lifetime: Duration,
 }
 
 impl ServeArgs {
@@ -279,6 +282,7 @@ impl ServeArgs {
             sans: self.sans.clone(),
             advertise_url: self.advertise_url.clone(),
             ca_import: self.ca.pair(),
+            node_cert_lifetime: self.node_cert_lifetime,
         })
     }
 }

@@ -63,4 +63,6 @@ pub struct ServeConfig {
     pub advertise_url: Option<String>,
     /// A CA certificate and key to use instead of creating one.
     pub ca_import: Option<(PathBuf, PathBuf)>,
+    /// Lifetime of the node certificates the CA signs.
+    pub node_cert_lifetime: Duration,
 }

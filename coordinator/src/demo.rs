@@ -177,6 +177,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         sans: Vec::new(),
         advertise_url: Some(url.clone()),
         ca_import: None,
+        node_cert_lifetime: tls::NODE_CERT_LIFETIME,
     };
     let server = tokio::spawn(crate::serve(listener, config, shutdown.clone()));
 

@@ -86,7 +86,7 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
     let mut conn =
         store::open_connection(&db).with_context(|| format!("opening {}", db.display()))?;
     store::migrate(&mut conn).context("migrating the database")?;
-    let ca = tls::Ca::load(&paths)?;
+    let ca = tls::Ca::load(&paths, tls::NODE_CERT_LIFETIME)?;
 
     let key_file = dir.join(ADMIN_KEY_FILE);
     let has_admin = store::list_api_keys(&conn)?

@@ -81,7 +81,10 @@ pub fn prepare(config: &ServeConfig) -> anyhow::Result<Prepared> {
         store::list_api_keys(&conn)?,
         store::valid_certificates(&conn)?,
     ));
-    let ca = Arc::new(tls::Ca::load(&paths).context("loading the certificate authority")?);
+    let ca = Arc::new(
+        tls::Ca::load(&paths, config.node_cert_lifetime)
+            .context("loading the certificate authority")?,
+    );
     let admin = Admin {
         store: store.clone(),
         ca,

@@ -237,7 +237,7 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Lifetime of node (client) certificates; agents renew at 2/3 of it.
+/// Default lifetime of node (client) certificates; agents renew at 2/3 of it.
 pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A certificate issued to a node.
@@ -252,13 +252,15 @@ pub struct IssuedCert {
 /// The CA in memory, for signing node certificates.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
+    /// Lifetime of the node certificates it signs.
+    pub node_lifetime: Duration,
     pub cert_pem: String,
     /// Hex SHA-256 of the CA certificate (DER): what join tokens pin.
     pub cert_sha256: String,
 }
 
 impl Ca {
-    pub fn load(paths: &CertPaths) -> Result<Ca, TlsError> {
+    pub fn load(paths: &CertPaths, node_lifetime: Duration) -> Result<Ca, TlsError> {
         let key_pem = read(&paths.ca_key)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Invalid {
             path: paths.ca_key.clone(),
@@ -276,13 +278,14 @@ impl Ca {
         })?;
         Ok(Ca {
             issuer,
+            node_lifetime,
             cert_sha256: crate::security::sha256_hex(&der),
             cert_pem,
         })
     }
 
     /// Signs a node certificate for the public key of `csr_pem`: CN = node
-    /// id, clientAuth only, [`NODE_CERT_LIFETIME`]. The CSR's own subject
+    /// id, clientAuth only, `node_lifetime`. The CSR's own subject
     /// and extensions are ignored: the coordinator decides what it certifies.
     pub fn sign_node_csr(
         &self,
@@ -311,12 +314,12 @@ impl Ca {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let now = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_millis(now_ms.max(0) as u64);
         params.not_before = now - Duration::from_secs(300);
-        params.not_after = now + NODE_CERT_LIFETIME;
+        params.not_after = now + self.node_lifetime;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(IssuedCert {
             pem: cert.pem(),
             serial: crate::security::hex_encode(&serial),
-            not_after_ms: now_ms + NODE_CERT_LIFETIME.as_millis() as i64,
+            not_after_ms: now_ms + self.node_lifetime.as_millis() as i64,
         })
     }
 }

@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         sans: vec![],
         advertise_url: Some(url.clone()),
         ca_import: None,
+        node_cert_lifetime: kobo_coord::tls::NODE_CERT_LIFETIME,
     };
     kobo_coord::init::init(&kobo_coord::init::InitOptions {
         data_dir: dir.path().to_path_buf(),

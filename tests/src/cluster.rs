@@ -57,6 +57,8 @@ pub struct ClusterBuilder {
     pub max_attempts: u32,
     pub long_poll_ms: u64,
     pub fake: FakeBehavior,
+    /// More `kobo-coord serve` flags.
+    pub serve_args: Vec<String>,
 }
 
 impl ClusterBuilder {
@@ -77,6 +79,12 @@ impl ClusterBuilder {
 
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
+        self
+    }
+
+    /// Adds a `kobo-coord serve` flag.
+    pub fn serve_arg(mut self, arg: &str) -> Self {
+        self.serve_args.push(arg.to_string());
         self
     }
 
@@ -195,6 +203,7 @@ impl Cluster {
             max_attempts: 3,
             long_poll_ms: 5000,
             fake: FakeBehavior::default(),
+            serve_args: Vec::new(),
         }
     }
 
@@ -229,6 +238,7 @@ impl Cluster {
             .args(["--retry-base-ms", &s.retry_base_ms.to_string()])
             .args(["--max-attempts", &s.max_attempts.to_string()])
             .args(["--long-poll-ms", &s.long_poll_ms.to_string()])
+            .args(&s.serve_args)
             .env("RUST_LOG", "info,kobo_coord=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("coordinator log"))
