@@ -25,6 +25,8 @@ use crate::metrics::MetricsSampler;
 /// First delay after a failed call to the coordinator; doubles up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(5);
+/// Shortest time between two certificate renewals.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
 /// How long finished results keep being offered after shutdown began.
 const REPORT_DEADLINE_ON_SHUTDOWN: Duration = Duration::from_secs(15);
 
@@ -502,9 +504,11 @@ async fn renewal_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 return;
             }
         };
+        // Never renew more often than once a second, whatever the dates say.
         let wait = due
             .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+            .unwrap_or(Duration::ZERO)
+            .max(MIN_RENEWAL_GAP);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -313,7 +313,9 @@ impl Ca {
         serial[0] = (serial[0] & 0x7f) | 0x01;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let now = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_millis(now_ms.max(0) as u64);
-        params.not_before = now - Duration::from_secs(300);
+        // Backdated a little for clock skew, but never by much of the
+        // lifetime: agents renew at 2/3 of not_before..not_after.
+        params.not_before = now - (self.node_lifetime / 10).min(Duration::from_secs(300));
         params.not_after = now + self.node_lifetime;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(IssuedCert {

@@ -99,11 +99,14 @@ impl ClusterBuilder {
             .prefix("kobo-e2e-")
             .tempdir()
             .expect("temp dir");
+        if std::env::var_os("KOBO_KEEP_TEST_DIRS").is_some() {
+            eprintln!("keeping test data directory {}", dir.path().display());
+        }
         let fake = fake_llm::start(self.fake.clone()).await.expect("fake llm");
         let port = free_port();
         let mut cluster = Cluster {
             data_dir: dir.path().to_path_buf(),
-            _dir: dir,
+            _dir: KeptDir(Some(dir)),
             port,
             coordinator: None,
             coordinator_starts: 0,
@@ -114,6 +117,20 @@ impl ClusterBuilder {
         };
         cluster.start_coordinator().await;
         cluster
+    }
+}
+
+/// A temporary directory, kept (for post-mortems) when
+/// `KOBO_KEEP_TEST_DIRS` is set.
+struct KeptDir(Option<tempfile::TempDir>);
+
+impl Drop for KeptDir {
+    fn drop(&mut self) {
+        if std::env::var_os("KOBO_KEEP_TEST_DIRS").is_some()
+            && let Some(dir) = self.0.take()
+        {
+            let _ = dir.keep();
+        }
     }
 }
 
@@ -183,7 +200,7 @@ impl Agent {
 }
 
 pub struct Cluster {
-    _dir: tempfile::TempDir,
+    _dir: KeptDir,
     pub data_dir: PathBuf,
     pub port: u16,
     pub coordinator: Option<Child>,

@@ -63,6 +63,12 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
+            StoreError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            StoreError::Invalid(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+            }
             other => {
                 tracing::error!(error = ?other, "internal error");
                 ApiError::new(

@@ -10,4 +10,5 @@ mod happy;
 mod idempotency;
 mod llm;
 mod retries;
+mod security_tls;
 mod sqlite_reporting;
