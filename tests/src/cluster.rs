@@ -430,7 +430,20 @@ impl Cluster {
         }
     }
 
-    /// Every process log, for failure messages.
+    /// The whole text of every process log.
+    pub fn all_log_text(&self) -> String {
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
+            return String::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// The last lines of every process log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
         let Ok(entries) = std::fs::read_dir(&self.data_dir) else {

@@ -10,5 +10,7 @@ mod happy;
 mod idempotency;
 mod llm;
 mod retries;
+mod security_audit;
+mod security_data;
 mod security_tls;
 mod sqlite_reporting;
