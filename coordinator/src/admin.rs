@@ -121,7 +121,14 @@ impl Admin {
             .store
             .write(move |ctx| {
                 if !store::revoke_api_key(ctx.tx, ctx.now, &target)? {
-                    return Err(StoreError::Conflict(format!("no live API key {target}")));
+                    let known = store::list_api_keys(ctx.tx)?
+                        .iter()
+                        .any(|k| k.view.id == target);
+                    return Err(if known {
+                        StoreError::Conflict(format!("API key {target} is already revoked"))
+                    } else {
+                        StoreError::NotFound(format!("no API key {target}"))
+                    });
                 }
                 store::append_audit(
                     ctx.tx,

@@ -23,6 +23,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod deadline_io;
 pub mod demo;
 pub mod dispatch;
 pub mod init;

@@ -23,6 +23,7 @@ use crate::access::{AccessCache, Caller, Principal};
 use crate::admin::{Admin, record};
 use crate::api::{self, AppState, PeerInfo};
 use crate::config::ServeConfig;
+use crate::deadline_io::FirstByteDeadline;
 use crate::dispatch::Hub;
 use crate::init;
 use crate::queue::Queue;
@@ -257,7 +258,8 @@ async fn accept_loop(
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_H2_STREAMS);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let io = FirstByteDeadline::new(tls, HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {

@@ -406,3 +406,71 @@ impl rustls::server::ResolvesServerCert for ReloadingCert {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_certificate_is_reissued_and_swapped_when_its_names_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        let paths = CertPaths::in_dir(dir.path());
+        ensure_ca(&paths).expect("ca");
+        let names = vec!["localhost".to_string()];
+        ensure_server_cert(&paths, &names).expect("cert");
+        let cert = ReloadingCert::new(&paths).expect("load");
+        let first = cert.current.read().expect("lock").cert[0].clone();
+        assert!(
+            !cert.renew_if_due(&paths, &names).expect("check"),
+            "fresh: nothing to do"
+        );
+        let more = vec!["localhost".to_string(), "coord.example".to_string()];
+        assert!(cert.renew_if_due(&paths, &more).expect("renew"));
+        let second = cert.current.read().expect("lock").cert[0].clone();
+        assert_ne!(
+            first, second,
+            "the new certificate is served without a restart"
+        );
+        let (_, parsed) = x509_parser::parse_x509_certificate(&second).expect("parse");
+        let sans = format!("{:?}", parsed.subject_alternative_name());
+        assert!(sans.contains("coord.example"), "{sans}");
+    }
+
+    #[test]
+    fn node_certificates_name_the_node_and_are_client_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let paths = CertPaths::in_dir(dir.path());
+        ensure_ca(&paths).expect("ca");
+        let ca = Ca::load(&paths, NODE_CERT_LIFETIME).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "asked-for-admin");
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let issued = ca
+            .sign_node_csr(&csr, "tokyo-01", 1_800_000_000_000)
+            .expect("sign");
+        let der = CertificateDer::from_pem_slice(issued.pem.as_bytes()).expect("der");
+        let node = node_cert(&der).expect("node cert");
+        assert_eq!(
+            node.node_id, "tokyo-01",
+            "the coordinator decides the name, not the CSR"
+        );
+        assert_eq!(node.serial, issued.serial);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let eku = parsed
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let life =
+            parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
+        assert!((30 * 86_400..=30 * 86_400 + 300).contains(&life), "{life}");
+    }
+}

@@ -54,7 +54,7 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match err {
-            StoreError::JobNotFound(_) | StoreError::NodeNotFound(_) => {
+            StoreError::JobNotFound(_) | StoreError::NodeNotFound(_) | StoreError::NotFound(_) => {
                 ApiError::not_found(err.to_string())
             }
             StoreError::StaleLease(message) => {

@@ -63,6 +63,9 @@ pub enum StoreError {
     JobNotFound(i64),
     #[error("node {0} not found")]
     NodeNotFound(String),
+    /// Something else the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// The call's lease token is not the job's current one: nothing changed.
     #[error("{0}")]
     StaleLease(String),

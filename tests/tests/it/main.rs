@@ -12,5 +12,7 @@ mod llm;
 mod retries;
 mod security_audit;
 mod security_data;
+mod security_hardening;
+mod security_roles;
 mod security_tls;
 mod sqlite_reporting;

@@ -167,6 +167,18 @@ async fn every_bad_client_certificate_is_refused_and_audited() {
         before + 1
     );
     assert_eq!(audit_rows(&cluster, "node.revoke", "ok"), 1);
+    let ghost = cluster
+        .client()
+        .node_revoke("ghost")
+        .await
+        .expect_err("unknown node");
+    assert!(ghost.to_string().contains("404"), "{ghost}");
+    let key = cluster
+        .client()
+        .apikey_revoke("0123456789abcdef")
+        .await
+        .expect_err("unknown key");
+    assert!(key.to_string().contains("404"), "{key}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,4 +329,44 @@ async fn revoking_a_node_releases_its_leases_at_once() {
             cluster.agents[alpha].log_text().contains("403")
         })
         .await;
+}
+
+#[test]
+fn keygen_makes_a_private_key_and_prints_a_csr_for_the_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = || {
+        std::process::Command::new(binary("kobo-agent"))
+            .args(["keygen", "--node-id", "osaka-01", "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("kobo-agent keygen")
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let csr = String::from_utf8(first.stdout).expect("utf-8");
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{csr}"
+    );
+    let params = rcgen::CertificateSigningRequestParams::from_pem(&csr).expect("a valid CSR");
+    let cn = params
+        .params
+        .distinguished_name
+        .get(&DnType::CommonName)
+        .expect("CN");
+    assert!(format!("{cn:?}").contains("osaka-01"), "{cn:?}");
+    let key_path = dir.path().join("node.key");
+    let mode = std::fs::metadata(&key_path).expect("key").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    // Running it again keeps the key: the CSR is for the same public key.
+    let key = std::fs::read(&key_path).expect("key");
+    assert!(run().status.success());
+    assert_eq!(std::fs::read(&key_path).expect("key"), key);
 }
