@@ -10,6 +10,7 @@
 //! - [`queue`]: queue operations (submit, lease, heartbeat, complete, cancel, timer).
 //! - [`dispatch`]: parked lease requests and the hand-off of ready jobs.
 //! - [`routing`]: hard constraints (which node may run which job).
+//! - [`scoring`]: `select_best_node`, the score among eligible nodes.
 //! - [`store`]: SQLite schema, the group-commit writer, queries.
 //! - [`tls`]: the coordinator's CA, server and node certificates.
 //! - [`security`]: secret keys, API keys, join tokens, sealing of confidential data.
@@ -29,6 +30,7 @@ pub mod dispatch;
 pub mod init;
 pub mod queue;
 pub mod routing;
+pub mod scoring;
 pub mod security;
 pub mod server;
 pub mod store;

@@ -127,6 +127,38 @@ pub fn area_of_region(region: &str) -> &str {
         .unwrap_or(region)
 }
 
+/// Approximate coordinates (latitude, longitude) of cloud-style regions, for
+/// nearness when a job prefers a region no node is in, and for the map.
+pub fn region_coordinates(region: &str) -> Option<(f64, f64)> {
+    const PLACES: &[(&str, (f64, f64))] = &[
+        ("ap-northeast-1", (35.68, 139.69)),
+        ("ap-northeast-2", (37.57, 126.98)),
+        ("ap-northeast-3", (34.69, 135.50)),
+        ("ap-southeast-1", (1.35, 103.82)),
+        ("ap-southeast-2", (-33.87, 151.21)),
+        ("ap-south-1", (19.08, 72.88)),
+        ("ap-east-1", (22.32, 114.17)),
+        ("eu-west-1", (53.35, -6.26)),
+        ("eu-west-2", (51.51, -0.13)),
+        ("eu-west-3", (48.86, 2.35)),
+        ("eu-central-1", (50.11, 8.68)),
+        ("eu-north-1", (59.33, 18.07)),
+        ("eu-south-1", (45.46, 9.19)),
+        ("us-east-1", (38.95, -77.45)),
+        ("us-east-2", (39.96, -83.00)),
+        ("us-west-1", (37.77, -122.42)),
+        ("us-west-2", (45.52, -122.68)),
+        ("ca-central-1", (45.50, -73.57)),
+        ("sa-east-1", (-23.55, -46.63)),
+        ("me-south-1", (26.07, 50.56)),
+        ("af-south-1", (-33.92, 18.42)),
+    ];
+    PLACES
+        .iter()
+        .find(|(name, _)| *name == region)
+        .map(|(_, at)| *at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ use rusqlite::Connection;
 pub use audit::*;
 pub use jobs::*;
 pub use nodes::*;
-pub use schema::{QUERIES, migrate, open_connection};
+pub use schema::{MIGRATIONS_APPLIED, QUERIES, migrate, open_connection};
 pub use security::*;
 pub use timed::*;
 pub use views::*;

@@ -13,7 +13,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/migrations/0001_init.sql"),
     include_str!("../../../sql/migrations/0002_views.sql"),
     include_str!("../../../sql/migrations/0003_security.sql"),
+    include_str!("../../../sql/migrations/0004_routing.sql"),
 ];
+
+/// The schema version a migrated database has.
+pub const MIGRATIONS_APPLIED: i64 = MIGRATIONS.len() as i64;
 
 /// How long a connection waits for a lock held by another process (an
 /// operator's `sqlite3`, say) before giving up.

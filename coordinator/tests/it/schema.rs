@@ -41,8 +41,8 @@ fn migrating_twice_changes_nothing_and_views_answer() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 3);
-    for view in ["v_jobs", "v_job_events", "v_node_stats", "v_audit"] {
+    assert_eq!(version, store::MIGRATIONS_APPLIED);
+    for view in ["v_jobs", "v_job_events", "v_node_stats", "v_audit", "v_schedules"] {
         let n: i64 = conn
             .query_row(&format!("SELECT count(*) FROM {view}"), [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{view}: {e}"));
