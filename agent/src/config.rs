@@ -23,6 +23,8 @@ pub struct AgentConfig {
     pub max_workers: u32,
     pub gpu: bool,
     pub specialization: Option<String>,
+    /// (latitude, longitude), when the region's place is not precise enough.
+    pub coordinates: Option<(f64, f64)>,
     pub llm: LlmConfig,
     /// Models to announce instead of asking the LLM server.
     pub models: Vec<String>,

@@ -93,6 +93,11 @@ struct RunArgs {
     /// Free-text specialization, e.g. "code generation".
     #[arg(long)]
     specialization: Option<String>,
+    /// Where the node is (for the map and nearness), e.g. 35.68.
+    #[arg(long, requires = "longitude", allow_hyphen_values = true)]
+    latitude: Option<f64>,
+    #[arg(long, requires = "latitude", allow_hyphen_values = true)]
+    longitude: Option<f64>,
     /// LLM backend: ollama, openai or sim.
     #[arg(long, env = "KOBO_LLM", default_value = "ollama")]
     llm: BackendKind,
@@ -180,6 +185,7 @@ fn config(
         max_workers: run.max_workers,
         gpu: run.gpu,
         specialization: run.specialization,
+        coordinates: run.latitude.zip(run.longitude),
         llm: LlmConfig {
             kind: run.llm,
             endpoint,

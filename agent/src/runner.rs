@@ -146,6 +146,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         models,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         specialization: shared.config.specialization.clone(),
+        latitude: shared.config.coordinates.map(|c| c.0),
+        longitude: shared.config.coordinates.map(|c| c.1),
     };
     if !register_until_done(&shared, &register, &shutdown).await {
         return Ok(());

@@ -28,6 +28,12 @@ pub enum Principal {
     },
     /// The coordinator itself (timer, demo, local maintenance).
     Local,
+    /// A dashboard session cookie; `via` is how it was opened
+    /// (`apikey:<id>` or `login-url`). Sessions are read only.
+    Session {
+        via: String,
+        role: AccessRole,
+    },
 }
 
 impl Principal {
@@ -38,6 +44,7 @@ impl Principal {
             Principal::ApiKey { id, .. } => format!("apikey:{id}"),
             Principal::Node { node_id, .. } => format!("node:{node_id}"),
             Principal::Local => "local".into(),
+            Principal::Session { via, .. } => format!("session:{via}"),
         }
     }
 
@@ -46,6 +53,7 @@ impl Principal {
         match self {
             Principal::ApiKey { role, .. } => Some(*role),
             Principal::Local => Some(AccessRole::Admin),
+            Principal::Session { role, .. } => Some(*role),
             _ => None,
         }
     }
@@ -159,6 +167,14 @@ impl AccessCache {
             name: key.view.name.clone(),
             role: key.view.role,
         })
+    }
+
+    /// Whether API key `id` exists and is not revoked (dashboard sessions
+    /// opened with it die with it).
+    pub fn key_active(&self, id: &str) -> bool {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        keys.get(id)
+            .is_some_and(|key| key.view.revoked_at.is_none())
     }
 
     /// The principal of a client certificate the handshake verified.

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use kobo_protocol::{
-    AccessRole, AuditQuery, GenerationOptions, JobDetail, JobListQuery, JobState, JobView,
+    AccessRole, AuditQuery, CatchUp, GenerationOptions, JobDetail, JobListQuery, JobState, JobView,
     NodeView, Preferences, Requirements, SubmitJob, UnixMillis,
 };
 
@@ -45,6 +45,8 @@ pub enum Command {
     Cancel(JobArgs),
     /// List nodes with status, load, last heartbeat and metrics.
     Nodes(NodesArgs),
+    /// The cluster on one screen: nodes, load, queue, throughput, newest jobs.
+    Status(crate::status::StatusArgs),
     /// Prepare a data directory: CA, secrets, database, the first admin key.
     Init(InitArgs),
     /// Manage API keys (admin).
@@ -58,6 +60,70 @@ pub enum Command {
     Node(NodeCommand),
     /// Print the audit log, or `audit verify` its hash chain (admin).
     Audit(AuditArgs),
+    /// Serve MCP tools on stdio so Claude Code (or any MCP client) drives the cluster.
+    Mcp(McpArgs),
+    /// Drain a node: no new jobs; running ones finish (admin).
+    Drain(NodeArgs),
+    /// Undo a drain: the node takes jobs again (admin).
+    Resume(NodeArgs),
+    /// Recurring jobs (cron, UTC).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub node: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a schedule: NAME, a cron expression with seconds (UTC), and the job.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        /// e.g. "0 */15 * * * *" (sec min hour day month weekday), UTC.
+        cron: String,
+        /// The job, as the JSON body of POST /v1/jobs; `-` for standard input.
+        #[arg(long)]
+        job: PathBuf,
+        /// Slots missed while the coordinator was down: once, all or none.
+        #[arg(long, default_value = "once", value_parser = parse_catch_up)]
+        catch_up: CatchUp,
+    },
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+    Pause {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+    Resume {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+}
+
+fn parse_catch_up(s: &str) -> Result<CatchUp, String> {
+    CatchUp::parse(s).ok_or_else(|| format!("unknown catch-up {s:?}; one of once, all, none"))
+}
+
+/// `kobo-coord mcp`: the coordinator to drive, as for the client commands.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +290,13 @@ pub struct QueueArgs {
     /// Attempts of a job that names none.
     #[arg(long, default_value_t = QueueConfig::default().default_max_attempts)]
     pub max_attempts: u32,
+    /// How long a job preferring a busy node or region waits for it (ms).
+    #[arg(long, default_value_t = QueueConfig::default().locality_wait_ms)]
+    pub locality_wait_ms: u64,
+    /// A routing weight, NAME=VALUE (repeatable): load, cpu, speed, rtt,
+    /// region, node, specialization, model_loaded.
+    #[arg(long = "route-weight")]
+    pub route_weights: Vec<String>,
 }
 
 impl QueueArgs {
@@ -248,6 +321,17 @@ impl QueueArgs {
             retry_base_ms: self.retry_base_ms,
             retry_cap_ms: self.retry_cap_ms.max(self.retry_base_ms),
             default_max_attempts: self.max_attempts,
+            metrics_retention: QueueConfig::default().metrics_retention,
+            locality_wait_ms: self.locality_wait_ms,
+            weights: {
+                let mut weights = crate::scoring::Weights::default();
+                for assignment in &self.route_weights {
+                    weights
+                        .set(assignment)
+                        .map_err(|e| anyhow::anyhow!("--route-weight {e}"))?;
+                }
+                weights
+            },
         })
     }
 }
@@ -272,13 +356,38 @@ pub struct ServeArgs {
     /// Lifetime of node certificates (agents renew at 2/3 of it).
     #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
     pub node_cert_lifetime: Duration,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long node metrics are kept (raw, then downsampled per minute).
+#[derive(Debug, Args, Clone)]
+pub struct RetentionArgs {
+    /// Keep raw node metrics (one row per heartbeat) this long.
+    #[arg(long, default_value = "1day", value_parser = humantime::parse_duration)]
+    pub metrics_raw_retention: Duration,
+    /// Keep per-minute node metrics this long.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub metrics_minute_retention: Duration,
+}
+
+impl RetentionArgs {
+    pub fn retention(&self) -> crate::store::MetricsRetention {
+        crate::store::MetricsRetention {
+            raw: self.metrics_raw_retention,
+            minute: self.metrics_minute_retention,
+        }
+    }
 }
 
 impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<ServeConfig> {
         Ok(ServeConfig {
             data_dir: self.data_dir.data_dir.clone(),
-            queue: self.queue.config()?,
+            queue: QueueConfig {
+                metrics_retention: self.retention.retention(),
+                ..self.queue.config()?
+            },
             sans: self.sans.clone(),
             advertise_url: self.advertise_url.clone(),
             ca_import: self.ca.pair(),
@@ -347,6 +456,12 @@ pub struct SubmitArgs {
     /// Only nodes declaring confidential_processing.
     #[arg(long)]
     pub confidential: bool,
+    /// Prefer nodes in this region (soft; nearness counts too).
+    #[arg(long)]
+    pub prefer_region: Option<String>,
+    /// Prefer this node (soft; waited for a bounded time when busy).
+    #[arg(long)]
+    pub prefer_node: Option<String>,
     #[arg(long)]
     pub temperature: Option<f64>,
     #[arg(long)]
@@ -443,7 +558,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                     data_location: args.data_location.clone(),
                     confidential: args.confidential,
                 },
-                preferences: Preferences::default(),
+                preferences: Preferences {
+                    region: args.prefer_region.clone(),
+                    node: args.prefer_node.clone(),
+                },
                 priority: args.priority,
                 max_attempts: args.max_attempts,
                 timeout_ms: args.timeout_ms,
@@ -617,6 +735,9 @@ fn print_job(detail: &JobDetail) {
     if let Some(err) = &job.last_error {
         println!("  last error: {err}");
     }
+    if let Some(reason) = &job.route_reason {
+        print_route_reason(reason);
+    }
     if let Some(output) = &job.output {
         println!(
             "  result ({} prompt + {} completion tokens, {} ms, model {}):",
@@ -660,6 +781,159 @@ fn print_job(detail: &JobDetail) {
         ]);
     }
     println!("{t}");
+}
+
+/// `routed to tokyo-01 (hand-off; best-ranked node)` and the score table.
+fn print_route_reason(reason: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "  routed to {} ({}; {}{})",
+        text(&reason["chosen"]),
+        text(&reason["how"]),
+        text(&reason["note"]),
+        reason["locality"]
+            .as_str()
+            .map(|l| format!("; locality: {l}"))
+            .unwrap_or_default()
+    );
+    if let Some(ranked) = reason["ranked"].as_array() {
+        let mut t = table(&[
+            "node",
+            "total",
+            "load",
+            "cpu",
+            "speed",
+            "rtt",
+            "region",
+            "node pref",
+            "special.",
+            "model",
+        ]);
+        for r in ranked {
+            let term = |name: &str| format!("{:.2}", r["terms"][name].as_f64().unwrap_or(0.0));
+            t.add_row(vec![
+                text(&r["node"]),
+                term("total"),
+                term("load"),
+                term("cpu"),
+                term("speed"),
+                term("rtt"),
+                term("region"),
+                term("node"),
+                term("specialization"),
+                term("model_loaded"),
+            ]);
+        }
+        println!("{t}");
+    }
+    if let Some(excluded) = reason["excluded"].as_object() {
+        for (node, why) in excluded {
+            println!("  excluded {node}: {}", why.as_str().unwrap_or(""));
+        }
+    }
+}
+
+pub async fn drain(args: NodeArgs, drain: bool) -> anyhow::Result<()> {
+    let client = args.client.client()?;
+    let answer = if drain {
+        client.drain(&args.node).await?
+    } else {
+        client.resume(&args.node).await?
+    };
+    if args.client.json {
+        return print_json(&answer);
+    }
+    println!(
+        "node {} is {}",
+        args.node,
+        answer["status"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+pub async fn schedule(command: ScheduleCommand) -> anyhow::Result<()> {
+    match command {
+        ScheduleCommand::Add {
+            client,
+            name,
+            cron,
+            job,
+            catch_up,
+        } => {
+            let text = if job.as_os_str() == "-" {
+                read_arg_or_stdin("-")?
+            } else {
+                std::fs::read_to_string(&job)
+                    .with_context(|| format!("reading {}", job.display()))?
+            };
+            let job: SubmitJob = serde_json::from_str(&text)
+                .with_context(|| format!("parsing job {}", job.display()))?;
+            let body = kobo_protocol::ScheduleCreate {
+                name,
+                cron,
+                job,
+                catch_up,
+            };
+            let created = client.client()?.schedule_create(&body).await?;
+            if client.json {
+                return print_json(&created);
+            }
+            println!(
+                "schedule {} added: {} (UTC), next at {} UTC",
+                created.name,
+                created.cron,
+                format_time(Some(created.next_fire_at))
+            );
+            Ok(())
+        }
+        ScheduleCommand::List { client } => {
+            let list = client.client()?.schedules().await?;
+            if client.json {
+                return print_json(&list);
+            }
+            let mut t = table(&[
+                "name",
+                "cron (UTC)",
+                "kind",
+                "catch-up",
+                "paused",
+                "next",
+                "last fired",
+                "last job",
+            ]);
+            for s in &list {
+                t.add_row(vec![
+                    s.name.clone(),
+                    s.cron.clone(),
+                    s.kind.clone(),
+                    s.catch_up.as_str().to_string(),
+                    s.paused.to_string(),
+                    format_time(Some(s.next_fire_at)),
+                    format_time(s.last_fired_at),
+                    s.last_job_id
+                        .map(|id| id.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        ScheduleCommand::Remove { client, name } => {
+            client.client()?.schedule_remove(&name).await?;
+            println!("schedule {name} removed");
+            Ok(())
+        }
+        ScheduleCommand::Pause { client, name } => {
+            client.client()?.schedule_pause(&name, true).await?;
+            println!("schedule {name} paused");
+            Ok(())
+        }
+        ScheduleCommand::Resume { client, name } => {
+            client.client()?.schedule_pause(&name, false).await?;
+            println!("schedule {name} resumed");
+            Ok(())
+        }
+    }
 }
 
 pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {

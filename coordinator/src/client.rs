@@ -205,6 +205,17 @@ impl ApiClient {
         .await
     }
 
+    /// The coordinator's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/status`: the cluster summary.
+    pub async fn status(&self) -> anyhow::Result<kobo_protocol::ClusterStatus> {
+        self.call(Method::GET, "/v1/status", Vec::new(), None::<&()>)
+            .await
+    }
+
     pub async fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
         self.call(Method::GET, "/v1/nodes", Vec::new(), None::<&()>)
             .await
@@ -270,6 +281,50 @@ impl ApiClient {
             None::<&()>,
         )
         .await
+    }
+
+    pub async fn drain(&self, node_id: &str) -> anyhow::Result<serde_json::Value> {
+        self.call(
+            Method::POST,
+            &format!("/v1/admin/nodes/{node_id}/drain"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn resume(&self, node_id: &str) -> anyhow::Result<serde_json::Value> {
+        self.call(
+            Method::POST,
+            &format!("/v1/admin/nodes/{node_id}/resume"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn schedule_create(
+        &self,
+        schedule: &kobo_protocol::ScheduleCreate,
+    ) -> anyhow::Result<kobo_protocol::ScheduleView> {
+        self.call(Method::POST, "/v1/schedules", Vec::new(), Some(schedule))
+            .await
+    }
+
+    pub async fn schedules(&self) -> anyhow::Result<Vec<kobo_protocol::ScheduleView>> {
+        self.call(Method::GET, "/v1/schedules", Vec::new(), None::<&()>)
+            .await
+    }
+
+    pub async fn schedule_remove(&self, name: &str) -> anyhow::Result<()> {
+        self.call_empty(Method::DELETE, &format!("/v1/schedules/{name}"))
+            .await
+    }
+
+    pub async fn schedule_pause(&self, name: &str, paused: bool) -> anyhow::Result<()> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.call_empty(Method::POST, &format!("/v1/schedules/{name}/{verb}"))
+            .await
     }
 
     /// A call whose success has no body (204).

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::scoring::Weights;
+
 /// Default heartbeat interval agents are told to keep.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(3);
 /// Default lease lifetime; renewed by every heartbeat, so it must cover a few.
@@ -17,8 +19,15 @@ pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_CAP: Duration = Duration::from_secs(300);
 /// Attempts of a job that names none.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-/// How long node metrics are kept.
+/// How long raw node metrics (one row per heartbeat) are kept by default.
 pub const METRICS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How long per-minute node metrics (downsampled from the raw rows) are
+/// kept by default.
+pub const METRICS_MINUTE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long a job preferring a busy node or region waits for it (delay
+/// scheduling) before any eligible node may take it.
+pub const DEFAULT_LOCALITY_WAIT: Duration = Duration::from_secs(3);
 
 /// Timings of the queue, shared by the store, the hub and the reaper.
 #[derive(Debug, Clone)]
@@ -29,6 +38,12 @@ pub struct QueueConfig {
     pub retry_base_ms: u64,
     pub retry_cap_ms: u64,
     pub default_max_attempts: u32,
+    /// How long a job preferring a busy node or region waits for it.
+    pub locality_wait_ms: u64,
+    /// Weights of the routing score.
+    pub weights: Weights,
+    /// How long node metrics are kept, raw and per minute.
+    pub metrics_retention: crate::store::MetricsRetention,
 }
 
 impl QueueConfig {
@@ -47,6 +62,12 @@ impl Default for QueueConfig {
             retry_base_ms: DEFAULT_RETRY_BASE.as_millis() as u64,
             retry_cap_ms: DEFAULT_RETRY_CAP.as_millis() as u64,
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
+            locality_wait_ms: DEFAULT_LOCALITY_WAIT.as_millis() as u64,
+            weights: Weights::default(),
+            metrics_retention: crate::store::MetricsRetention {
+                raw: METRICS_RETENTION,
+                minute: METRICS_MINUTE_RETENTION,
+            },
         }
     }
 }

@@ -218,6 +218,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
             max_workers: card.max_workers,
             gpu: card.gpu,
             specialization: Some(card.specialization.to_string()),
+            coordinates: None,
             llm,
             models: model.iter().cloned().collect(),
             drain_timeout: Duration::from_secs(30),

@@ -11,9 +11,12 @@ use kobo_protocol::{JobId, Lease};
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::QueueConfig;
+use kobo_protocol::NodeStatus;
+
 use crate::routing::{self, NodeProfile};
+use crate::scoring::{self, Decision, JobRoute, NodeState, Speed};
 use crate::security::Sealer;
-use crate::store::{self, Effect, ReadyJob, StoreError, WriteCtx};
+use crate::store::{self, Completion, Effect, ReadyJob, StoreError, WriteCtx};
 
 /// Where a parked lease request receives its leases.
 pub type WaiterSender = oneshot::Sender<Vec<Lease>>;
@@ -23,16 +26,13 @@ struct Waiter {
     node: NodeProfile,
     max_jobs: u32,
     sender: WaiterSender,
-    parked_at: i64,
     granted: Vec<Lease>,
 }
 
 impl Waiter {
-    /// Share of the node's workers busy if it took what it was granted so far.
-    fn load(&self) -> f64 {
-        let busy =
-            self.node.max_workers.saturating_sub(self.max_jobs) as usize + self.granted.len();
-        busy as f64 / self.node.max_workers.max(1) as f64
+    /// Workers busy if the node took what it was granted so far.
+    fn busy(&self) -> u32 {
+        self.node.max_workers.saturating_sub(self.max_jobs) + self.granted.len() as u32
     }
 }
 
@@ -42,6 +42,10 @@ pub struct Hub {
     pub config: QueueConfig,
     /// Seals and opens confidential prompts and results.
     pub sealer: Sealer,
+    /// Nodes as routing sees them: card, status, load, round trip, metrics.
+    fleet: Mutex<HashMap<String, NodeState>>,
+    /// Measured speed per (node, kind, model).
+    speeds: Mutex<HashMap<SpeedKey, Speed>>,
     parked: Mutex<Vec<Waiter>>,
     next_waiter_id: AtomicU64,
     finished: Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>,
@@ -53,6 +57,8 @@ impl Hub {
         Hub {
             config,
             sealer,
+            fleet: Mutex::new(HashMap::new()),
+            speeds: Mutex::new(HashMap::new()),
             parked: Mutex::new(Vec::new()),
             next_waiter_id: AtomicU64::new(1),
             finished: Mutex::new(HashMap::new()),
@@ -63,7 +69,7 @@ impl Hub {
     /// Parks a lease request of `node`; an earlier parked request of the same
     /// node is dropped (its agent has moved on). Called on the writer thread,
     /// so no job can become ready between the failed lease and the parking.
-    pub fn park(&self, node: NodeProfile, max_jobs: u32, sender: WaiterSender, now: i64) -> u64 {
+    pub fn park(&self, node: NodeProfile, max_jobs: u32, sender: WaiterSender) -> u64 {
         let id = self.next_waiter_id.fetch_add(1, Ordering::Relaxed);
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         parked.retain(|w| w.node.node_id != node.node_id && !w.sender.is_closed());
@@ -72,7 +78,6 @@ impl Hub {
             node,
             max_jobs: max_jobs.max(1),
             sender,
-            parked_at: now,
             granted: Vec::new(),
         });
         id
@@ -85,6 +90,107 @@ impl Hub {
         let before = parked.len();
         parked.retain(|w| w.id != waiter_id);
         parked.len() != before
+    }
+
+    /// Adds or replaces a node in the routing view.
+    pub fn set_node(&self, state: NodeState) {
+        self.fleet
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(state.profile.node_id.clone(), state);
+    }
+
+    /// Changes a node in the routing view, if it is there.
+    pub fn update_node(&self, node_id: &str, change: impl FnOnce(&mut NodeState)) {
+        if let Some(node) = self
+            .fleet
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(node_id)
+        {
+            change(node);
+        }
+    }
+
+    pub fn fleet(&self) -> Vec<NodeState> {
+        let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut nodes: Vec<NodeState> = fleet.values().cloned().collect();
+        nodes.sort_by(|a, b| a.profile.node_id.cmp(&b.profile.node_id));
+        nodes
+    }
+
+    /// Folds a finished attempt into the node's speed for that kind and model.
+    pub fn record_completion(&self, done: &Completion) {
+        let key = (done.node_id.clone(), done.kind.clone(), done.model.clone());
+        let tokens_per_s = if done.duration_ms > 0 {
+            done.completion_tokens as f64 * 1000.0 / done.duration_ms as f64
+        } else {
+            0.0
+        };
+        let mut speeds = self.speeds.lock().unwrap_or_else(PoisonError::into_inner);
+        let speed = speeds.entry(key).or_insert(Speed {
+            mean_ms: done.duration_ms as f64,
+            tokens_per_s,
+            samples: 0,
+        });
+        speed.mean_ms += SPEED_SMOOTHING * (done.duration_ms as f64 - speed.mean_ms);
+        speed.tokens_per_s += SPEED_SMOOTHING * (tokens_per_s - speed.tokens_per_s);
+        speed.samples = speed.samples.saturating_add(1);
+    }
+
+    /// Seeds the speed book (at start, from past attempts).
+    pub fn set_speed(&self, node_id: &str, kind: &str, model: Option<&str>, speed: Speed) {
+        self.speeds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (
+                    node_id.to_string(),
+                    kind.to_string(),
+                    model.map(str::to_string),
+                ),
+                speed,
+            );
+    }
+
+    pub fn speed(&self, node_id: &str, kind: &str, model: Option<&str>) -> Option<Speed> {
+        self.speeds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(
+                node_id.to_string(),
+                kind.to_string(),
+                model.map(str::to_string),
+            ))
+            .copied()
+    }
+
+    /// Routes `route` over `nodes` with this hub's speeds and weights.
+    pub fn decide(&self, route: &JobRoute, nodes: &[NodeState]) -> Decision {
+        let speeds = self.speeds.lock().unwrap_or_else(PoisonError::into_inner);
+        let kind = route.needs.kind.clone();
+        let model = route.needs.model.clone();
+        let speed_of = |node: &str| {
+            speeds
+                .get(&(node.to_string(), kind.clone(), model.clone()))
+                .copied()
+        };
+        scoring::select_best_node(route, nodes, &speed_of, &self.config.weights)
+    }
+
+    /// The `route_reason` of a lease `node_id` pulled: the ranking over the
+    /// fleet as it is, and where the puller stands in it.
+    pub fn explain_pull(&self, route: &JobRoute, node_id: &str) -> String {
+        let decision = self.decide(route, &self.fleet());
+        route_reason(&decision, node_id, "pull", None)
+    }
+
+    /// Drops a node's parked lease request (it was told to drain).
+    pub fn unpark_node(&self, node_id: &str) {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|w| w.node.node_id != node_id);
     }
 
     /// Answers every parked lease request with nothing (at shutdown).
@@ -132,36 +238,123 @@ impl Hub {
     }
 }
 
-/// Hands each newly ready job to the least-loaded parked agent that may run
-/// it, granting the lease in the current transaction. Jobs no parked agent
-/// may run stay queued for the next lease request.
+/// How strongly one attempt moves a node's measured speed (moving average).
+const SPEED_SMOOTHING: f64 = 0.3;
+/// Runners-up kept in a `route_reason`.
+const RUNNERS_UP: usize = 4;
+
+type SpeedKey = (String, String, Option<String>);
+
+/// The JSON kept in `jobs.route_reason`: who got the job and how, the
+/// score terms of the best candidates, and why the others were excluded.
+pub fn route_reason(
+    decision: &Decision,
+    chosen: &str,
+    how: &str,
+    locality: Option<&str>,
+) -> String {
+    let position = decision.ranked.iter().position(|r| r.node == chosen);
+    let note = match position {
+        Some(0) => "best-ranked node".to_string(),
+        Some(_) => format!(
+            "best-ranked {} was busy; {chosen} was free",
+            decision
+                .ranked
+                .first()
+                .map(|r| r.node.as_str())
+                .unwrap_or("-")
+        ),
+        None => "not ranked (joined after the decision)".to_string(),
+    };
+    let reason = serde_json::json!({
+        "chosen": chosen,
+        "how": how,
+        "note": note,
+        "locality": locality,
+        "ranked": decision.ranked.iter().take(RUNNERS_UP + 1).collect::<Vec<_>>(),
+        "excluded": decision.excluded,
+    });
+    reason.to_string()
+}
+
+/// Hands each newly ready job to the best-scored parked agent that may run
+/// it, granting the lease in the current transaction. A job preferring a
+/// node or region that is alive but busy waits for it up to
+/// `locality_wait_ms` from when it first became ready (delay scheduling; the
+/// wait is never reset), and meanwhile only preferred nodes may take it.
+/// Jobs no parked agent may take stay queued for the next lease request.
 pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), StoreError> {
     if ready.is_empty() {
         return Ok(());
     }
+    let fleet = ctx.hub.fleet();
     let mut parked = ctx
         .hub
         .parked
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     parked.retain(|w| !w.sender.is_closed());
-    if parked.is_empty() {
-        return Ok(());
-    }
     for job in ready {
-        let best = parked
+        let locality = match job.locality_until {
+            Some(until) => until,
+            None if job.route.has_preference() => {
+                let preferred_alive = fleet.iter().any(|n| {
+                    n.status == NodeStatus::Active
+                        && job.route.preferred(n)
+                        && routing::check(&job.route.needs, &n.profile).is_ok()
+                });
+                let until = if preferred_alive {
+                    ctx.now + ctx.hub.config.locality_wait_ms as i64
+                } else {
+                    0
+                };
+                store::set_locality(ctx.tx, job.id, until)?;
+                if until > 0 {
+                    ctx.effect(Effect::WakeTimer);
+                }
+                until
+            }
+            None => 0,
+        };
+        if parked.is_empty() {
+            continue;
+        }
+        let waiting = locality > ctx.now;
+        // The fleet as routing sees it, with parked nodes' exact load.
+        let nodes: Vec<NodeState> = fleet
             .iter()
-            .enumerate()
-            .filter(|(_, w)| (w.granted.len() as u32) < w.max_jobs)
-            .filter(|(_, w)| routing::check(&job.needs, &w.node).is_ok())
-            .min_by(|(_, a), (_, b)| {
-                a.load()
-                    .total_cmp(&b.load())
-                    .then(a.parked_at.cmp(&b.parked_at))
-                    .then(a.node.node_id.cmp(&b.node.node_id))
+            .map(|n| {
+                let mut n = n.clone();
+                if let Some(w) = parked.iter().find(|w| w.node.node_id == n.profile.node_id) {
+                    n.running = w.busy();
+                }
+                n
             })
-            .map(|(idx, _)| idx);
-        let Some(idx) = best else { continue };
+            .collect();
+        let decision = ctx.hub.decide(&job.route, &nodes);
+        let chosen = decision.ranked.iter().find_map(|ranked| {
+            let idx = parked.iter().position(|w| {
+                w.node.node_id == ranked.node
+                    && (w.granted.len() as u32) < w.max_jobs
+                    && routing::check(&job.route.needs, &w.node).is_ok()
+            })?;
+            let node = nodes.iter().find(|n| n.profile.node_id == ranked.node)?;
+            (!waiting || job.route.preferred(node)).then_some((idx, job.route.preferred(node)))
+        });
+        let Some((idx, preferred)) = chosen else {
+            continue;
+        };
+        let locality_note = match (job.route.has_preference(), preferred) {
+            (false, _) => None,
+            (true, true) => Some("preferred"),
+            (true, false) => Some("no preferred node free within the wait bound"),
+        };
+        let reason = route_reason(
+            &decision,
+            &parked[idx].node.node_id,
+            "hand-off",
+            locality_note,
+        );
         let waiter = &mut parked[idx];
         let ttl = ctx.hub.config.lease_ttl_ms;
         if let Some(lease) = store::grant_lease(
@@ -171,6 +364,7 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
             ttl,
             job.id,
             &waiter.node.node_id,
+            &reason,
         )? {
             waiter.granted.push(lease);
         }

@@ -15,8 +15,11 @@
 //! - [`tls`]: the coordinator's CA, server and node certificates.
 //! - [`security`]: secret keys, API keys, join tokens, sealing of confidential data.
 //! - [`client`]: a typed client of the API; [`cli`]: the command line; [`demo`].
+//! - [`mcp`]: the MCP stdio server (`kobo-coord mcp`) for Claude Code.
 //! - [`init`]: preparing a data directory (CA, secrets, database, first admin key).
 //! - [`config`]: timings and settings.
+//! - [`observe`]: metrics, cluster status, live updates, dashboard sessions;
+//!   [`dashboard`]: the embedded web page; [`status`]: `kobo-coord status`.
 
 pub mod access;
 pub mod admin;
@@ -24,15 +27,20 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 mod deadline_io;
 pub mod demo;
 pub mod dispatch;
 pub mod init;
+pub mod mcp;
+pub mod observe;
 pub mod queue;
+pub mod recurring;
 pub mod routing;
 pub mod scoring;
 pub mod security;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod validate;

@@ -24,11 +24,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(args) => cli::job(args).await,
         Command::Cancel(args) => cli::cancel(args).await,
         Command::Nodes(args) => cli::nodes(args).await,
+        Command::Status(args) => kobo_coord::status::run(args).await,
         Command::Init(args) => cli::init(args),
         Command::Apikey(command) => cli::apikey(command).await,
         Command::Token(command) => cli::token(command).await,
         Command::Node(command) => cli::node(command).await,
         Command::Audit(args) => cli::audit(args).await,
+        Command::Drain(args) => cli::drain(args, true).await,
+        Command::Resume(args) => cli::drain(args, false).await,
+        Command::Schedule(command) => cli::schedule(command).await,
+        Command::Mcp(args) => kobo_coord::mcp::serve_stdio(args.client.client()?).await,
     }
 }
 

@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::Caller;
 use crate::admin;
-use crate::config::METRICS_RETENTION;
 use crate::dispatch::{self, Hub};
+use crate::scoring::JobRoute;
 use crate::store::{self, Backoff, Changes, Effect, Store, StoreError, WriteCtx};
 
+/// How far back measured speeds are read at start.
+const SPEED_HISTORY: Duration = Duration::from_secs(24 * 3600);
 /// Longest the timer sleeps even when nothing is due: a safety net, not a
 /// polling interval (every due time is computed and woken for).
 const TIMER_MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -44,6 +46,9 @@ pub fn reveal_only_of(caller: &Caller) -> Option<String> {
 
 /// Turns what a write changed into hand-offs and notifications.
 fn apply(ctx: &mut WriteCtx<'_>, changes: Changes) -> Result<(), StoreError> {
+    for done in &changes.completed {
+        ctx.hub.record_completion(done);
+    }
     for job_id in changes.finished {
         ctx.effect(Effect::Finished(job_id));
     }
@@ -150,6 +155,9 @@ impl Queue {
             .write(move |ctx| {
                 let mut changes = Changes::default();
                 store::register_node(ctx.tx, ctx.now, &req, &mut changes)?;
+                if let Some(state) = store::fleet_state(ctx.tx, &req.node_id)? {
+                    ctx.hub.set_node(state);
+                }
                 apply(ctx, changes)?;
                 tracing::info!(node_id = %req.node_id, region = %req.region, max_workers = req.max_workers, "agent registered");
                 Ok(RegisterResponse {
@@ -174,6 +182,8 @@ impl Queue {
                     return Ok(LeaseStart::Idle);
                 }
                 let ttl = ctx.hub.config.lease_ttl_ms;
+                let hub = ctx.hub;
+                let explain = |route: &JobRoute| hub.explain_pull(route, &req.node_id);
                 let leases = store::lease_for_node(
                     ctx.tx,
                     ctx.now,
@@ -181,12 +191,13 @@ impl Queue {
                     ttl,
                     &node.profile,
                     req.max_jobs,
+                    &explain,
                 )?;
                 if !leases.is_empty() || req.wait_ms == 0 {
                     return Ok(LeaseStart::Granted(leases));
                 }
                 let (sender, receiver) = oneshot::channel();
-                let waiter_id = ctx.hub.park(node.profile, req.max_jobs, sender, ctx.now);
+                let waiter_id = ctx.hub.park(node.profile, req.max_jobs, sender);
                 Ok(LeaseStart::Parked(waiter_id, receiver))
             })
             .await?;
@@ -221,8 +232,32 @@ impl Queue {
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, StoreError> {
         self.store
             .write(move |ctx| {
-                let node = current_instance(ctx, &req.node_id, &req.instance_id)?;
+                let mut node = current_instance(ctx, &req.node_id, &req.instance_id)?;
                 store::record_heartbeat(ctx.tx, ctx.now, &req)?;
+                // A draining node with nothing left to run has drained.
+                if node.status == NodeStatus::Draining
+                    && req.running.is_empty()
+                    && store::running_on(ctx.tx, &req.node_id)? == 0
+                {
+                    store::set_node_status(ctx.tx, &req.node_id, NodeStatus::Drained)?;
+                    node.status = NodeStatus::Drained;
+                    tracing::info!(node_id = %req.node_id, "node drained");
+                }
+                let status = match node.status {
+                    NodeStatus::Lost => NodeStatus::Active,
+                    other => other,
+                };
+                ctx.hub.update_node(&req.node_id, |n| {
+                    n.status = status;
+                    n.running = req.running.len() as u32;
+                    n.rtt_ms = req.rtt_ms.or(n.rtt_ms);
+                    if let Some(m) = &req.metrics {
+                        n.cpu_percent = Some(m.cpu_percent);
+                    }
+                    if let Some(loaded) = &req.loaded_models {
+                        n.loaded_models = loaded.clone();
+                    }
+                });
                 let config = &ctx.hub.config;
                 let (cancelled, revoked) = store::renew_leases(
                     ctx.tx,
@@ -334,15 +369,96 @@ impl Queue {
                 let lost = store::mark_lost_nodes(ctx.tx, ctx.now, lost_after, &mut changes)?;
                 for node_id in &lost {
                     tracing::warn!(%node_id, "node lost: missed heartbeats; its leases were released");
+                    ctx.hub.update_node(node_id, |n| n.status = NodeStatus::Lost);
+                }
+                store::expire_locality(ctx.tx, ctx.now, &mut changes)?;
+                let fired = store::fire_due_schedules(
+                    ctx.tx,
+                    ctx.now,
+                    &ctx.hub.sealer,
+                    ctx.hub.config.default_max_attempts,
+                    &mut changes,
+                )?;
+                for (schedule, job_id) in &fired {
+                    tracing::info!(%schedule, job_id, "schedule fired");
                 }
                 let n_expired = store::reap_expired(ctx.tx, ctx.now, &mut changes)?;
                 let n_due = store::promote_due(ctx.tx, ctx.now, &mut changes)?;
-                store::prune_metrics(ctx.tx, ctx.now - METRICS_RETENTION.as_millis() as i64)?;
+                store::maintain_metrics(ctx.tx, ctx.now, &ctx.hub.config.metrics_retention)?;
                 apply(ctx, changes)?;
                 let full = store::TIMED_BATCH as usize;
                 Ok(n_expired >= full || n_due >= full)
             })
             .await
+    }
+
+    /// Loads routing state from the database: the fleet, and the speeds
+    /// measured over the last day.
+    pub async fn load_routing_state(&self) -> Result<(), StoreError> {
+        let since = store::unix_now_ms() - SPEED_HISTORY.as_millis() as i64;
+        let (fleet, speeds) = self
+            .store
+            .read(move |conn| Ok((store::fleet_states(conn)?, store::speeds(conn, since)?)))
+            .await?;
+        for node in fleet {
+            self.hub.set_node(node);
+        }
+        for (node, kind, model, speed) in speeds {
+            self.hub.set_speed(&node, &kind, model.as_deref(), speed);
+        }
+        Ok(())
+    }
+
+    /// Drains a node: it takes no new jobs, its running jobs finish, then it
+    /// is `drained`. Its agent stays connected.
+    pub async fn drain(&self, caller: &Caller, node_id: String) -> Result<NodeStatus, StoreError> {
+        self.set_drain(caller, node_id, true).await
+    }
+
+    /// Undoes a drain: the node takes jobs again.
+    pub async fn resume(&self, caller: &Caller, node_id: String) -> Result<NodeStatus, StoreError> {
+        self.set_drain(caller, node_id, false).await
+    }
+
+    async fn set_drain(
+        &self,
+        caller: &Caller,
+        node_id: String,
+        drain: bool,
+    ) -> Result<NodeStatus, StoreError> {
+        let caller = caller.clone();
+        let status = self
+            .store
+            .write(move |ctx| {
+                let current = store::node_status(ctx.tx, &node_id)?
+                    .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
+                let status = match (drain, current) {
+                    (true, _) if store::running_on(ctx.tx, &node_id)? == 0 => NodeStatus::Drained,
+                    (true, _) => NodeStatus::Draining,
+                    (false, NodeStatus::Lost) => NodeStatus::Lost,
+                    (false, _) => NodeStatus::Active,
+                };
+                store::set_node_status(ctx.tx, &node_id, status)?;
+                let action = if drain { "node.drain" } else { "node.resume" };
+                store::append_audit(
+                    ctx.tx,
+                    ctx.now,
+                    &admin::record(
+                        &caller,
+                        action,
+                        Some(format!("node:{node_id}")),
+                        "ok",
+                        Some(format!("{} -> {}", current.as_str(), status.as_str())),
+                    ),
+                )?;
+                ctx.hub.update_node(&node_id, |n| n.status = status);
+                if drain {
+                    ctx.hub.unpark_node(&node_id);
+                }
+                Ok(status)
+            })
+            .await?;
+        Ok(status)
     }
 
     /// After a restart: the coordinator was away, so nodes get a fresh

@@ -184,7 +184,13 @@ fn specialized(node: &NodeState, kind: &str) -> bool {
 }
 
 /// Scores one eligible node.
-pub fn score(job: &JobRoute, node: &NodeState, speed: Option<Speed>, fastest_ms: Option<f64>, w: &Weights) -> Terms {
+pub fn score(
+    job: &JobRoute,
+    node: &NodeState,
+    speed: Option<Speed>,
+    fastest_ms: Option<f64>,
+    w: &Weights,
+) -> Terms {
     let max = node.profile.max_workers.max(1) as f64;
     let free = (1.0 - node.running as f64 / max).clamp(0.0, 1.0);
     let cpu_idle = node
@@ -208,7 +214,8 @@ pub fn score(job: &JobRoute, node: &NodeState, speed: Option<Speed>, fastest_ms:
             _ => 0.0,
         },
     };
-    let preferred_node = f64::from(job.prefer_node.as_deref() == Some(node.profile.node_id.as_str()));
+    let preferred_node =
+        f64::from(job.prefer_node.as_deref() == Some(node.profile.node_id.as_str()));
     let specialization = f64::from(specialized(node, &job.needs.kind));
     let model_loaded = f64::from(job.needs.model.as_ref().is_some_and(|m| {
         node.loaded_models
@@ -272,7 +279,9 @@ pub fn select_best_node(
         .flatten()
         .map(|s| s.mean_ms)
         .filter(|m| *m > 0.0)
-        .fold(None, |best: Option<f64>, m| Some(best.map_or(m, |b| b.min(m))));
+        .fold(None, |best: Option<f64>, m| {
+            Some(best.map_or(m, |b| b.min(m)))
+        });
     decision.ranked = eligible
         .iter()
         .zip(speeds)
@@ -368,7 +377,11 @@ mod tests {
         tokyo.prefer_region = Some("ap-northeast-1".into());
         assert_eq!(best(&tokyo, &nodes, &[]), "b");
         let nodes = [node("a", "eu-west-2"), node("b", "ap-northeast-3")];
-        assert_eq!(best(&tokyo, &nodes, &[]), "b", "Osaka is nearer Tokyo than London");
+        assert_eq!(
+            best(&tokyo, &nodes, &[]),
+            "b",
+            "Osaka is nearer Tokyo than London"
+        );
         // Preferred node.
         let mut pinned = job();
         pinned.prefer_node = Some("b".into());
@@ -393,7 +406,11 @@ mod tests {
         residency.needs.data_location = Some("japan".into());
         let decision = select_best_node(&residency, &nodes, &|_| None, &Weights::default());
         assert!(decision.ranked.is_empty());
-        assert!(decision.excluded["a"].contains("europe"), "{:?}", decision.excluded);
+        assert!(
+            decision.excluded["a"].contains("europe"),
+            "{:?}",
+            decision.excluded
+        );
         assert_eq!(decision.excluded["b"], "is draining");
     }
 

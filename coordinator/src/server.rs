@@ -26,6 +26,7 @@ use crate::config::ServeConfig;
 use crate::deadline_io::FirstByteDeadline;
 use crate::dispatch::Hub;
 use crate::init;
+use crate::observe::Observer;
 use crate::queue::Queue;
 use crate::security::Secrets;
 use crate::store::{self, Store};
@@ -112,6 +113,10 @@ pub async fn serve(
         .recover_after_restart()
         .await
         .context("recovering leases after start")?;
+    queue
+        .load_routing_state()
+        .await
+        .context("loading the routing state")?;
     let local = listener
         .local_addr()
         .context("reading the listen address")?;
@@ -120,12 +125,21 @@ pub async fn serve(
         tls::ReloadingCert::new(&prepared.paths).context("loading the server certificate")?;
     let tls_config =
         tls::server_config(&prepared.paths, cert.clone()).context("configuring TLS")?;
+    let observer = Arc::new(Observer::new(queue.store.clone(), shutdown.clone()));
     let app = api::router(AppState {
         queue: queue.clone(),
         admin: prepared.admin.clone(),
         access: prepared.access.clone(),
+        observe: observer.clone(),
     });
     let tracker = TaskTracker::new();
+    tracker.spawn(observer.clone().run_pump());
+    print_dashboard_url(
+        &observer,
+        config.advertise_url.as_deref(),
+        local,
+        &config.data_dir,
+    );
     let timer_queue = queue.clone();
     let timer_shutdown = shutdown.clone();
     tracker.spawn(async move { timer_queue.run_timer(timer_shutdown).await });
@@ -175,12 +189,39 @@ pub async fn serve(
     Ok(())
 }
 
-fn write_client_file(dir: &Path, advertise: Option<&str>, local: SocketAddr) -> anyhow::Result<()> {
-    let url = match advertise {
+/// The URL clients use: the advertised one, else the bound address.
+fn client_url(advertise: Option<&str>, local: SocketAddr) -> String {
+    match advertise {
         Some(url) => url.to_string(),
         None if local.ip().is_unspecified() => format!("https://127.0.0.1:{}", local.port()),
         None => format!("https://{local}"),
-    };
+    }
+}
+
+/// Prints the dashboard's address and a one-time login URL (as Jupyter
+/// does) on standard output; the log says where, without the token.
+fn print_dashboard_url(
+    observer: &Observer,
+    advertise: Option<&str>,
+    local: SocketAddr,
+    data_dir: &Path,
+) {
+    let url = client_url(advertise, local);
+    let token = observer
+        .sessions
+        .mint_login_token(crate::store::unix_now_ms());
+    let hours = crate::observe::LOGIN_URL_TTL.as_secs() / 3600;
+    println!("kobo dashboard: {}/", url.trim_end_matches('/'));
+    println!(
+        "  log in once with this link (valid {hours} h), or with an API key ({}/admin.key is an admin key):",
+        data_dir.display()
+    );
+    println!("  {}/login?token={token}", url.trim_end_matches('/'));
+    tracing::info!(%url, "dashboard served at /; a one-time login link was printed on standard output");
+}
+
+fn write_client_file(dir: &Path, advertise: Option<&str>, local: SocketAddr) -> anyhow::Result<()> {
+    let url = client_url(advertise, local);
     let path = dir.join(CLIENT_FILE);
     let tmp = dir.join(format!("{CLIENT_FILE}.tmp"));
     fs::write(&tmp, serde_json::to_vec_pretty(&ClientFile { url })?)

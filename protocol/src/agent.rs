@@ -27,6 +27,11 @@ pub struct RegisterRequest {
     pub agent_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub specialization: Option<String>,
+    /// Where the node is, when its region's place is not precise enough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
 }
 
 /// Timings the agent must follow; the coordinator owns them.

@@ -280,6 +280,10 @@ pub struct JobView {
     /// The prompt and result are withheld from this caller (confidential
     /// job, not the caller's own).
     pub redacted: bool,
+    /// Why the job went where it went: the chosen node, how, the score
+    /// terms of the best candidates, and why others were excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_reason: Option<serde_json::Value>,
     pub output: Option<LlmOutput>,
 }
 
@@ -349,4 +353,61 @@ pub struct JobList {
 pub struct WaitQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+/// How a schedule treats slots missed while the coordinator was down.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// One job for all the missed slots (the latest).
+    #[default]
+    Once,
+    /// One job per missed slot (at most 100).
+    All,
+    /// No job for missed slots; only slots from now on.
+    None,
+}
+
+impl CatchUp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::Once => "once",
+            CatchUp::All => "all",
+            CatchUp::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CatchUp> {
+        [CatchUp::Once, CatchUp::All, CatchUp::None]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// `POST /v1/schedules`: a recurring job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleCreate {
+    pub name: String,
+    /// The `cron` crate's syntax with seconds, in UTC: `0 */15 * * * *`.
+    pub cron: String,
+    pub job: SubmitJob,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleView {
+    pub name: String,
+    pub cron: String,
+    /// Always `UTC`.
+    pub timezone: String,
+    pub catch_up: CatchUp,
+    pub paused: bool,
+    pub next_fire_at: UnixMillis,
+    pub last_fired_at: Option<UnixMillis>,
+    pub last_job_id: Option<JobId>,
+    pub created_at: UnixMillis,
+    pub created_by: String,
+    pub kind: String,
 }

@@ -9,6 +9,7 @@
 //! - [`job`]: what a client submits and what it reads back.
 //! - [`agent`]: the agent ↔ coordinator calls (register, lease, heartbeat, complete).
 //! - [`node`]: nodes as clients see them.
+//! - [`observe`]: the cluster summary (status, dashboard), dashboard sessions.
 //! - [`error`]: the one error body every route answers with.
 
 pub mod admin;
@@ -16,12 +17,14 @@ pub mod agent;
 pub mod error;
 pub mod job;
 pub mod node;
+pub mod observe;
 
 pub use admin::*;
 pub use agent::*;
 pub use error::*;
 pub use job::*;
 pub use node::*;
+pub use observe::*;
 
 /// The version prefix of every HTTP route (`/v1/...`).
 pub const API_VERSION: &str = "v1";

@@ -54,6 +54,8 @@ async fn agent_client(
             models: vec![],
             agent_version: "bench".into(),
             specialization: None,
+            latitude: None,
+            longitude: None,
         })
         .await
         .expect("register");

@@ -236,6 +236,13 @@ impl Cluster {
         self.data_dir.join("kobo.db")
     }
 
+    /// Where the current coordinator process's standard output goes (the
+    /// dashboard URL and its one-time login link).
+    pub fn coordinator_stdout_path(&self) -> PathBuf {
+        self.data_dir
+            .join(format!("coordinator-{}.out", self.coordinator_starts))
+    }
+
     /// Starts (or restarts) the coordinator on the same port and data
     /// directory, and waits until it answers.
     pub async fn start_coordinator(&mut self) {
@@ -257,7 +264,9 @@ impl Cluster {
             .args(["--long-poll-ms", &s.long_poll_ms.to_string()])
             .args(&s.serve_args)
             .env("RUST_LOG", "info,kobo_coord=debug")
-            .stdout(Stdio::null())
+            .stdout(
+                std::fs::File::create(self.coordinator_stdout_path()).expect("coordinator stdout"),
+            )
             .stderr(std::fs::File::create(&log).expect("coordinator log"))
             .kill_on_drop(true)
             .spawn()

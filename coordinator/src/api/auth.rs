@@ -22,7 +22,7 @@ pub enum Need {
     Node,
 }
 
-async fn deny(
+pub(super) async fn deny(
     state: &AppState,
     caller: &Caller,
     status: StatusCode,
@@ -64,7 +64,8 @@ pub(super) async fn authenticate(
             )),
         },
         (None, Some(cert)) => state.access.node(&cert),
-        (None, None) => Ok(Principal::Anonymous),
+        // A dashboard session cookie, or nobody.
+        (None, None) => Ok(super::observe::session_principal(&state, request.headers())),
     };
     let mut response = match resolved {
         Ok(principal) => {

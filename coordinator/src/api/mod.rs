@@ -5,6 +5,8 @@
 //! | routes | access |
 //! |---|---|
 //! | `GET /healthz`, `GET /v1/join/ca`, `POST /v1/join` | public (join: the token authenticates) |
+//! | `GET /`, `GET /assets/…`, `GET /login`, `POST /v1/session…` | public (the dashboard's page and login) |
+//! | `GET /metrics`, `GET /v1/status`, `GET /v1/events` | `read` (also a dashboard session) |
 //! | `GET /v1/jobs…`, `GET /v1/nodes` | `read` |
 //! | `POST /v1/jobs`, `/v1/jobs/batch`, `/v1/jobs/{id}/cancel` | `submit` |
 //! | `/v1/admin/…` | `admin` |
@@ -15,6 +17,8 @@ mod agent;
 mod auth;
 mod error;
 mod jobs;
+mod observe;
+mod schedules;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,23 +58,47 @@ pub struct AppState {
     pub queue: Queue,
     pub admin: Admin,
     pub access: Arc<AccessCache>,
+    /// Metrics, status, live updates and dashboard sessions.
+    pub observe: Arc<crate::observe::Observer>,
 }
 
 pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/join/ca", get(admin::join_ca))
-        .route("/v1/join", post(admin::join));
+        .route("/v1/join", post(admin::join))
+        .route("/", get(observe::dashboard_index))
+        .route("/assets/{file}", get(observe::dashboard_asset))
+        .route("/login", get(observe::login_url))
+        .route("/v1/session", post(observe::session_create))
+        .route("/v1/session/logout", post(observe::session_logout));
     let read = Router::new()
         .route("/v1/jobs", get(jobs::jobs_list))
         .route("/v1/jobs/{id}", get(jobs::jobs_get))
         .route("/v1/jobs/{id}/wait", get(jobs::jobs_wait))
         .route("/v1/nodes", get(jobs::nodes_list))
+        .route("/metrics", get(observe::metrics_get))
+        .route("/v1/status", get(observe::status_get))
+        .route("/v1/events", get(observe::events_stream))
+        .route("/v1/schedules", get(schedules::schedules_list))
         .route_layer(from_fn_with_state(state.clone(), auth::need_read));
     let submit = Router::new()
         .route("/v1/jobs", post(jobs::jobs_create))
         .route("/v1/jobs/batch", post(jobs::jobs_create_batch))
         .route("/v1/jobs/{id}/cancel", post(jobs::jobs_cancel))
+        .route("/v1/schedules", post(schedules::schedules_create))
+        .route(
+            "/v1/schedules/{name}",
+            axum::routing::delete(schedules::schedules_delete),
+        )
+        .route(
+            "/v1/schedules/{name}/pause",
+            post(schedules::schedules_pause),
+        )
+        .route(
+            "/v1/schedules/{name}/resume",
+            post(schedules::schedules_resume),
+        )
         .route_layer(from_fn_with_state(state.clone(), auth::need_submit));
     let admin = Router::new()
         .route(
@@ -80,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/apikeys/{id}/revoke", post(admin::apikeys_revoke))
         .route("/v1/admin/tokens", post(admin::tokens_create))
         .route("/v1/admin/nodes/{id}/revoke", post(admin::nodes_revoke))
+        .route("/v1/admin/nodes/{id}/drain", post(schedules::nodes_drain))
+        .route("/v1/admin/nodes/{id}/resume", post(schedules::nodes_resume))
         .route("/v1/admin/audit", get(admin::audit_list))
         .route("/v1/admin/audit/verify", get(admin::audit_verify))
         .route_layer(from_fn_with_state(state.clone(), auth::need_admin));
@@ -107,6 +137,61 @@ pub const ROUTES: &[(&str, &str, Option<Need>)] = &[
     ("GET", "/healthz", None),
     ("GET", "/v1/join/ca", None),
     ("POST", "/v1/join", None),
+    ("GET", "/", None),
+    ("GET", "/assets/app.js", None),
+    ("GET", "/login?token=00", None),
+    ("POST", "/v1/session", None),
+    ("POST", "/v1/session/logout", None),
+    (
+        "GET",
+        "/metrics",
+        Some(Need::Role(kobo_protocol::AccessRole::Read)),
+    ),
+    (
+        "GET",
+        "/v1/status",
+        Some(Need::Role(kobo_protocol::AccessRole::Read)),
+    ),
+    (
+        "GET",
+        "/v1/events?once=true",
+        Some(Need::Role(kobo_protocol::AccessRole::Read)),
+    ),
+    (
+        "GET",
+        "/v1/schedules",
+        Some(Need::Role(kobo_protocol::AccessRole::Read)),
+    ),
+    (
+        "POST",
+        "/v1/schedules",
+        Some(Need::Role(kobo_protocol::AccessRole::Submit)),
+    ),
+    (
+        "DELETE",
+        "/v1/schedules/nope",
+        Some(Need::Role(kobo_protocol::AccessRole::Submit)),
+    ),
+    (
+        "POST",
+        "/v1/schedules/nope/pause",
+        Some(Need::Role(kobo_protocol::AccessRole::Submit)),
+    ),
+    (
+        "POST",
+        "/v1/schedules/nope/resume",
+        Some(Need::Role(kobo_protocol::AccessRole::Submit)),
+    ),
+    (
+        "POST",
+        "/v1/admin/nodes/x/drain",
+        Some(Need::Role(kobo_protocol::AccessRole::Admin)),
+    ),
+    (
+        "POST",
+        "/v1/admin/nodes/x/resume",
+        Some(Need::Role(kobo_protocol::AccessRole::Admin)),
+    ),
     (
         "GET",
         "/v1/jobs",

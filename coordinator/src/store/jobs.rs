@@ -9,16 +9,17 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::StoreError;
 use crate::routing::{self, JobNeeds, NodeProfile};
+use crate::scoring::JobRoute;
 use crate::security::Sealer;
 
 pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18) RETURNING id";
 pub const FIND_BY_IDEMPOTENCY_KEY: &str = "SELECT id, state FROM jobs WHERE idempotency_key = ?1";
-pub const SELECT_QUEUED_OF_KIND: &str = "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model FROM jobs WHERE state = 'queued' AND kind = ?1 ORDER BY priority DESC, ready_at, id";
-pub const GRANT_LEASE: &str = "UPDATE jobs SET state = 'leased', node_id = ?2, lease_token = lease_token + 1, attempts = attempts + 1, lease_expires_at = ?3, updated_at = ?4, queue_reason = NULL WHERE id = ?1 AND state = 'queued' RETURNING lease_token, attempts, kind, timeout_ms, request";
+pub const SELECT_QUEUED_OF_KIND: &str = "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until FROM jobs WHERE state = 'queued' AND kind = ?1 ORDER BY priority DESC, ready_at, id";
+pub const GRANT_LEASE: &str = "UPDATE jobs SET state = 'leased', node_id = ?2, lease_token = lease_token + 1, attempts = attempts + 1, lease_expires_at = ?3, updated_at = ?4, queue_reason = NULL, route_reason = ?5 WHERE id = ?1 AND state = 'queued' RETURNING lease_token, attempts, kind, timeout_ms, request";
 pub const INSERT_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, lease_token, node_id, started_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, 'running')";
 pub const FINISH_ATTEMPT: &str = "UPDATE job_attempts SET finished_at = ?3, outcome = ?4, error = ?5, prompt_tokens = ?6, completion_tokens = ?7, duration_ms = ?8 WHERE job_id = ?1 AND lease_token = ?2";
 pub const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, node_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-pub const SELECT_JOB_ROW: &str = "SELECT state, node_id, lease_token, attempts, max_attempts, kind, req_capabilities, req_gpu, confidential, data_location, model FROM jobs WHERE id = ?1";
+pub const SELECT_JOB_ROW: &str = "SELECT state, node_id, lease_token, attempts, max_attempts, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until FROM jobs WHERE id = ?1";
 pub const SELECT_ATTEMPT_OUTCOME: &str =
     "SELECT node_id, outcome FROM job_attempts WHERE job_id = ?1 AND lease_token = ?2";
 pub const RENEW_LEASE: &str = "UPDATE jobs SET lease_expires_at = ?4 WHERE id = ?1 AND state = 'leased' AND node_id = ?2 AND lease_token = ?3";
@@ -33,7 +34,20 @@ const MAX_SCAN_PER_KIND: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct ReadyJob {
     pub id: JobId,
-    pub needs: JobNeeds,
+    pub route: JobRoute,
+    /// Delay scheduling: `None` not yet decided, `Some(0)` over, else until when
+    /// the job waits for its preferred node or region.
+    pub locality_until: Option<i64>,
+}
+
+/// A successful attempt, for the speed book.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub node_id: String,
+    pub kind: String,
+    pub model: Option<String>,
+    pub duration_ms: u64,
+    pub completion_tokens: u64,
 }
 
 /// What a write did besides its answer, for the caller to turn into
@@ -42,6 +56,7 @@ pub struct ReadyJob {
 pub struct Changes {
     pub ready: Vec<ReadyJob>,
     pub finished: Vec<JobId>,
+    pub completed: Vec<Completion>,
     /// A job was scheduled for later: the timer may need to wake sooner.
     pub scheduled: bool,
 }
@@ -188,14 +203,19 @@ pub fn insert_job(
     if state == JobState::Queued {
         changes.ready.push(ReadyJob {
             id,
-            needs: JobNeeds {
-                kind: job.kind.clone(),
-                capabilities: req.capabilities.clone(),
-                gpu: req.gpu,
-                confidential: req.confidential,
-                data_location: req.data_location.clone(),
-                model: job.model.clone(),
+            route: JobRoute {
+                needs: JobNeeds {
+                    kind: job.kind.clone(),
+                    capabilities: req.capabilities.clone(),
+                    gpu: req.gpu,
+                    confidential: req.confidential,
+                    data_location: req.data_location.clone(),
+                    model: job.model.clone(),
+                },
+                prefer_region: job.preferences.region.clone(),
+                prefer_node: job.preferences.node.clone(),
             },
+            locality_until: None,
         });
     } else {
         changes.scheduled = true;
@@ -216,19 +236,23 @@ pub fn grant_lease(
     lease_ttl_ms: u64,
     job_id: JobId,
     node_id: &str,
+    route_reason: &str,
 ) -> Result<Option<Lease>, StoreError> {
     let expires_at = now + lease_ttl_ms as i64;
     let granted = tx
         .prepare_cached(GRANT_LEASE)?
-        .query_row(params![job_id, node_id, expires_at, now], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })
+        .query_row(
+            params![job_id, node_id, expires_at, now, route_reason],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            },
+        )
         .optional()?;
     let Some((lease_token, attempt, kind, timeout_ms, request)) = granted else {
         return Ok(None);
@@ -269,7 +293,9 @@ pub fn grant_lease(
 }
 
 /// Leases up to `max_jobs` of the best queued jobs `node` may run: highest
-/// priority first, then longest ready. One index walk per capability.
+/// priority first, then longest ready. One index walk per capability. Jobs
+/// still waiting for another preferred node or region (delay scheduling) are
+/// passed over. `explain` gives each grant its `route_reason`.
 pub fn lease_for_node(
     tx: &Transaction<'_>,
     now: i64,
@@ -277,9 +303,10 @@ pub fn lease_for_node(
     lease_ttl_ms: u64,
     node: &NodeProfile,
     max_jobs: u32,
+    explain: &dyn Fn(&JobRoute) -> String,
 ) -> Result<Vec<Lease>, StoreError> {
-    // (priority, ready_at, id) of eligible candidates over all kinds.
-    let mut candidates: Vec<(i64, i64, JobId)> = Vec::new();
+    // (priority, ready_at, id, route) of eligible candidates over all kinds.
+    let mut candidates: Vec<(i64, i64, JobId, JobRoute)> = Vec::new();
     let mut stmt = tx.prepare_cached(SELECT_QUEUED_OF_KIND)?;
     for kind in &node.capabilities {
         let mut rows = stmt.query([kind])?;
@@ -287,19 +314,29 @@ pub fn lease_for_node(
         let mut scanned = 0usize;
         while let Some(row) = rows.next()? {
             scanned += 1;
-            let needs = JobNeeds {
-                kind: kind.clone(),
-                capabilities: parse_list(&row.get::<_, String>(3)?)?,
-                gpu: row.get(4)?,
-                confidential: row.get(5)?,
-                data_location: row.get(6)?,
-                model: row.get(7)?,
+            let route = JobRoute {
+                needs: JobNeeds {
+                    kind: kind.clone(),
+                    capabilities: parse_list(&row.get::<_, String>(3)?)?,
+                    gpu: row.get(4)?,
+                    confidential: row.get(5)?,
+                    data_location: row.get(6)?,
+                    model: row.get(7)?,
+                },
+                prefer_region: row.get(8)?,
+                prefer_node: row.get(9)?,
             };
-            if routing::check(&needs, node).is_ok() {
+            let waiting_elsewhere = row
+                .get::<_, Option<i64>>(10)?
+                .is_some_and(|until| until > now)
+                && route.prefer_node.as_deref() != Some(node.node_id.as_str())
+                && route.prefer_region.as_deref() != Some(node.region.as_str());
+            if !waiting_elsewhere && routing::check(&route.needs, node).is_ok() {
                 candidates.push((
                     row.get(1)?,
                     row.get::<_, Option<i64>>(2)?.unwrap_or(0),
                     row.get(0)?,
+                    route,
                 ));
                 found += 1;
             }
@@ -311,12 +348,28 @@ pub fn lease_for_node(
     drop(stmt);
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut leases = Vec::new();
-    for (_, _, job_id) in candidates.into_iter().take(max_jobs as usize) {
-        if let Some(lease) = grant_lease(tx, now, sealer, lease_ttl_ms, job_id, &node.node_id)? {
+    for (_, _, job_id, route) in candidates.into_iter().take(max_jobs as usize) {
+        let reason = explain(&route);
+        if let Some(lease) = grant_lease(
+            tx,
+            now,
+            sealer,
+            lease_ttl_ms,
+            job_id,
+            &node.node_id,
+            &reason,
+        )? {
             leases.push(lease);
         }
     }
     Ok(leases)
+}
+
+/// Starts, or ends, a job's wait for its preferred node or region.
+pub fn set_locality(tx: &Transaction<'_>, job_id: JobId, until: i64) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE jobs SET locality_until = ?2 WHERE id = ?1")?
+        .execute(params![job_id, until])?;
+    Ok(())
 }
 
 /// The columns of a job that writes decide on.
@@ -326,7 +379,8 @@ struct JobRow {
     lease_token: i64,
     attempts: u32,
     max_attempts: u32,
-    needs: JobNeeds,
+    route: JobRoute,
+    locality_until: Option<i64>,
 }
 
 fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, StoreError> {
@@ -344,6 +398,11 @@ fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, StoreError> {
                 r.get::<_, bool>(8)?,
                 r.get::<_, Option<String>>(9)?,
                 r.get::<_, Option<String>>(10)?,
+                (
+                    r.get::<_, Option<String>>(11)?,
+                    r.get::<_, Option<String>>(12)?,
+                    r.get::<_, Option<i64>>(13)?,
+                ),
             ))
         })
         .optional()?
@@ -361,6 +420,7 @@ fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, StoreError> {
                 confidential,
                 data_location,
                 model,
+                (prefer_region, prefer_node, locality_until),
             )| {
                 Ok(JobRow {
                     state: parse_state(&state)?,
@@ -368,14 +428,19 @@ fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, StoreError> {
                     lease_token,
                     attempts,
                     max_attempts,
-                    needs: JobNeeds {
-                        kind,
-                        capabilities: parse_list(&caps)?,
-                        gpu,
-                        confidential,
-                        data_location,
-                        model,
+                    route: JobRoute {
+                        needs: JobNeeds {
+                            kind,
+                            capabilities: parse_list(&caps)?,
+                            gpu,
+                            confidential,
+                            data_location,
+                            model,
+                        },
+                        prefer_region,
+                        prefer_node,
                     },
+                    locality_until,
                 })
             },
         )
@@ -432,9 +497,16 @@ pub fn complete_job(
     let node_id = report.node_id.as_str();
     let state = match &report.outcome {
         Outcome::Succeeded { output } => {
+            changes.completed.push(Completion {
+                node_id: report.node_id.clone(),
+                kind: row.route.needs.kind.clone(),
+                model: row.route.needs.model.clone(),
+                duration_ms: output.usage.duration_ms,
+                completion_tokens: output.usage.completion_tokens,
+            });
             let result = serde_json::to_string(output)
                 .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
-            let result = if row.needs.confidential {
+            let result = if row.route.needs.confidential {
                 sealer.seal("result", &result)
             } else {
                 result
@@ -535,7 +607,8 @@ fn end_attempt(
         .execute(params![job_id, error, now])?;
         changes.ready.push(ReadyJob {
             id: job_id,
-            needs: row.needs.clone(),
+            route: row.route.clone(),
+            locality_until: row.locality_until,
         });
         JobState::Queued
     };

@@ -8,8 +8,11 @@
 //! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
 
 mod audit;
+mod fleet;
 mod jobs;
 mod nodes;
+mod observe;
+mod schedules;
 mod schema;
 mod security;
 mod timed;
@@ -23,8 +26,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 
 pub use audit::*;
+pub use fleet::*;
 pub use jobs::*;
 pub use nodes::*;
+pub use observe::*;
+pub use schedules::*;
 pub use schema::{MIGRATIONS_APPLIED, QUERIES, migrate, open_connection};
 pub use security::*;
 pub use timed::*;

@@ -7,7 +7,7 @@ use super::jobs::{Changes, release_node_leases};
 use super::{StoreError, parse_list};
 use crate::routing::NodeProfile;
 
-pub const UPSERT_NODE: &str = "INSERT INTO nodes (node_id, instance_id, region, capabilities, max_workers, gpu, backend, models, agent_version, specialization, status, registered_at, last_heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?11) ON CONFLICT (node_id) DO UPDATE SET instance_id = excluded.instance_id, region = excluded.region, capabilities = excluded.capabilities, max_workers = excluded.max_workers, gpu = excluded.gpu, backend = excluded.backend, models = excluded.models, agent_version = excluded.agent_version, specialization = excluded.specialization, status = CASE WHEN nodes.status IN ('draining', 'drained') THEN nodes.status ELSE 'active' END, registered_at = excluded.registered_at, last_heartbeat_at = excluded.last_heartbeat_at";
+pub const UPSERT_NODE: &str = "INSERT INTO nodes (node_id, instance_id, region, capabilities, max_workers, gpu, backend, models, agent_version, specialization, status, registered_at, last_heartbeat_at, latitude, longitude) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?11, ?12, ?13) ON CONFLICT (node_id) DO UPDATE SET instance_id = excluded.instance_id, region = excluded.region, capabilities = excluded.capabilities, max_workers = excluded.max_workers, gpu = excluded.gpu, backend = excluded.backend, models = excluded.models, agent_version = excluded.agent_version, specialization = excluded.specialization, status = CASE WHEN nodes.status IN ('draining', 'drained') THEN nodes.status ELSE 'active' END, registered_at = excluded.registered_at, last_heartbeat_at = excluded.last_heartbeat_at, latitude = excluded.latitude, longitude = excluded.longitude, revoked_at = NULL";
 pub const SELECT_INSTANCE: &str = "SELECT instance_id FROM nodes WHERE node_id = ?1";
 pub const SELECT_PROFILE: &str = "SELECT node_id, region, capabilities, gpu, models, max_workers, instance_id, status FROM nodes WHERE node_id = ?1";
 pub const TOUCH_NODE: &str = "UPDATE nodes SET last_heartbeat_at = ?2, status = CASE WHEN status = 'lost' THEN 'active' ELSE status END WHERE node_id = ?1";
@@ -50,7 +50,9 @@ pub fn register_node(
         to_json(&req.models),
         req.agent_version,
         req.specialization,
-        now
+        now,
+        req.latitude,
+        req.longitude
     ])?;
     if let Some(previous) = previous
         && previous != req.instance_id

@@ -12,10 +12,10 @@ use super::{StoreError, parse_list, parse_state};
 use crate::routing::JobNeeds;
 use crate::security::Sealer;
 
-const JOB_COLUMNS: &str = "id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, confidential, submitted_by, req_capabilities, req_gpu, data_location";
+const JOB_COLUMNS: &str = "id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, confidential, submitted_by, req_capabilities, req_gpu, data_location, route_reason";
 /// Columns after [`JOB_COLUMNS`] in [`SELECT_JOB`].
-const DETAIL_FIRST: usize = 22;
-pub const SELECT_JOB: &str = "SELECT id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, confidential, submitted_by, req_capabilities, req_gpu, data_location, request, prefer_region, prefer_node, timeout_ms FROM jobs WHERE id = ?1";
+const DETAIL_FIRST: usize = 23;
+pub const SELECT_JOB: &str = "SELECT id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, confidential, submitted_by, req_capabilities, req_gpu, data_location, route_reason, request, prefer_region, prefer_node, timeout_ms FROM jobs WHERE id = ?1";
 pub const SELECT_ATTEMPTS: &str = "SELECT attempt, lease_token, node_id, started_at, finished_at, outcome, error FROM job_attempts WHERE job_id = ?1 ORDER BY lease_token";
 pub const SELECT_EVENTS: &str = "SELECT at, from_state, to_state, node_id, attempt, detail FROM job_events WHERE job_id = ?1 ORDER BY id";
 
@@ -81,6 +81,9 @@ fn job_view(r: &Row<'_>, reveal: &Reveal<'_>) -> Result<(JobView, JobNeeds), Sto
         confidential,
         submitted_by,
         redacted,
+        route_reason: r
+            .get::<_, Option<String>>(22)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
         output,
     };
     let needs = JobNeeds {

@@ -68,7 +68,9 @@ fn lease_steps(conn: &mut Connection, n_leases: usize) -> (i64, i64) {
         stmt.reset_status(StatementStatus::FullscanStep);
     }
     for _ in 0..n_leases {
-        let leases = store::lease_for_node(&tx, NOW, &sealer(), 15_000, &node(), 1).expect("lease");
+        let leases =
+            store::lease_for_node(&tx, NOW, &sealer(), 15_000, &node(), 1, &|_| String::new())
+                .expect("lease");
         assert_eq!(leases.len(), 1);
     }
     let mut vm = 0;

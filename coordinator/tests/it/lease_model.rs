@@ -217,6 +217,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             models: vec![],
             agent_version: "t".into(),
             specialization: None,
+            latitude: None,
+            longitude: None,
         };
         let now = model.now;
         write(&mut conn, |tx| {
@@ -265,7 +267,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.touch(node);
                 let leases = write(&mut conn, |tx| {
                     store::touch_node(tx, now, &node_id(node))?;
-                    store::lease_for_node(tx, now, &sealer(), TTL, &profile(node), n)
+                    store::lease_for_node(tx, now, &sealer(), TTL, &profile(node), n, &|_| {
+                        String::new()
+                    })
                 })
                 .expect("lease");
                 let mut expected: Vec<usize> = (0..model.jobs.len())

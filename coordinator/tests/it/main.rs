@@ -4,6 +4,7 @@
 
 mod depth;
 mod lease_model;
+mod routing_props;
 mod schema;
 
 use kobo_coord::store;

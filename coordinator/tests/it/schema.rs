@@ -42,7 +42,15 @@ fn migrating_twice_changes_nothing_and_views_answer() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, store::MIGRATIONS_APPLIED);
-    for view in ["v_jobs", "v_job_events", "v_node_stats", "v_audit", "v_schedules"] {
+    for view in [
+        "v_jobs",
+        "v_job_events",
+        "v_node_stats",
+        "v_audit",
+        "v_schedules",
+        "v_queue",
+        "v_node_metrics_minute",
+    ] {
         let n: i64 = conn
             .query_row(&format!("SELECT count(*) FROM {view}"), [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{view}: {e}"));

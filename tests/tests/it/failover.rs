@@ -151,6 +151,8 @@ async fn a_call_with_a_stale_lease_token_gets_409_and_changes_nothing() {
             models: vec![],
             agent_version: "test".into(),
             specialization: None,
+            latitude: None,
+            longitude: None,
         })
         .await
         .expect("register");

@@ -5,11 +5,14 @@
 mod bad_input;
 mod cancel;
 mod crash;
+mod dashboard;
 mod failover;
 mod happy;
 mod idempotency;
 mod llm;
+mod metrics;
 mod retries;
+mod routing;
 mod security_audit;
 mod security_data;
 mod security_hardening;

@@ -42,6 +42,7 @@ impl Caller {
         let mut request = match method {
             "GET" => self.http.get(&url),
             "POST" => self.http.post(&url),
+            "DELETE" => self.http.delete(&url),
             other => panic!("ROUTES holds a method this test does not know: {other}"),
         };
         if let Some(body) = body {
@@ -80,9 +81,17 @@ fn template(path: &str, csr: &str) -> Option<Value> {
             "outcome": {"status": "failed", "error": "e", "retryable": false},
         }),
         "/v1/agent/renew" => json!({"csr_pem": csr}),
+        "/v1/schedules" => json!({
+            "name": "barrage", "cron": "0 0 * * * *",
+            "job": {"kind": "general_query", "prompt": "hello"},
+        }),
         "/v1/jobs/1/cancel"
         | "/v1/admin/apikeys/0000000000000000/revoke"
-        | "/v1/admin/nodes/x/revoke" => return None,
+        | "/v1/admin/nodes/x/revoke"
+        | "/v1/admin/nodes/x/drain"
+        | "/v1/admin/nodes/x/resume"
+        | "/v1/schedules/nope/pause"
+        | "/v1/schedules/nope/resume" => return None,
         other => panic!("POST {other} is new: give it a template in security_hardening.rs"),
     };
     Some(value)

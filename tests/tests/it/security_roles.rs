@@ -86,6 +86,7 @@ impl Caller {
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(body.to_string()),
+            "DELETE" => self.http.delete(&url),
             other => panic!("ROUTES holds a method this test does not know: {other}"),
         };
         if let Some(key) = &self.key {

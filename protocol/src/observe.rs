@@ -1,0 +1,131 @@
+//! Observability: the cluster summary behind `GET /v1/status`, the
+//! dashboard's live updates (`GET /v1/events`) and `kobo-coord status`, and
+//! the dashboard's login (`POST /v1/session`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AccessRole, JobId, JobState, NodeView, UnixMillis};
+
+/// Where a node is on the map: from its region (or, later, its own
+/// coordinates).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Place {
+    /// A readable name, e.g. `Tokyo`.
+    pub city: String,
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+/// A node's recent work, over `window_ms` up to the status's `server_time`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecent {
+    pub window_ms: u64,
+    /// Attempts that ended in the window (succeeded or not).
+    pub attempts: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Mean time from lease to a successful report, as the coordinator saw it.
+    pub mean_response_ms: Option<f64>,
+    /// Completion tokens per second of LLM time.
+    pub tokens_per_s: Option<f64>,
+}
+
+/// A node with its place on the map and its recent work.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeCard {
+    #[serde(flatten)]
+    pub node: NodeView,
+    pub place: Option<Place>,
+    pub recent: NodeRecent,
+}
+
+/// Jobs not finished, of one state and kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueRow {
+    pub state: JobState,
+    pub kind: String,
+    pub jobs: u64,
+    /// Queued: ready since; scheduled: submitted at; leased: leased at —
+    /// of the oldest job in the row.
+    pub oldest_at: Option<UnixMillis>,
+}
+
+/// A job as the dashboard lists it: no prompt, no result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub state: JobState,
+    pub kind: String,
+    pub model: Option<String>,
+    pub priority: i32,
+    pub node_id: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    pub last_error: Option<String>,
+    pub queue_reason: Option<String>,
+    /// Why the router chose the node (when the coordinator recorded it).
+    pub route_reason: Option<String>,
+    pub confidential: bool,
+}
+
+/// Jobs counted by state since the database began.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobTotals {
+    pub submitted: u64,
+    pub scheduled: u64,
+    pub queued: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+/// Throughput and latency over the last `window_ms`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Recent {
+    pub window_ms: u64,
+    /// Jobs that reached `succeeded`.
+    pub succeeded: u64,
+    /// Jobs that reached `dead`.
+    pub dead: u64,
+    /// Attempts that ended without success (retried or not).
+    pub failed_attempts: u64,
+    /// Mean time from lease to report of the attempts that ended.
+    pub mean_run_ms: Option<f64>,
+    /// Mean time from ready to leased.
+    pub mean_pickup_ms: Option<f64>,
+}
+
+/// `GET /v1/status`: the cluster at a glance; also each message of
+/// `GET /v1/events` (`event: status`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    pub server_time: UnixMillis,
+    pub version: String,
+    /// When this coordinator process started.
+    pub started_at: UnixMillis,
+    pub nodes: Vec<NodeCard>,
+    pub queue: Vec<QueueRow>,
+    pub totals: JobTotals,
+    pub recent: Recent,
+    /// The newest jobs, newest first.
+    pub latest_jobs: Vec<JobSummary>,
+}
+
+/// `POST /v1/session`: exchange an API key for a dashboard session cookie.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCreate {
+    pub api_key: String,
+}
+
+/// The answer to `POST /v1/session` (the cookie itself is `Set-Cookie`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionCreated {
+    /// Sessions read only, whatever the key's role.
+    pub role: AccessRole,
+    pub expires_at: UnixMillis,
+}
