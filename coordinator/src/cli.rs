@@ -965,6 +965,8 @@ pub fn nodes_table(nodes: &[NodeView]) -> Table {
         "heartbeat",
         "rtt",
         "done/failed",
+        "success",
+        "mean llm",
         "cpu",
         "mem",
     ]);
@@ -991,6 +993,13 @@ pub fn nodes_table(nodes: &[NodeView]) -> Table {
                 .map(|r| format!("{r} ms"))
                 .unwrap_or_else(|| "-".into()),
             format!("{}/{}", n.jobs_succeeded, n.jobs_failed),
+            match n.jobs_succeeded + n.jobs_failed {
+                0 => "-".into(),
+                all => format!("{:.0}%", 100.0 * n.jobs_succeeded as f64 / all as f64),
+            },
+            n.mean_llm_ms
+                .map(|m| format!("{m:.0} ms"))
+                .unwrap_or_else(|| "-".into()),
             cpu,
             mem,
         ]);

@@ -74,5 +74,15 @@ pub struct NodeView {
     pub rtt_ms: Option<u32>,
     pub jobs_succeeded: u64,
     pub jobs_failed: u64,
+    /// Mean LLM time of its successful attempts.
+    #[serde(default)]
+    pub mean_llm_ms: Option<f64>,
+    /// Stated coordinates, if any (else its region's).
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    #[serde(default)]
+    pub longitude: Option<f64>,
+    #[serde(default)]
+    pub specialization: Option<String>,
     pub metrics: Option<NodeMetrics>,
 }

@@ -245,6 +245,9 @@ pub struct JobInfo {
     /// Why a queued job is not running: which nodes are excluded and why, or that the eligible ones are busy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_reason: Option<String>,
+    /// Why the router chose the node: its score terms, the best candidates, and why other nodes were excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_reason: Option<serde_json::Value>,
     /// The last error (why a job is dead, or why an attempt failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -308,6 +311,7 @@ impl JobInfo {
             attempts: job.attempts,
             max_attempts: job.max_attempts,
             queue_reason: job.queue_reason.clone(),
+            route_reason: job.route_reason.clone(),
             error: job.last_error.clone(),
             requirements: detail.requirements.clone().into(),
             idempotency_key: job.idempotency_key.clone(),

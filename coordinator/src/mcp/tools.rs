@@ -15,7 +15,7 @@ use super::args::{
     self, CancelJobArgs, ClusterStatusArgs, DEFAULT_PAGE_CHARS, GetJobArgs, ListJobsArgs,
     ListNodesArgs, MAX_PAGE_CHARS, SubmitJobsArgs, WaitJobsArgs,
 };
-use super::cluster::{self, ClusterStatus, NodeInfo, NodeList};
+use super::cluster::{self, ClusterSummary, NodeInfo, NodeList};
 use super::results::{CancelResult, JobInfo, JobList, JobSummary, SubmitJobsResult, SubmittedJob};
 use super::wait::{self, JobOutcome, ProgressSink, WaitError, WaitJobsResult};
 use super::{KoboMcp, MAX_WAIT};
@@ -295,9 +295,10 @@ impl KoboMcp {
     }
 
     #[tool(
-        description = "The cluster at a glance: unfinished jobs by state (scheduled, queued, leased), the \
-            most common reasons queued jobs wait, nodes by status, busy and free workers, and \
-            throughput (jobs finished in the last minute, tokens, mean LLM time).",
+        description = "The cluster at a glance: unfinished jobs by state and kind (exact counts), the \
+            most common reasons queued jobs wait, job totals, nodes by status, busy and free \
+            workers, and throughput (the last minute: jobs finished, tokens, mean LLM time; the \
+            last hour: jobs per minute, mean run and pickup times).",
         input_schema = schema_for_empty_input(),
         annotations(
             title = "Cluster status",
@@ -307,9 +308,9 @@ impl KoboMcp {
             open_world_hint = false
         )
     )]
-    async fn cluster_status(&self, arguments: JsonObject) -> Result<Json<ClusterStatus>, String> {
+    async fn cluster_status(&self, arguments: JsonObject) -> Result<Json<ClusterSummary>, String> {
         let _: ClusterStatusArgs = args::parse("cluster_status", arguments)?;
-        cluster::cluster_status(&self.client, crate::store::unix_now_ms())
+        cluster::cluster_status(&self.client)
             .await
             .map(Json)
             .map_err(|err| failed("reading the cluster status", err))

@@ -14,7 +14,7 @@ pub const TOUCH_NODE: &str = "UPDATE nodes SET last_heartbeat_at = ?2, status = 
 pub const UPDATE_HEARTBEAT_INFO: &str = "UPDATE nodes SET rtt_ms = coalesce(?2, rtt_ms), loaded_models = coalesce(?3, loaded_models) WHERE node_id = ?1";
 pub const INSERT_METRICS: &str = "INSERT OR REPLACE INTO node_metrics (node_id, at, cpu_percent, mem_used_bytes, mem_total_bytes, load_1, load_5, load_15, disk_used_bytes, disk_total_bytes, running) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 pub const PRUNE_METRICS: &str = "DELETE FROM node_metrics WHERE (node_id, at) IN (SELECT node_id, at FROM node_metrics WHERE at < ?1 LIMIT 5000)";
-pub const SELECT_NODES: &str = "SELECT n.node_id, n.region, n.status, n.capabilities, n.max_workers, n.gpu, n.backend, n.models, n.agent_version, n.registered_at, n.last_heartbeat_at, n.rtt_ms, n.jobs_succeeded, n.jobs_failed, (SELECT count(*) FROM jobs j WHERE j.state = 'leased' AND j.node_id = n.node_id) FROM nodes n ORDER BY n.node_id";
+pub const SELECT_NODES: &str = "SELECT n.node_id, n.region, n.status, n.capabilities, n.max_workers, n.gpu, n.backend, n.models, n.agent_version, n.registered_at, n.last_heartbeat_at, n.rtt_ms, n.jobs_succeeded, n.jobs_failed, (SELECT count(*) FROM jobs j WHERE j.state = 'leased' AND j.node_id = n.node_id) , (SELECT avg(a.duration_ms) FROM job_attempts a WHERE a.node_id = n.node_id AND a.outcome = 'succeeded'), n.latitude, n.longitude, n.specialization FROM nodes n ORDER BY n.node_id";
 pub const SELECT_LATEST_METRICS: &str = "SELECT cpu_percent, mem_used_bytes, mem_total_bytes, load_1, load_5, load_15, disk_used_bytes, disk_total_bytes FROM node_metrics WHERE node_id = ?1 ORDER BY at DESC LIMIT 1";
 pub const COUNT_RUNNING: &str = "SELECT count(*) FROM jobs WHERE state = 'leased' AND node_id = ?1";
 
@@ -177,6 +177,10 @@ pub fn list_nodes(conn: &Connection) -> Result<Vec<NodeView>, StoreError> {
             jobs_succeeded: r.get::<_, i64>(12)? as u64,
             jobs_failed: r.get::<_, i64>(13)? as u64,
             running: r.get::<_, i64>(14)? as u32,
+            mean_llm_ms: r.get(15)?,
+            latitude: r.get(16)?,
+            longitude: r.get(17)?,
+            specialization: r.get(18)?,
             metrics: None,
         });
     }

@@ -10,6 +10,7 @@ mod failover;
 mod happy;
 mod idempotency;
 mod llm;
+mod mcp;
 mod metrics;
 mod retries;
 mod routing;
