@@ -10,7 +10,10 @@
 //! - [`llm`]: the LLM backends (Ollama, OpenAI-compatible, simulated).
 //! - [`metrics`]: system metrics for heartbeats.
 //! - [`signals`]: shutdown on SIGTERM or Ctrl-C.
+//! - [`supervise`]: `kobo-agent supervise`, the agent run from an environment file.
+//! - [`build`]: `agent_version`, naming the running executable by its checksum.
 
+pub mod build;
 pub mod config;
 pub mod coordinator;
 pub mod identity;
@@ -18,6 +21,7 @@ pub mod llm;
 pub mod metrics;
 pub mod runner;
 pub mod signals;
+pub mod supervise;
 
 pub use config::AgentConfig;
 pub use runner::run;

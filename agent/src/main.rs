@@ -1,6 +1,7 @@
 //! `kobo-agent`: parses the command line and runs the agent until SIGTERM or
 //! Ctrl-C, then drains. `kobo-agent join` enrolls first; `kobo-agent keygen`
-//! makes the node key and prints a certificate signing request.
+//! makes the node key and prints a certificate signing request; `kobo-agent
+//! supervise` runs it with the settings of an environment file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +48,29 @@ enum Command {
         #[arg(long, env = "KOBO_AGENT_DIR", default_value_os_t = default_state_dir())]
         state_dir: PathBuf,
     },
+    /// Run the agent with the settings of an environment file (KEY=value
+    /// lines, taken literally), restarting it when it exits; how
+    /// provisioning runs agents.
+    Supervise {
+        /// The settings: KOBO_COORDINATOR=…, KOBO_NODE_ID=…, one a line.
+        #[arg(long)]
+        env_file: PathBuf,
+        /// Where the supervisor writes its pid (removed when it stops).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Where a detached supervisor and its agent write their logs.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+        /// Start in the background, in a session of its own; print the pid.
+        #[arg(long, requires = "pid_file")]
+        detach: bool,
+        /// Exit with the agent's status when it exits (under systemd, which restarts).
+        #[arg(long)]
+        no_restart: bool,
+        /// Internal: leave the caller's session first (set by --detach).
+        #[arg(long, hide = true)]
+        session: bool,
+    },
 }
 
 /// `$KOBO_AGENT_DIR`, else `~/.local/share/kobo-agent`.
@@ -91,12 +115,22 @@ struct RunArgs {
     #[arg(long, env = "KOBO_GPU")]
     gpu: bool,
     /// Free-text specialization, e.g. "code generation".
-    #[arg(long)]
+    #[arg(long, env = "KOBO_SPECIALIZATION")]
     specialization: Option<String>,
     /// Where the node is (for the map and nearness), e.g. 35.68.
-    #[arg(long, requires = "longitude", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "KOBO_LATITUDE",
+        requires = "longitude",
+        allow_hyphen_values = true
+    )]
     latitude: Option<f64>,
-    #[arg(long, requires = "latitude", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "KOBO_LONGITUDE",
+        requires = "latitude",
+        allow_hyphen_values = true
+    )]
     longitude: Option<f64>,
     /// LLM backend: ollama, openai or sim.
     #[arg(long, env = "KOBO_LLM", default_value = "ollama")]
@@ -108,10 +142,10 @@ struct RunArgs {
     #[arg(long, env = "KOBO_LLM_MODEL")]
     llm_model: Option<String>,
     /// Name of the environment variable holding the OpenAI-compatible API key.
-    #[arg(long, default_value = "OPENAI_API_KEY")]
+    #[arg(long, env = "KOBO_LLM_API_KEY_ENV", default_value = "OPENAI_API_KEY")]
     llm_api_key_env: String,
     /// Models to announce instead of asking the LLM server (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "KOBO_MODELS", value_delimiter = ',')]
     models: Vec<String>,
     /// Latency of the simulated backend (ms).
     #[arg(long, default_value_t = 200)]
@@ -212,6 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Some(Command::Supervise { .. }) => bail!("supervise runs without this runtime"),
         Some(Command::Join { url, token, run }) => {
             let node_id = run
                 .node_id
@@ -228,6 +263,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     kobo_agent::run(config, shutdown).await
 }
 
+/// `kobo-agent supervise`: its exit code is the agent's (with --no-restart).
+fn supervise(command: Command) -> anyhow::Result<ExitCode> {
+    let Command::Supervise {
+        env_file,
+        pid_file,
+        log_file,
+        detach,
+        no_restart,
+        session,
+    } = command
+    else {
+        bail!("not a supervise command");
+    };
+    if session {
+        kobo_agent::supervise::new_session();
+    }
+    let config = kobo_agent::supervise::SuperviseConfig {
+        env_file,
+        pid_file,
+        log_file,
+        no_restart,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    if detach {
+        let pid = runtime.block_on(kobo_agent::supervise::detach(&config))?;
+        println!("{pid}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = runtime.block_on(kobo_agent::supervise::run(config))?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -236,7 +303,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(command @ Command::Supervise { .. }) = cli.command.take() {
+        return supervise(command).unwrap_or_else(|err| {
+            eprintln!("kobo-agent: {err:#}");
+            ExitCode::FAILURE
+        });
+    }
     let result = tokio::runtime::Runtime::new()
         .context("starting the runtime")
         .and_then(|runtime| runtime.block_on(run(cli)));

@@ -144,7 +144,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         gpu: shared.config.gpu,
         backend: shared.llm.kind().as_str().to_string(),
         models,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: crate::build::agent_version().to_string(),
         specialization: shared.config.specialization.clone(),
         latitude: shared.config.coordinates.map(|c| c.0),
         longitude: shared.config.coordinates.map(|c| c.1),

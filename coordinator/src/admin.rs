@@ -1,12 +1,13 @@
 //! Security operations: API keys, join tokens, enrollment and renewal of node
-//! certificates, revocation, and the audit log. Each change is one store
+//! certificates, certificates for provisioning, revocation, and the audit
+//! log (provisioning runs included). Each change is one store
 //! write that also appends its audit row, so the two commit together.
 
 use std::sync::Arc;
 
 use kobo_protocol::{
-    AccessRole, ApiKeyCreated, ApiKeyView, AuditEntry, AuditVerify, JoinResponse, RenewResponse,
-    RevokeResponse, TokenCreated,
+    AccessRole, ApiKeyCreated, ApiKeyView, AuditEntry, AuditVerify, CertificateIssued,
+    JoinResponse, ProvisionRecorded, ProvisionRun, RenewResponse, RevokeResponse, TokenCreated,
 };
 
 use crate::access::{AccessCache, Caller, Principal};
@@ -308,6 +309,84 @@ impl Admin {
         Ok(RenewResponse {
             certificate_pem: issued.pem,
             not_after: issued.not_after_ms,
+        })
+    }
+
+    /// Signs a CSR made on a node for provisioning (admin): the certificate
+    /// is recorded and known to the access cache at once, like an enrollment.
+    pub async fn issue_certificate(
+        &self,
+        caller: &Caller,
+        node_id: String,
+        csr_pem: String,
+    ) -> Result<CertificateIssued, StoreError> {
+        let caller = caller.clone();
+        let ca = self.ca.clone();
+        let target = node_id.clone();
+        let issued = self
+            .store
+            .write(move |ctx| {
+                let issued = ca.sign_node_csr(&csr_pem, &target, ctx.now).map_err(|e| {
+                    StoreError::Invalid(format!("csr_pem: bad certificate signing request: {e}"))
+                })?;
+                store::insert_certificate(
+                    ctx.tx,
+                    ctx.now,
+                    &issued.serial,
+                    &target,
+                    issued.not_after_ms,
+                    "provision",
+                )?;
+                store::append_audit(
+                    ctx.tx,
+                    ctx.now,
+                    &record(
+                        &caller,
+                        "node.certificate",
+                        Some(format!("node:{target}")),
+                        "ok",
+                        Some(format!("certificate {} for provisioning", issued.serial)),
+                    ),
+                )?;
+                Ok(issued)
+            })
+            .await?;
+        self.access.put_cert(&issued.serial, &node_id);
+        Ok(CertificateIssued {
+            node_id,
+            certificate_pem: issued.pem,
+            ca_pem: self.ca.cert_pem.clone(),
+            not_after: issued.not_after_ms,
+        })
+    }
+
+    /// Records one host's outcome of a provisioning run as the audit row
+    /// `provision.<action>`.
+    pub async fn record_provision_run(
+        &self,
+        caller: &Caller,
+        run: ProvisionRun,
+    ) -> Result<ProvisionRecorded, StoreError> {
+        let action = format!("provision.{}", run.action);
+        let outcome = match run.outcome.as_str() {
+            "ok" | "changed" => "ok",
+            _ => "failed",
+        };
+        let detail = if run.detail.is_empty() {
+            format!("host {}: {}", run.host, run.outcome)
+        } else {
+            format!("host {}: {}: {}", run.host, run.outcome, run.detail)
+        };
+        self.audit(record(
+            caller,
+            &action,
+            Some(format!("node:{}", run.node_id)),
+            outcome,
+            Some(detail),
+        ))
+        .await?;
+        Ok(ProvisionRecorded {
+            audit_action: action,
         })
     }
 

@@ -263,6 +263,55 @@ impl ApiClient {
         .await
     }
 
+    /// `POST /v1/admin/certificates`: a certificate for a CSR made on a node.
+    pub async fn certificate_issue(
+        &self,
+        node_id: &str,
+        csr_pem: &str,
+    ) -> anyhow::Result<kobo_protocol::CertificateIssued> {
+        let body = kobo_protocol::CertificateIssue {
+            node_id: node_id.to_string(),
+            csr_pem: csr_pem.to_string(),
+        };
+        self.call(
+            Method::POST,
+            "/v1/admin/certificates",
+            Vec::new(),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/provision-runs`: one host's outcome, audited.
+    pub async fn provision_run_record(
+        &self,
+        run: &kobo_protocol::ProvisionRun,
+    ) -> anyhow::Result<kobo_protocol::ProvisionRecorded> {
+        self.call(
+            Method::POST,
+            "/v1/admin/provision-runs",
+            Vec::new(),
+            Some(run),
+        )
+        .await
+    }
+
+    /// `GET /v1/join/ca`: the coordinator's CA certificate (PEM).
+    pub async fn join_ca(&self) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/v1/join/ca", self.base))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {}", self.base))?;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        String::from_utf8(bytes.to_vec()).context("the CA certificate is not text")
+    }
+
     pub async fn audit(&self, query: &AuditQuery) -> anyhow::Result<AuditList> {
         self.call(
             Method::GET,

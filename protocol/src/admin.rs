@@ -161,3 +161,55 @@ pub struct AuditVerify {
     /// The first row whose hash does not match, if any.
     pub first_bad_id: Option<i64>,
 }
+
+/// `POST /v1/admin/certificates`: provisioning asks the coordinator to sign a
+/// CSR made on a node (the node's key never leaves it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateIssue {
+    pub node_id: String,
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CertificateIssued {
+    pub node_id: String,
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    pub not_after: UnixMillis,
+}
+
+/// What provisioning did on one host.
+pub const PROVISION_ACTIONS: &[&str] = &[
+    "install",
+    "upgrade",
+    "reconfigure",
+    "renew-cert",
+    "restart",
+    "nothing",
+    "remove",
+    "rollback",
+];
+/// How it went: `changed` and `ok` (nothing to do) succeeded.
+pub const PROVISION_OUTCOMES: &[&str] = &["ok", "changed", "failed", "unreachable"];
+
+/// `POST /v1/admin/provision-runs`: one host's outcome of a provisioning
+/// run, kept as an audit row `provision.<action>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRun {
+    /// The inventory host name.
+    pub host: String,
+    pub node_id: String,
+    /// One of [`PROVISION_ACTIONS`].
+    pub action: String,
+    /// One of [`PROVISION_OUTCOMES`].
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProvisionRecorded {
+    pub audit_action: String,
+}

@@ -89,13 +89,13 @@ pub struct Recent {
     pub window_ms: u64,
     /// Jobs that reached `succeeded`.
     pub succeeded: u64,
-    /// Jobs that reached `dead`.
+    /// Jobs that reached `dead` (seen by this coordinator process).
     pub dead: u64,
     /// Attempts that ended without success (retried or not).
     pub failed_attempts: u64,
-    /// Mean time from lease to report of the attempts that ended.
+    /// Mean time from lease to report of the successful attempts.
     pub mean_run_ms: Option<f64>,
-    /// Mean time from ready to leased.
+    /// Mean time from ready to leased (seen by this coordinator process).
     pub mean_pickup_ms: Option<f64>,
 }
 

@@ -1,12 +1,14 @@
-//! Admin routes (keys, tokens, revocation, audit) and the public join routes.
+//! Admin routes (keys, tokens, revocation, audit, certificates and runs for
+//! provisioning) and the public join routes.
 
 use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use kobo_protocol::{
-    ApiKeyCreate, ApiKeyCreated, ApiKeyView, AuditList, AuditQuery, AuditVerify, JoinRequest,
-    JoinResponse, RevokeResponse, TokenCreate, TokenCreated,
+    ApiKeyCreate, ApiKeyCreated, ApiKeyView, AuditList, AuditQuery, AuditVerify, CertificateIssue,
+    CertificateIssued, JoinRequest, JoinResponse, PROVISION_ACTIONS, PROVISION_OUTCOMES,
+    ProvisionRecorded, ProvisionRun, RevokeResponse, TokenCreate, TokenCreated,
 };
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
@@ -16,6 +18,8 @@ use crate::validate;
 
 /// Most audit rows one listing returns.
 const MAX_AUDIT_LIST: u32 = 10_000;
+/// Longest detail of a provisioning run kept in the audit log.
+const MAX_PROVISION_DETAIL: usize = 2000;
 
 pub(super) async fn join_ca(State(state): State<AppState>) -> impl IntoResponse {
     (
@@ -111,4 +115,49 @@ pub(super) async fn audit_verify(
     State(state): State<AppState>,
 ) -> Result<Json<AuditVerify>, ApiError> {
     Ok(Json(state.admin.audit_verify().await?))
+}
+
+/// `POST /v1/admin/certificates`: sign a CSR made on a node (provisioning).
+pub(super) async fn certificates_create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<CertificateIssue>,
+) -> Result<(StatusCode, Json<CertificateIssued>), ApiError> {
+    validate::name("node_id", &req.node_id)?;
+    validate::csr("csr_pem", &req.csr_pem)?;
+    let issued = state
+        .admin
+        .issue_certificate(&caller, req.node_id, req.csr_pem)
+        .await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+/// `POST /v1/admin/provision-runs`: one host's outcome, as an audit row.
+pub(super) async fn provision_runs_create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<ProvisionRun>,
+) -> Result<(StatusCode, Json<ProvisionRecorded>), ApiError> {
+    validate::name("host", &req.host)?;
+    validate::name("node_id", &req.node_id)?;
+    if !PROVISION_ACTIONS.contains(&req.action.as_str()) {
+        return Err(ApiError::invalid_field(
+            "action",
+            format!("action: one of {}", PROVISION_ACTIONS.join(", ")),
+        ));
+    }
+    if !PROVISION_OUTCOMES.contains(&req.outcome.as_str()) {
+        return Err(ApiError::invalid_field(
+            "outcome",
+            format!("outcome: one of {}", PROVISION_OUTCOMES.join(", ")),
+        ));
+    }
+    if req.detail.len() > MAX_PROVISION_DETAIL || req.detail.contains('\0') {
+        return Err(ApiError::invalid_field(
+            "detail",
+            format!("detail: at most {MAX_PROVISION_DETAIL} bytes, no NUL"),
+        ));
+    }
+    let recorded = state.admin.record_provision_run(&caller, req).await?;
+    Ok((StatusCode::CREATED, Json(recorded)))
 }

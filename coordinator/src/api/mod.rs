@@ -112,6 +112,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/nodes/{id}/resume", post(schedules::nodes_resume))
         .route("/v1/admin/audit", get(admin::audit_list))
         .route("/v1/admin/audit/verify", get(admin::audit_verify))
+        .route("/v1/admin/certificates", post(admin::certificates_create))
+        .route(
+            "/v1/admin/provision-runs",
+            post(admin::provision_runs_create),
+        )
         .route_layer(from_fn_with_state(state.clone(), auth::need_admin));
     let agent = Router::new()
         .route("/v1/agent/register", post(agent::agent_register))
@@ -260,6 +265,16 @@ pub const ROUTES: &[(&str, &str, Option<Need>)] = &[
     (
         "GET",
         "/v1/admin/audit/verify",
+        Some(Need::Role(kobo_protocol::AccessRole::Admin)),
+    ),
+    (
+        "POST",
+        "/v1/admin/certificates",
+        Some(Need::Role(kobo_protocol::AccessRole::Admin)),
+    ),
+    (
+        "POST",
+        "/v1/admin/provision-runs",
         Some(Need::Role(kobo_protocol::AccessRole::Admin)),
     ),
     ("POST", "/v1/agent/register", Some(Need::Node)),

@@ -89,6 +89,12 @@ pub struct SubmitJobsArgs {
     /// Hard constraints on the node.
     #[serde(default)]
     pub requirements: JobRequirements,
+    /// Prefer nodes in this region, e.g. "ap-northeast-1" (soft: nearer regions score higher; a busy preferred node is waited for a few seconds).
+    #[serde(default)]
+    pub prefer_region: Option<String>,
+    /// Prefer this node, e.g. "tokyo-01" (soft; waited for a few seconds when busy).
+    #[serde(default)]
+    pub prefer_node: Option<String>,
     /// Higher runs first, -1000..1000. Default 0.
     #[serde(default)]
     pub priority: Option<i32>,
@@ -167,6 +173,10 @@ impl SubmitJobsArgs {
                 system: self.system.clone(),
                 options: options.clone(),
                 requirements: self.requirements.clone().into(),
+                preferences: kobo_protocol::Preferences {
+                    region: self.prefer_region.clone(),
+                    node: self.prefer_node.clone(),
+                },
                 priority: self.priority.unwrap_or(0),
                 max_attempts: self.max_attempts,
                 timeout_ms: self.timeout_ms,

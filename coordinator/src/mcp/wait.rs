@@ -296,3 +296,61 @@ impl WaitJobsResult {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: JobId, state: &str, node: Option<&str>) -> JobView {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "state": state, "kind": "general_query", "priority": 0,
+            "attempts": 1, "max_attempts": 3, "node_id": node, "lease_token": 1,
+            "created_at": 0, "updated_at": 0, "run_at": 0,
+            "confidential": false, "redacted": false,
+        }))
+        .unwrap_or_else(|err| panic!("a job view: {err}"))
+    }
+
+    #[test]
+    fn progress_says_done_of_total_and_which_nodes() {
+        let ids = [1, 2, 3, 4, 5, 6];
+        let latest: HashMap<JobId, JobView> = [
+            job(1, "succeeded", Some("tokyo-01")),
+            job(2, "dead", Some("osaka-01")),
+            job(3, "leased", Some("tokyo-01")),
+            job(4, "leased", Some("tokyo-01")),
+            job(5, "queued", None),
+        ]
+        .into_iter()
+        .map(|job| (job.id, job))
+        .collect();
+        let (done, message) = progress_message(&ids, &latest);
+        assert_eq!(done, 2);
+        assert_eq!(
+            message,
+            "2/6 done (1 succeeded, 1 dead); running on tokyo-01 ×2; 1 waiting for a node; 1 not checked yet"
+        );
+    }
+
+    #[test]
+    fn a_finished_job_stays_finished() {
+        let mut latest = HashMap::new();
+        record(&mut latest, job(7, "succeeded", Some("tokyo-01")));
+        record(&mut latest, job(7, "leased", Some("tokyo-01")));
+        assert_eq!(latest[&7].state, JobState::Succeeded);
+        assert_eq!(unfinished(&[7, 8], &latest), [8]);
+    }
+
+    #[test]
+    fn outcomes_count_running_jobs() {
+        let outcomes = vec![
+            JobOutcome::from_view(&job(1, "succeeded", Some("a")), 10),
+            JobOutcome::from_view(&job(2, "queued", None), 10),
+        ];
+        let result = WaitJobsResult::new(outcomes, Duration::from_millis(1500));
+        assert!(!result.all_done);
+        assert_eq!((result.done, result.running, result.succeeded), (1, 1, 1));
+        assert_eq!(result.jobs[1].status, JobStatus::Running);
+        assert_eq!(result.waited_ms, 1500);
+    }
+}

@@ -129,6 +129,19 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// Where a node is: the coordinates it states, else its region's.
+fn node_place(node: &kobo_protocol::NodeView) -> Option<kobo_protocol::Place> {
+    let by_region = place_of(&node.region);
+    match (node.latitude, node.longitude) {
+        (Some(latitude), Some(longitude)) => Some(kobo_protocol::Place {
+            city: by_region.map_or_else(|| node.region.clone(), |p| p.city),
+            latitude,
+            longitude,
+        }),
+        _ => by_region,
+    }
+}
+
 /// The coordinator's observability state; one per process.
 pub struct Observer {
     store: Store,
@@ -265,7 +278,7 @@ impl Observer {
                     .into_iter()
                     .map(|node| {
                         Ok(NodeCard {
-                            place: place_of(&node.region),
+                            place: node_place(&node),
                             recent: store::node_recent(conn, &node.node_id, since, window_ms)?,
                             node,
                         })
@@ -312,12 +325,20 @@ impl Observer {
             sum.pickups += m.pickups;
         }
         let mean = |total: f64, n: u64| (n > 0).then(|| total / n as f64);
+        // Attempts come from the database (the whole window, across
+        // restarts); dead jobs and pickups from the events this process saw.
+        let attempts_ok: u64 = nodes.iter().map(|c| c.recent.succeeded).sum();
+        let attempts_failed: u64 = nodes.iter().map(|c| c.recent.failed).sum();
+        let response_sum: f64 = nodes
+            .iter()
+            .filter_map(|c| Some(c.recent.mean_response_ms? * c.recent.succeeded as f64))
+            .sum();
         let recent = Recent {
             window_ms,
-            succeeded: sum.succeeded,
+            succeeded: attempts_ok.max(sum.succeeded),
             dead: sum.dead,
-            failed_attempts: sum.failed_attempts,
-            mean_run_ms: mean(sum.run_ms_sum, sum.runs),
+            failed_attempts: attempts_failed.max(sum.failed_attempts),
+            mean_run_ms: mean(response_sum, attempts_ok).or(mean(sum.run_ms_sum, sum.runs)),
             mean_pickup_ms: mean(sum.pickup_ms_sum, sum.pickups),
         };
         Ok(ClusterStatus {

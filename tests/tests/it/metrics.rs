@@ -5,7 +5,7 @@
 
 use kobo_protocol::{AccessRole, JobState};
 use kobo_tests::cluster::{AgentSpec, Cluster, binary};
-use kobo_tests::fake_llm::FakeFailure;
+use kobo_tests::fake_llm::{FakeBehavior, FakeFailure};
 use reqwest::StatusCode;
 use std::collections::BTreeMap;
 
@@ -277,7 +277,7 @@ async fn scrape(http: &reqwest::Client, url: &str, key: &str) -> BTreeMap<String
 
 #[test]
 fn the_parser_refuses_what_prometheus_would() {
-    let good = "# HELP a_total x\n# TYPE a counter\na_total{k=\"v\\\"w\"} 3\n# EOF";
+    let good = "# HELP a x\n# TYPE a counter\na_total{k=\"v\\\"w\"} 3\n# EOF";
     let parsed = parse_exposition(good).expect("good");
     assert_eq!(parsed["a"].samples[0].labels["k"], "v\"w");
     assert!(
@@ -295,7 +295,15 @@ fn the_parser_refuses_what_prometheus_would() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_as_jobs_run() {
-    let mut cluster = Cluster::builder().max_attempts(1).start().await;
+    // A little LLM latency, so tokens per second are measurable.
+    let mut cluster = Cluster::builder()
+        .max_attempts(1)
+        .fake(FakeBehavior {
+            latency_ms: 20,
+            ..FakeBehavior::default()
+        })
+        .start()
+        .await;
     cluster
         .agent(AgentSpec::new("tokyo-01", &["general_query"]).max_workers(3))
         .await;
@@ -311,24 +319,6 @@ async fn metrics_parse_and_move_as_jobs_run() {
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 
     let before = scrape(&http, &cluster.url(), &key).await;
-    for family in [
-        "kobo_jobs",
-        "kobo_jobs_submitted",
-        "kobo_jobs_finished",
-        "kobo_job_duration_seconds",
-        "kobo_job_pickup_latency_seconds",
-        "kobo_queue_depth",
-        "kobo_nodes",
-        "kobo_node_cpu_ratio",
-        "kobo_node_memory_used_bytes",
-        "kobo_node_running_jobs",
-        "kobo_node_round_trip_seconds",
-        "kobo_node_tokens_per_second",
-    ] {
-        assert!(before.contains_key(family), "{family} is declared");
-    }
-    assert_eq!(before["kobo_job_duration_seconds"].kind, "histogram");
-    assert_eq!(before["kobo_jobs_finished"].kind, "counter");
     assert_eq!(value(&before, "kobo_nodes", &[("status", "active")]), 1.0);
     assert_eq!(
         value(&before, "kobo_node_max_workers", &[("node_id", "tokyo-01")]),
@@ -356,19 +346,39 @@ async fn metrics_parse_and_move_as_jobs_run() {
     assert_eq!(cluster.wait_done(failed).await.state, JobState::Dead);
     // A job no node can run waits in the queue.
     cluster.submit_prompt("translation", "waits").await;
-    // Heartbeats carry the node's metrics a moment later.
+    // Heartbeats carry the node's metrics, and from the second on the
+    // round trip of the one before.
     cluster
-        .wait_until("a heartbeat with metrics", || async {
+        .wait_until("heartbeats with metrics and a round trip", || async {
             let families = scrape(&http, &cluster.url(), &key).await;
             value(
                 &families,
                 "kobo_node_memory_total_bytes",
                 &[("node_id", "tokyo-01")],
             ) > 0.0
+                && families.contains_key("kobo_node_round_trip_seconds")
         })
         .await;
 
     let after = scrape(&http, &cluster.url(), &key).await;
+    for family in [
+        "kobo_jobs",
+        "kobo_jobs_submitted",
+        "kobo_jobs_finished",
+        "kobo_job_duration_seconds",
+        "kobo_job_pickup_latency_seconds",
+        "kobo_queue_depth",
+        "kobo_nodes",
+        "kobo_node_cpu_ratio",
+        "kobo_node_memory_used_bytes",
+        "kobo_node_running_jobs",
+        "kobo_node_round_trip_seconds",
+        "kobo_node_tokens_per_second",
+    ] {
+        assert!(after.contains_key(family), "{family} is declared");
+    }
+    assert_eq!(after["kobo_job_duration_seconds"].kind, "histogram");
+    assert_eq!(after["kobo_jobs_finished"].kind, "counter");
     assert_eq!(
         value(&after, "kobo_jobs_finished_total", &succeeded),
         n_ok as f64

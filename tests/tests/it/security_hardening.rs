@@ -68,6 +68,11 @@ fn template(path: &str, csr: &str) -> Option<Value> {
         "/v1/jobs/batch" => json!({"jobs": [{"kind": "general_query", "prompt": "hello"}]}),
         "/v1/admin/apikeys" => json!({"name": "barrage", "role": "read"}),
         "/v1/admin/tokens" => json!({"node_id": "barrage-token", "ttl_ms": 60_000}),
+        "/v1/admin/certificates" => json!({"node_id": "barrage-cert", "csr_pem": csr}),
+        "/v1/admin/provision-runs" => json!({
+            "host": "barrage-host", "node_id": "barrage-node", "action": "install",
+            "outcome": "changed", "detail": "d",
+        }),
         "/v1/agent/register" => json!({
             "node_id": NODE, "instance_id": "i-1", "region": "r",
             "capabilities": ["general_query"], "max_workers": 1, "backend": "sim",

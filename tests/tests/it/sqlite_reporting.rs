@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use kobo_protocol::JobState;
 use kobo_tests::cluster::{AgentSpec, Cluster};
-use kobo_tests::fake_llm::FakeFailure;
+use kobo_tests::fake_llm::{FakeBehavior, FakeFailure};
 
 fn sqlite3(db: &Path, sql: &str) -> String {
     let mut child = Command::new("sqlite3")
@@ -35,7 +35,15 @@ fn sqlite3(db: &Path, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_and_example_queries_run_in_sqlite3() {
-    let mut cluster = Cluster::builder().max_attempts(1).start().await;
+    // A little LLM latency, so tokens per second are measurable.
+    let mut cluster = Cluster::builder()
+        .max_attempts(1)
+        .fake(FakeBehavior {
+            latency_ms: 20,
+            ..FakeBehavior::default()
+        })
+        .start()
+        .await;
     cluster
         .agent(
             AgentSpec::new("tokyo-01", &["general_query", "code_generation"])

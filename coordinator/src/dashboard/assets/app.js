@@ -225,36 +225,67 @@ function drawWorld() {
   g.replaceChildren(...lines);
 }
 
-// Nodes at the same place are spread on a small circle around it.
+// Nodes closer on the map than NEAR_PX (same city, or Tokyo and Osaka)
+// are spread on a small circle around their middle.
+const NEAR_PX = 26;
+
 function positions(nodes) {
-  const groups = new Map();
-  for (const n of nodes) {
+  const clusters = [];
+  for (const n of [...nodes].sort((a, b) => a.node_id.localeCompare(b.node_id))) {
     if (!n.place) continue;
-    const key = n.place.latitude.toFixed(1) + ',' + n.place.longitude.toFixed(1);
-    if (!groups.has(key)) groups.set(key, []);
-    groups.get(key).push(n);
+    const [x, y] = project(n.place.latitude, n.place.longitude);
+    const near = clusters.find((c) => Math.hypot(c.x - x, c.y - y) < NEAR_PX);
+    if (near) {
+      near.members.push({ n, x, y });
+      near.x = near.members.reduce((a, m) => a + m.x, 0) / near.members.length;
+      near.y = near.members.reduce((a, m) => a + m.y, 0) / near.members.length;
+    } else {
+      clusters.push({ x, y, members: [{ n, x, y }] });
+    }
   }
   const out = new Map();
-  for (const group of groups.values()) {
-    group.forEach((n, i) => {
-      let [x, y] = project(n.place.latitude, n.place.longitude);
-      if (group.length > 1) {
-        const a = (2 * Math.PI * i) / group.length - Math.PI / 2;
-        x += 14 * Math.cos(a);
-        y += 14 * Math.sin(a);
-      }
-      out.set(n.node_id, [x, y]);
+  for (const c of clusters) {
+    const k = c.members.length;
+    c.members.forEach(({ n }, i) => {
+      if (k === 1) { out.set(n.node_id, [c.x, c.y]); return; }
+      const spread = 11 + 4 * k;
+      const a = (2 * Math.PI * i) / k - Math.PI / 2;
+      out.set(n.node_id, [c.x + spread * Math.cos(a), c.y + spread * Math.sin(a)]);
     });
   }
   return out;
 }
 
+// Markers are updated in place (never rebuilt), so hovering one is stable.
+const markerEls = new Map();
+
+function marker(nodeId) {
+  if (markerEls.has(nodeId)) return markerEls.get(nodeId);
+  const parts = {
+    halo: s('circle', { class: 'halo' }),
+    track: s('circle', { class: 'track' }),
+    load: s('circle', { class: 'load', transform: 'rotate(-90)' }),
+    core: s('circle', { class: 'core' }),
+    name: s('text', {}, nodeId),
+    city: s('text', { class: 'city' }),
+  };
+  const g = s('g', { tabindex: 0, role: 'button', dataset: { nodeId } },
+    parts.halo, parts.track, parts.load, parts.core, parts.name, parts.city);
+  g.addEventListener('mouseenter', () => showTip(nodeId));
+  g.addEventListener('focus', () => showTip(nodeId));
+  g.addEventListener('mouseleave', hideTip);
+  g.addEventListener('blur', hideTip);
+  const m = { g, parts };
+  markerEls.set(nodeId, m);
+  return m;
+}
+
 function renderMap(nodes) {
   const pos = positions(nodes);
-  const markers = [];
-  // Sort so labels of close nodes (Tokyo, Osaka) stack predictably.
+  // Sorted by latitude so labels of close nodes (Tokyo, Osaka) stack predictably.
   const placed = nodes.filter((n) => pos.has(n.node_id)).sort((a, b) => pos.get(a.node_id)[1] - pos.get(b.node_id)[1]);
-  const labelYs = [];
+  const labels = [];
+  const shown = [];
   for (const n of placed) {
     const [x, y] = pos.get(n.node_id);
     const r = 5 + 1.6 * Math.sqrt(n.max_workers);
@@ -263,35 +294,32 @@ function renderMap(nodes) {
     const load = n.max_workers > 0 ? Math.min(1, n.running / n.max_workers) : 0;
     // Keep labels of nearby nodes from overlapping.
     let ly = y + 4;
-    for (const other of labelYs) {
+    for (const other of labels) {
       if (Math.abs(other.x - x) < 120 && Math.abs(other.y - ly) < 24) ly = other.y + 24;
     }
-    labelYs.push({ x, y: ly });
-    const g = s('g', {
-      class: 'marker ' + n.status + (n.running > 0 ? ' busy' : ''),
-      tabindex: 0,
-      role: 'button',
-      'aria-label': n.node_id + ', ' + n.status + ', ' + n.running + ' of ' + n.max_workers + ' workers busy',
-      dataset: { nodeId: n.node_id, status: n.status },
-      transform: 'translate(' + x.toFixed(1) + ' ' + y.toFixed(1) + ')',
-    },
-      s('circle', { class: 'halo', r: ring + 5 }),
-      s('circle', { class: 'track', r: ring }),
-      s('circle', {
-        class: 'load', r: ring, transform: 'rotate(-90)',
-        'stroke-dasharray': (circ * load).toFixed(1) + ' ' + circ.toFixed(1),
-      }),
-      s('circle', { class: 'core', r }),
-      s('text', { x: ring + 6, y: ly - y - 2 }, n.node_id),
-      s('text', { class: 'city', x: ring + 6, y: ly - y + 10 }, n.place.city + ' · ' + n.running + '/' + n.max_workers),
-    );
-    g.addEventListener('mouseenter', () => showTip(n.node_id));
-    g.addEventListener('focus', () => showTip(n.node_id));
-    g.addEventListener('mouseleave', hideTip);
-    g.addEventListener('blur', hideTip);
-    markers.push(g);
+    labels.push({ x, y: ly });
+    const { g, parts } = marker(n.node_id);
+    g.setAttribute('class', 'marker ' + n.status + (n.running > 0 ? ' busy' : ''));
+    g.setAttribute('transform', 'translate(' + x.toFixed(1) + ' ' + y.toFixed(1) + ')');
+    g.setAttribute('aria-label', n.node_id + ', ' + n.status + ', ' + n.running + ' of ' + n.max_workers + ' workers busy');
+    g.dataset.status = n.status;
+    parts.halo.setAttribute('r', ring + 5);
+    parts.track.setAttribute('r', ring);
+    parts.load.setAttribute('r', ring);
+    parts.load.setAttribute('stroke-dasharray', (circ * load).toFixed(1) + ' ' + circ.toFixed(1));
+    parts.core.setAttribute('r', r);
+    parts.name.setAttribute('x', ring + 6);
+    parts.name.setAttribute('y', ly - y - 2);
+    parts.city.setAttribute('x', ring + 6);
+    parts.city.setAttribute('y', ly - y + 10);
+    parts.city.textContent = n.place.city + ' · ' + n.running + '/' + n.max_workers;
+    shown.push(g);
   }
-  $('markers').replaceChildren(...markers);
+  const layer = $('markers');
+  for (const [id, m] of markerEls) {
+    if (!shown.includes(m.g)) { m.g.remove(); markerEls.delete(id); }
+  }
+  shown.forEach((g) => { if (g.parentNode !== layer) layer.append(g); });
   const unplaced = nodes.filter((n) => !pos.has(n.node_id));
   $('unplaced').hidden = unplaced.length === 0;
   $('unplaced').textContent = unplaced.length
@@ -349,7 +377,7 @@ function renderNodes(nodes) {
     const done = n.recent.succeeded + n.recent.failed;
     return h('tr', { dataset: { nodeId: n.node_id } },
       h('td', {}, h('b', {}, n.node_id)),
-      h('td', {}, (n.place ? n.place.city + ' · ' : '') + n.region),
+      h('td', { title: n.region }, n.place ? n.place.city : n.region),
       h('td', {}, h('span', { class: 'badge ' + n.status }, n.status)),
       h('td', {}, bar(n.running / Math.max(1, n.max_workers)), n.running + '/' + n.max_workers),
       h('td', {}, m ? [bar(m.cpu_percent / 100), m.cpu_percent.toFixed(0) + '%'] : '–'),
@@ -359,7 +387,7 @@ function renderNodes(nodes) {
       h('td', { class: 'num' }, pct(n.recent.succeeded, done)),
       h('td', { class: 'num' }, ms(n.recent.mean_response_ms)),
       h('td', { class: 'num' }, n.recent.tokens_per_s === null ? '–' : n.recent.tokens_per_s.toFixed(0)),
-      h('td', { class: 'num' }, age(now() - n.last_heartbeat_at)),
+      h('td', { class: 'num', dataset: { at: n.last_heartbeat_at } }, age(now() - n.last_heartbeat_at)),
     );
   }));
 }
@@ -391,24 +419,77 @@ function renderQueue(st) {
       h('div', { class: 'total' }, h('b', {}, t.queued), h('span', {}, 'queued')),
       h('div', { class: 'total' }, h('b', {}, t.leased), h('span', {}, 'running')),
       h('div', { class: 'total' }, h('b', {}, t.scheduled), h('span', {}, 'scheduled'))),
-    rows.length ? rows : h('p', { class: 'empty' }, 'Nothing waiting.'),
+    ...(rows.length ? rows : [h('p', { class: 'empty' }, 'Nothing waiting.')]),
   );
+}
+
+// The router's decision, when recorded: JSON such as {"chosen", "how",
+// "note", "ranked": [{node, terms: {total, …}}], "excluded": {node: why}}
+// (plain text is shown as it is).
+function parseRoute(text) {
+  if (!text) return null;
+  try {
+    const r = JSON.parse(text);
+    return r && typeof r === 'object' ? r : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+function routeSummary(text) {
+  const r = parseRoute(text);
+  if (!r) return text || '';
+  const parts = [];
+  if (r.note) parts.push(r.note);
+  if (r.how) parts.push('via ' + r.how);
+  const best = Array.isArray(r.ranked) ? r.ranked.find((x) => x.node === r.chosen) : null;
+  if (best && best.terms && typeof best.terms.total === 'number') parts.push('score ' + best.terms.total.toFixed(2));
+  const excluded = r.excluded ? Object.keys(r.excluded).length : 0;
+  if (excluded) parts.push(excluded + ' excluded');
+  return parts.join(' · ');
 }
 
 function why(job) {
   if (job.state === 'dead' && job.last_error) return job.last_error;
   if (job.state === 'queued' && job.queue_reason) return job.queue_reason;
-  return job.route_reason || job.queue_reason || (job.last_error ? 'retry: ' + job.last_error : '');
+  if (job.route_reason) return routeSummary(job.route_reason);
+  if (job.queue_reason) return job.queue_reason;
+  if (job.last_error) return 'retry: ' + job.last_error;
+  return job.state === 'queued' ? 'waiting for a free worker or a node that may run it' : '';
 }
+
+function routeDetails(text) {
+  const r = parseRoute(text);
+  if (!r) return text ? [h('h4', {}, 'Route'), h('p', {}, text)] : [];
+  const ranked = Array.isArray(r.ranked) ? r.ranked : [];
+  return [
+    h('h4', {}, 'Route'),
+    h('p', {}, (r.chosen ? 'Chose ' + r.chosen + ': ' : '') + routeSummary(text)),
+    ranked.length ? h('table', {},
+      h('thead', {}, h('tr', {}, h('th', {}, 'node'), h('th', { class: 'num' }, 'score'), h('th', {}, 'terms'))),
+      h('tbody', {}, ranked.map((x) => h('tr', {},
+        h('td', {}, x.node),
+        h('td', { class: 'num' }, x.terms && typeof x.terms.total === 'number' ? x.terms.total.toFixed(2) : '–'),
+        h('td', { class: 'why' }, Object.entries(x.terms || {}).filter(([k, v]) => k !== 'total' && v).map(([k, v]) => k + ' ' + Number(v).toFixed(2)).join(', ') || '–'))))) : null,
+    r.excluded ? h('ul', { class: 'excluded' }, Object.entries(r.excluded).map(([node, reason]) => h('li', {}, h('b', {}, node), ' ', reason))) : null,
+  ];
+}
+
+// Rows are kept while their job is unchanged, so a row being clicked or
+// hovered is never swapped under the pointer.
+const jobRows = new Map();
 
 function renderJobs(jobs) {
   $('jobs-empty').hidden = jobs.length > 0;
   const first = seenJobs.size === 0;
-  $('jobs').replaceChildren(...jobs.map((j) => {
+  const rows = jobs.map((j) => {
+    const sig = JSON.stringify(j);
+    const cached = jobRows.get(j.id);
+    if (cached && cached.sig === sig) return cached.tr;
     const fresh = !first && !seenJobs.has(j.id);
     seenJobs.add(j.id);
     const reason = why(j);
-    return h('tr', {
+    const tr = h('tr', {
       class: 'job' + (fresh ? ' fresh' : ''), tabindex: 0,
       dataset: { jobId: j.id, state: j.state, node: j.node_id || '' },
       onclick: () => openDrawer(j.id),
@@ -416,12 +497,27 @@ function renderJobs(jobs) {
     },
       h('td', {}, '#' + j.id),
       h('td', {}, h('span', { class: 'badge ' + j.state }, j.state)),
-      h('td', {}, j.kind + (j.confidential ? ' 🔒' : '')),
+      h('td', {}, j.kind, j.confidential ? h('span', { class: 'conf', title: 'confidential: prompt and result sealed' }, 'conf') : null),
       h('td', {}, j.node_id || '–'),
       h('td', { class: 'why', title: reason }, reason || '–'),
-      h('td', { class: 'num' }, age(now() - j.created_at)),
+      h('td', { class: 'num', dataset: { at: j.created_at } }, age(now() - j.created_at)),
     );
-  }));
+    if (fresh) tr.addEventListener('animationend', () => tr.classList.remove('fresh'), { once: true });
+    jobRows.set(j.id, { sig, tr });
+    return tr;
+  });
+  const keep = new Set(jobs.map((j) => j.id));
+  for (const id of jobRows.keys()) if (!keep.has(id)) jobRows.delete(id);
+  const body = $('jobs');
+  const same = rows.length === body.children.length && rows.every((tr, i) => body.children[i] === tr);
+  if (!same) body.replaceChildren(...rows);
+}
+
+// Ages tick between updates without rebuilding anything.
+function tickAges() {
+  document.querySelectorAll('[data-at]').forEach((el) => {
+    el.textContent = age(now() - Number(el.dataset.at));
+  });
 }
 
 // ---- job drawer ----------------------------------------------------------
@@ -460,6 +556,7 @@ async function openDrawer(id) {
       h('tbody', {}, d.attempts.map((a) => h('tr', {},
         h('td', {}, a.attempt), h('td', {}, a.node_id), h('td', { title: a.error || '' }, a.outcome),
         h('td', { class: 'num' }, a.finished_at ? ms(a.finished_at - a.started_at) : '–'))))) : null,
+    ...routeDetails(j.route_reason || (last && (last.latest_jobs.find((x) => x.id === j.id) || {}).route_reason)),
     h('h4', {}, 'Events'),
     h('ol', { class: 'timeline' }, d.events.map((e) => h('li', {},
       h('div', {}, h('b', {}, (e.from_state ? e.from_state + ' → ' : '') + e.to_state), e.node_id ? ' on ' + e.node_id : ''),
@@ -481,7 +578,7 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('drawer-close').addEventListener('click', closeDrawer);
   document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawer(); });
   // Ages tick between updates.
-  setInterval(() => { if (last && !$('app').hidden) { renderNodes(last.nodes); renderJobs(last.latest_jobs); applyBarWidths(document); } }, 1000);
+  setInterval(tickAges, 1000);
   try {
     world = await (await fetch('/assets/world.json')).json();
     drawWorld();

@@ -1,0 +1,185 @@
+//! Figure 3, throughput: no-op jobs per second through the full API with
+//! 50 agents × 4 slots: (a) one job per submit and per lease, (b) batch
+//! submits and multi-job leases. From the first submit sent to the last
+//! result accepted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures_util::future::try_join_all;
+
+use super::{Env, noop};
+use crate::agents::{self, AgentSpec, Fleet, Probe};
+use crate::coordinator::{Coordinator, Timings};
+use crate::report::{Bound, FigureResult, Metric};
+
+/// Simulated agents, 4 slots each.
+const AGENTS: usize = 50;
+const AGENTS_QUICK: usize = 8;
+/// Jobs per run with one job per submit.
+const SINGLE_JOBS: usize = 20_000;
+const SINGLE_JOBS_QUICK: usize = 400;
+/// Jobs per run with batch submits.
+const BATCH_JOBS: usize = 100_000;
+const BATCH_JOBS_QUICK: usize = 2_000;
+/// Jobs per batch submit (the API takes up to 1000).
+const BATCH_SIZE: usize = 500;
+const BATCH_SIZE_QUICK: usize = 100;
+/// Concurrent submit loops, and the client connections they share.
+const SUBMITTERS: usize = 32;
+const SUBMITTERS_QUICK: usize = 8;
+const CLIENTS: usize = 8;
+const CLIENTS_QUICK: usize = 2;
+/// Time for freshly started agents to park their first lease request.
+const SETTLE: Duration = Duration::from_millis(300);
+/// How often the count of reported jobs is looked at.
+const POLL: Duration = Duration::from_millis(2);
+/// Longest one mode may take before the figure gives up.
+const PATIENCE: Duration = Duration::from_secs(600);
+const KIND: &str = "noop";
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Single,
+    Batch,
+}
+
+pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
+    let n_agents = env.pick(AGENTS, AGENTS_QUICK);
+    let mut coordinator = Coordinator::start(&env.dir("throughput"), Timings::default()).await?;
+    let nodes = agents::enroll(&coordinator, "tp", n_agents, &env.dir("throughput-agents")).await?;
+    let clients = (0..env.pick(CLIENTS, CLIENTS_QUICK))
+        .map(|_| coordinator.admin())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut runs = Vec::new();
+    for _ in 0..env.repeats {
+        let mut run = Vec::new();
+        for mode in [Mode::Single, Mode::Batch] {
+            let (jobs, per_lease) = match mode {
+                Mode::Single => (env.pick(SINGLE_JOBS, SINGLE_JOBS_QUICK), 1),
+                Mode::Batch => (env.pick(BATCH_JOBS, BATCH_JOBS_QUICK), 4),
+            };
+            let spec = AgentSpec {
+                kind: KIND.into(),
+                max_workers: 4,
+                max_jobs_per_lease: per_lease,
+                llm_latency: Duration::ZERO,
+                long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
+            };
+            let fleet = Fleet::run(
+                agents::connect(&coordinator, &nodes, &spec).await?,
+                &spec,
+                Arc::new(Probe::default()),
+            )?;
+            tokio::time::sleep(SETTLE).await;
+            let (rate, submit_rate) = measure(env, mode, jobs, &clients, &fleet).await?;
+            let probe = fleet.stop().await;
+            super::check_agents(&probe, "throughput")?;
+            match mode {
+                Mode::Single => {
+                    run.push(
+                        Metric::new(
+                            "single_jobs_per_s",
+                            "(a) one job per submit",
+                            "jobs/s",
+                            rate,
+                        )
+                        .target(Bound::AtLeast(10_000.0)),
+                    );
+                    run.push(Metric::new(
+                        "single_submits_per_s",
+                        "(a) submits accepted",
+                        "jobs/s",
+                        submit_rate,
+                    ));
+                }
+                Mode::Batch => {
+                    run.push(
+                        Metric::new("batch_jobs_per_s", "(b) batch submits", "jobs/s", rate)
+                            .target(Bound::AtLeast(30_000.0)),
+                    );
+                    run.push(Metric::new(
+                        "batch_submits_per_s",
+                        "(b) submits accepted",
+                        "jobs/s",
+                        submit_rate,
+                    ));
+                }
+            }
+        }
+        runs.push(run);
+    }
+    coordinator.stop().await?;
+    Ok(FigureResult {
+        id: "throughput",
+        title: "3. Throughput",
+        method: format!(
+            "{n_agents} simulated agents × 4 slots, no-op jobs (the `sim` backend at zero latency); {} concurrent submit loops over {} client connections. (a) {} jobs, one per `POST /v1/jobs`, agents asking for one job per lease; (b) {} jobs in batches of {} (`POST /v1/jobs/batch`), agents asking for up to 4 jobs per lease (all free slots, as `kobo-agent` does). Jobs/s from the first submit sent to the last result accepted; 'submits accepted' is the rate at which the submits alone were answered.",
+            env.pick(SUBMITTERS, SUBMITTERS_QUICK),
+            env.pick(CLIENTS, CLIENTS_QUICK),
+            env.pick(SINGLE_JOBS, SINGLE_JOBS_QUICK),
+            env.pick(BATCH_JOBS, BATCH_JOBS_QUICK),
+            env.pick(BATCH_SIZE, BATCH_SIZE_QUICK),
+        ),
+        runs,
+    })
+}
+
+/// Submits `jobs` jobs and waits until the agents reported them all.
+/// Returns (jobs/s end to end, jobs/s submitted).
+async fn measure(
+    env: &Env,
+    mode: Mode,
+    jobs: usize,
+    clients: &[kobo_coord::client::ApiClient],
+    fleet: &Fleet,
+) -> anyhow::Result<(f64, f64)> {
+    let submitters = env.pick(SUBMITTERS, SUBMITTERS_QUICK);
+    let batch = env.pick(BATCH_SIZE, BATCH_SIZE_QUICK);
+    let before = fleet.probe.reported();
+    let started = Instant::now();
+    let submitting = try_join_all((0..submitters).map(|idx| {
+        let client = clients[idx % clients.len()].clone();
+        let mine = jobs / submitters + usize::from(idx < jobs % submitters);
+        async move {
+            match mode {
+                Mode::Single => {
+                    for _ in 0..mine {
+                        client.submit(&noop(KIND)).await?;
+                    }
+                }
+                Mode::Batch => {
+                    let mut left = mine;
+                    while left > 0 {
+                        let n = left.min(batch);
+                        client.submit_batch(vec![noop(KIND); n]).await?;
+                        left -= n;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }
+    }));
+    let submitted = async {
+        submitting.await?;
+        anyhow::Ok(started.elapsed())
+    };
+    let reported = async {
+        while fleet.probe.reported() - before < jobs as u64 {
+            if started.elapsed() > PATIENCE {
+                bail!(
+                    "only {} of {jobs} jobs reported after {PATIENCE:?}",
+                    fleet.probe.reported() - before
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        anyhow::Ok(started.elapsed())
+    };
+    let (submitted, reported) = tokio::try_join!(submitted, reported)?;
+    Ok((
+        jobs as f64 / reported.as_secs_f64(),
+        jobs as f64 / submitted.as_secs_f64(),
+    ))
+}

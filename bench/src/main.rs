@@ -1,0 +1,185 @@
+//! `kobo-bench`: starts a real `kobo-coord` and simulated (and real) agents,
+//! measures kobo's figures side by side in one run, and reports them as
+//! JSON, as a markdown table, and as BENCHMARKS.md.
+//!
+//! # Layout
+//! - `coordinator`: the `kobo-coord serve` process under test.
+//! - `agents`: simulated agents speaking the real agent protocol.
+//! - `real_agent`: real `kobo-agent` processes (failover, footprint).
+//! - `figures`: one module per figure.
+//! - `report`: medians, targets, JSON, markdown; `stats`: percentiles;
+//!   `system`: the machine and process memory from `/proc`.
+
+mod agents;
+mod coordinator;
+mod figures;
+mod real_agent;
+mod report;
+mod stats;
+mod system;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use crate::figures::Env;
+use crate::report::{FigureReport, Report};
+
+/// Runs of each figure when `--repeat` is not given (medians are reported).
+const DEFAULT_REPEATS: usize = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kobo-bench",
+    version,
+    about = "Measures kobo: pickup latency, dispatch overhead, throughput, scaling, queue depth, failover, footprint"
+)]
+struct Cli {
+    /// Reduced sizes, one run each: a smoke test of the harness (under a
+    /// minute), not figures to compare with the targets.
+    #[arg(long)]
+    quick: bool,
+    /// Runs of each figure; the report shows medians (default 3; 1 with --quick).
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Only these figures (comma-separated): pickup, overhead, throughput,
+    /// scaling, depth, failover, footprint.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the report as markdown to this file (BENCHMARKS.md), keeping
+    /// its hand-written notes section.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// Where the data directories go (default: the system's temp directory).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Keep the data directories (databases, logs) instead of deleting them.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Lets a thousand agents and their coordinator open their connections.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_open_files_limit();
+    for name in &cli.only {
+        if !figures::ALL.contains(&name.as_str()) {
+            bail!(
+                "unknown figure {name:?}; figures: {}",
+                figures::ALL.join(", ")
+            );
+        }
+    }
+    let data_root = cli.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    let root = data_root.join(format!("kobo-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let env = Env {
+        root: root.clone(),
+        quick: cli.quick,
+        repeats: cli
+            .repeat
+            .unwrap_or(if cli.quick { 1 } else { DEFAULT_REPEATS })
+            .max(1),
+    };
+    let load_before = system::load_average();
+    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let started = Instant::now();
+    let result = run_figures(&env, &cli.only).await;
+    if cli.keep {
+        eprintln!("kobo-bench: data kept in {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let figures = result?;
+    let report = Report {
+        tool: format!("kobo-bench {}", env!("CARGO_PKG_VERSION")),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        quick: cli.quick,
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        started_at,
+        duration_s: started.elapsed().as_secs_f64(),
+        repeats: env.repeats,
+        machine: system::machine(&data_root, load_before),
+        figures,
+    };
+    print!("{}", report.table());
+    if let Some(path) = &cli.out {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &cli.write {
+        report::write_markdown(&report, path)?;
+    }
+    Ok(())
+}
+
+async fn run_figures(env: &Env, only: &[String]) -> anyhow::Result<Vec<FigureReport>> {
+    let mut reports = Vec::new();
+    for &name in figures::ALL {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        eprintln!("kobo-bench: {name} …");
+        let began = Instant::now();
+        let result = match name {
+            "pickup" => figures::pickup::run(env).await,
+            "overhead" => figures::overhead::run(env).await,
+            "throughput" => figures::throughput::run(env).await,
+            "scaling" => figures::scaling::run(env).await,
+            "depth" => figures::depth::run(env).await,
+            "failover" => figures::failover::run(env).await,
+            "footprint" => figures::footprint::run(env).await,
+            other => bail!("unknown figure {other}"),
+        }
+        .with_context(|| format!("figure {name}"))?;
+        let report = FigureReport::from_result(result);
+        for metric in &report.metrics {
+            eprintln!(
+                "kobo-bench:   {} {}: {} {}",
+                report.title,
+                metric.label,
+                report::number(metric.median),
+                metric.unit
+            );
+        }
+        eprintln!(
+            "kobo-bench: {name} done in {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kobo-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! What the figures were measured on (CPU, cores, memory, kernel, file
+//! system, load) and the memory of a process, from `/proc`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// The machine, as recorded in the report.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) cpu: String,
+    pub(crate) cores: usize,
+    pub(crate) memory_gib: f64,
+    pub(crate) kernel: String,
+    /// File system type of the directory holding the databases.
+    pub(crate) data_fs: String,
+    /// 1, 5 and 15 minute load averages when the run started and ended.
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The `/proc/meminfo`-style value of `key`, in KiB.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find(|line| line.starts_with(key))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The 1/5/15 minute load averages.
+pub(crate) fn load_average() -> String {
+    read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The file system type of the mount that holds `path` (longest prefix
+/// among `/proc/mounts`).
+fn fs_type(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mounts = read("/proc/mounts");
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, mount, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(mount)
+                .then(|| (mount.len(), kind.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub(crate) fn machine(data_root: &Path, load_before: String) -> Machine {
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memory_gib =
+        kib_field(&read("/proc/meminfo"), "MemTotal:").unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    Machine {
+        cpu,
+        cores,
+        memory_gib: (memory_gib * 10.0).round() / 10.0,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        data_fs: fs_type(data_root),
+        load_before,
+        load_after: load_average(),
+    }
+}
+
+/// Resident memory of a process: now (`VmRSS`) and at its peak (`VmHWM`), MiB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rss {
+    pub(crate) now_mib: f64,
+    pub(crate) peak_mib: f64,
+}
+
+pub(crate) fn rss(pid: u32) -> anyhow::Result<Rss> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |key: &str| {
+        kib_field(&status, key)
+            .map(|kib| kib as f64 / 1024.0)
+            .with_context(|| format!("{key} missing in {path}"))
+    };
+    Ok(Rss {
+        now_mib: field("VmRSS:")?,
+        peak_mib: field("VmHWM:")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kib_fields() {
+        let text = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(kib_field(text, "VmRSS:"), Some(1024));
+        assert_eq!(kib_field(text, "VmHWM:"), Some(2048));
+        assert_eq!(kib_field(text, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn own_rss_is_positive() {
+        let own = rss(std::process::id()).expect("own status");
+        assert!(own.now_mib > 0.0 && own.peak_mib >= own.now_mib);
+    }
+}
