@@ -302,9 +302,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Supervised agents log to a file: no colour codes there.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut cli = Cli::parse();
-    if let Some(command @ Command::Supervise { .. }) = cli.command.take() {
+    if matches!(cli.command, Some(Command::Supervise { .. }))
+        && let Some(command) = cli.command.take()
+    {
         return supervise(command).unwrap_or_else(|err| {
             eprintln!("kobo-agent: {err:#}");
             ExitCode::FAILURE

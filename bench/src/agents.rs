@@ -113,7 +113,14 @@ pub(crate) enum AgentEvent {
     /// The lease answer carrying the job arrived: the job starts.
     Started { job_id: JobId, at: Instant },
     /// The coordinator accepted the job's result; `llm` is the LLM's own time.
-    Reported { job_id: JobId, llm: Duration },
+    Reported {
+        job_id: JobId,
+        /// When the LLM call ended, and how long it took.
+        llm_end: Instant,
+        llm: Duration,
+        /// When the coordinator's answer to the report arrived.
+        at: Instant,
+    },
 }
 
 /// Counters and (optionally) events of a fleet.
@@ -375,7 +382,8 @@ async fn run_job(agent: Arc<Running>, lease: Lease, permit: OwnedSemaphorePermit
             retryable: err.retryable,
         },
     };
-    let llm = started.elapsed();
+    let llm_end = Instant::now();
+    let llm = llm_end.duration_since(started);
     drop(permit);
     let req = CompleteRequest {
         node_id: agent.agent.node_id.clone(),
@@ -388,7 +396,9 @@ async fn run_job(agent: Arc<Running>, lease: Lease, permit: OwnedSemaphorePermit
                 agent.probe.reported.fetch_add(1, Ordering::Relaxed);
                 agent.probe.event(AgentEvent::Reported {
                     job_id: lease.job_id,
+                    llm_end,
                     llm,
+                    at: Instant::now(),
                 });
                 break;
             }

@@ -5,6 +5,7 @@
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,6 +23,15 @@ const START_PATIENCE: Duration = Duration::from_secs(60);
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
 /// How often readiness is probed while starting.
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A command `kobo-coord` runs under (e.g. `valgrind --tool=callgrind`),
+/// set once from `--coordinator-wrapper`.
+static WRAPPER: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Runs every coordinator of this process under `wrapper` (split at spaces).
+pub(crate) fn set_wrapper(wrapper: &str) {
+    let _ = WRAPPER.set(wrapper.split_whitespace().map(str::to_string).collect());
+}
 
 /// A workspace binary built next to this one (same target directory).
 pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -89,7 +99,15 @@ impl Coordinator {
             .join(format!("coordinator-{}.log", self.starts));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = Command::new(binary("kobo-coord")?);
+        let wrapper = WRAPPER.get().map(Vec::as_slice).unwrap_or_default();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("kobo-coord")?);
+                command
+            }
+            None => Command::new(binary("kobo-coord")?),
+        };
         command
             .arg("serve")
             .arg("--data-dir")

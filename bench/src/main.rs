@@ -62,6 +62,10 @@ struct Cli {
     /// Keep the data directories (databases, logs) instead of deleting them.
     #[arg(long)]
     keep: bool,
+    /// Run `kobo-coord` under this command, for profiling: e.g.
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/coord.%p.out".
+    #[arg(long)]
+    coordinator_wrapper: Option<String>,
 }
 
 /// Lets a thousand agents and their coordinator open their connections.
@@ -77,6 +81,9 @@ fn raise_open_files_limit() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     raise_open_files_limit();
+    if let Some(wrapper) = &cli.coordinator_wrapper {
+        coordinator::set_wrapper(wrapper);
+    }
     for name in &cli.only {
         if !figures::ALL.contains(&name.as_str()) {
             bail!(

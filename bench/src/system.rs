@@ -104,6 +104,30 @@ pub(crate) fn rss(pid: u32) -> anyhow::Result<Rss> {
     })
 }
 
+/// Clock ticks per second of the times in `/proc/<pid>/stat` (`USER_HZ`,
+/// fixed at 100 in Linux's user-space ABI).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may hold spaces, in parentheses):
+    // state is field 3, utime 14, stime 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("unexpected {path}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |idx: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(idx)
+            .with_context(|| format!("short {path}"))?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +138,16 @@ mod tests {
         assert_eq!(kib_field(text, "VmRSS:"), Some(1024));
         assert_eq!(kib_field(text, "VmHWM:"), Some(2048));
         assert_eq!(kib_field(text, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_is_read() {
+        let mut spin = 0u64;
+        for idx in 0..5_000_000u64 {
+            spin = spin.wrapping_add(idx * idx);
+        }
+        assert!(spin > 0);
+        assert!(cpu_seconds(std::process::id()).expect("own stat") >= 0.0);
     }
 
     #[test]

@@ -69,6 +69,13 @@ pub enum Command {
     /// Recurring jobs (cron, UTC).
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Install, upgrade, remove or roll back agents over SSH from a YAML inventory (admin).
+    Provision(crate::provision::ProvisionArgs),
+    /// SSH host keys of the inventory's hosts (`hosts trust` pins them).
+    #[command(subcommand)]
+    Hosts(crate::provision::HostsCommand),
+    /// Make the ed25519 deploy key provisioning logs in with.
+    Keygen(crate::provision::KeygenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -635,7 +642,7 @@ fn head(text: &str, n: usize) -> String {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)

@@ -184,7 +184,43 @@ impl Hub {
         let decision = self.decide(route, &self.fleet());
         route_reason(&decision, node_id, "pull", None)
     }
+}
 
+/// [`Hub::explain_pull`] for the jobs of one lease request: the fleet is
+/// read once, and jobs with the same route share one ranking (nothing in
+/// the routing view changes within a write, so they would rank alike).
+/// Ranking the whole fleet per pulled job was the costliest part of a lease.
+pub struct PullExplainer<'a> {
+    hub: &'a Hub,
+    node_id: &'a str,
+    fleet: std::cell::OnceCell<Vec<NodeState>>,
+    explained: std::cell::RefCell<Vec<(JobRoute, String)>>,
+}
+
+impl<'a> PullExplainer<'a> {
+    pub fn new(hub: &'a Hub, node_id: &'a str) -> PullExplainer<'a> {
+        PullExplainer {
+            hub,
+            node_id,
+            fleet: std::cell::OnceCell::new(),
+            explained: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn explain(&self, route: &JobRoute) -> String {
+        if let Some((_, reason)) = self.explained.borrow().iter().find(|(r, _)| r == route) {
+            return reason.clone();
+        }
+        let fleet = self.fleet.get_or_init(|| self.hub.fleet());
+        let reason = route_reason(&self.hub.decide(route, fleet), self.node_id, "pull", None);
+        self.explained
+            .borrow_mut()
+            .push((route.clone(), reason.clone()));
+        reason
+    }
+}
+
+impl Hub {
     /// Drops a node's parked lease request (it was told to drain).
     pub fn unpark_node(&self, node_id: &str) {
         self.parked
@@ -266,15 +302,27 @@ pub fn route_reason(
         ),
         None => "not ranked (joined after the decision)".to_string(),
     };
-    let reason = serde_json::json!({
-        "chosen": chosen,
-        "how": how,
-        "note": note,
-        "locality": locality,
-        "ranked": decision.ranked.iter().take(RUNNERS_UP + 1).collect::<Vec<_>>(),
-        "excluded": decision.excluded,
-    });
-    reason.to_string()
+    // Serialized straight from borrowed parts (keys in the order a
+    // `serde_json::Value` would sort them): building a `Value` first cost
+    // more than the rest of a lease grant.
+    #[derive(serde::Serialize)]
+    struct Reason<'a> {
+        chosen: &'a str,
+        excluded: &'a std::collections::BTreeMap<String, String>,
+        how: &'a str,
+        locality: Option<&'a str>,
+        note: String,
+        ranked: &'a [scoring::Ranked],
+    }
+    let reason = Reason {
+        chosen,
+        excluded: &decision.excluded,
+        how,
+        locality,
+        note,
+        ranked: &decision.ranked[..decision.ranked.len().min(RUNNERS_UP + 1)],
+    };
+    serde_json::to_string(&reason).unwrap_or_else(|_| "{}".into())
 }
 
 /// Hands each newly ready job to the best-scored parked agent that may run

@@ -15,6 +15,7 @@
 //! - [`tls`]: the coordinator's CA, server and node certificates.
 //! - [`security`]: secret keys, API keys, join tokens, sealing of confidential data.
 //! - [`client`]: a typed client of the API; [`cli`]: the command line; [`demo`].
+//! - [`provision`]: `provision`, `hosts trust`, `keygen` (on `kobo_provisioning`).
 //! - [`mcp`]: the MCP stdio server (`kobo-coord mcp`) for Claude Code.
 //! - [`init`]: preparing a data directory (CA, secrets, database, first admin key).
 //! - [`config`]: timings and settings.
@@ -34,6 +35,7 @@ pub mod dispatch;
 pub mod init;
 pub mod mcp;
 pub mod observe;
+pub mod provision;
 pub mod queue;
 pub mod recurring;
 pub mod routing;

@@ -33,6 +33,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drain(args) => cli::drain(args, true).await,
         Command::Resume(args) => cli::drain(args, false).await,
         Command::Schedule(command) => cli::schedule(command).await,
+        Command::Provision(args) => kobo_coord::provision::provision(args).await,
+        Command::Hosts(command) => kobo_coord::provision::hosts(command).await,
+        Command::Keygen(args) => kobo_coord::provision::keygen(args),
         Command::Mcp(args) => kobo_coord::mcp::serve_stdio(args.client.client()?).await,
     }
 }

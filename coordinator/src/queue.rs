@@ -182,8 +182,8 @@ impl Queue {
                     return Ok(LeaseStart::Idle);
                 }
                 let ttl = ctx.hub.config.lease_ttl_ms;
-                let hub = ctx.hub;
-                let explain = |route: &JobRoute| hub.explain_pull(route, &req.node_id);
+                let explainer = dispatch::PullExplainer::new(ctx.hub, &req.node_id);
+                let explain = |route: &JobRoute| explainer.explain(route);
                 let leases = store::lease_for_node(
                     ctx.tx,
                     ctx.now,

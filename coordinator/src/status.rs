@@ -154,7 +154,11 @@ pub fn render(status: &ClusterStatus, url: &str) -> String {
     };
     out.push_str(&format!(
         "last {}   {} succeeded · {} dead ({success}) · {} failed attempts · run {} · pickup {}\n",
-        age(r.window_ms as i64),
+        if r.window_ms == 3_600_000 {
+            "hour".to_string()
+        } else {
+            age(r.window_ms as i64)
+        },
         r.succeeded,
         r.dead,
         r.failed_attempts,
@@ -223,6 +227,7 @@ pub fn render(status: &ClusterStatus, url: &str) -> String {
             }
             .map(str::to_string)
             .or_else(|| job.route_reason.as_deref().map(route_summary))
+            .or_else(|| (job.state == JobState::Queued).then(|| "waiting for a worker".to_string()))
             .map(|r| clip(&r, REASON_CHARS))
             .unwrap_or_default();
             jobs.add_row(vec![

@@ -10,7 +10,7 @@
 //! - [`checks`]: rules for single values (host names, users, paths, URLs, secrets).
 //! - [`model`]: [`Inventory`], [`Host`], [`NodeCard`], [`Llm`], [`SecretRef`].
 //! - [`limit`]: `--limit host,group,glob` selection.
-//! - [`error`]: [`InventoryError`] and its [`Diagnostic`]s.
+//! - [`error`]: errors, as [`InventoryError`] with its [`Diagnostic`]s.
 
 pub mod checks;
 pub mod error;

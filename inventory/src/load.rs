@@ -320,13 +320,12 @@ impl Reader {
     }
 
     fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
-        match &node.value {
-            Value::Scalar { text, plain: true } => match text.as_str() {
+        if let Value::Scalar { text, plain: true } = &node.value {
+            match text.as_str() {
                 "true" | "True" | "TRUE" => return Some(true),
                 "false" | "False" | "FALSE" => return Some(false),
                 _ => {}
-            },
-            _ => {}
+            }
         }
         self.error(
             node.pos,

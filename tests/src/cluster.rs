@@ -59,6 +59,9 @@ pub struct ClusterBuilder {
     pub fake: FakeBehavior,
     /// More `kobo-coord serve` flags.
     pub serve_args: Vec<String>,
+    /// The address the coordinator listens on (`0.0.0.0` for agents in
+    /// network namespaces); clients still use 127.0.0.1.
+    pub listen_ip: String,
 }
 
 impl ClusterBuilder {
@@ -85,6 +88,12 @@ impl ClusterBuilder {
     /// Adds a `kobo-coord serve` flag.
     pub fn serve_arg(mut self, arg: &str) -> Self {
         self.serve_args.push(arg.to_string());
+        self
+    }
+
+    /// Listen on `ip` instead of 127.0.0.1 (add `--san` for the name agents use).
+    pub fn listen_ip(mut self, ip: &str) -> Self {
+        self.listen_ip = ip.to_string();
         self
     }
 
@@ -221,6 +230,7 @@ impl Cluster {
             long_poll_ms: 5000,
             fake: FakeBehavior::default(),
             serve_args: Vec::new(),
+            listen_ip: "127.0.0.1".to_string(),
         }
     }
 
@@ -256,7 +266,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", s.listen_ip, self.port))
             .args(["--heartbeat-ms", &s.heartbeat_ms.to_string()])
             .args(["--lease-ttl-ms", &s.lease_ttl_ms.to_string()])
             .args(["--retry-base-ms", &s.retry_base_ms.to_string()])

@@ -6,6 +6,9 @@
 //!   streaming included, with knobs for latency, errors, hangs and cut streams.
 //! - [`cluster`]: starts a real `kobo-coord` process and `kobo-agent`
 //!   processes on a temporary data directory, for end-to-end tests.
+//! - [`sshd`]: real OpenSSH servers (in network namespaces when possible)
+//!   as provisioning targets.
 
 pub mod cluster;
 pub mod fake_llm;
+pub mod sshd;

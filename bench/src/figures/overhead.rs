@@ -59,24 +59,35 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let fleet_agents = agents::connect(&coordinator, &nodes, &spec).await?;
         let fleet = Fleet::run(fleet_agents, &spec, Arc::new(Probe::with_events(events_tx)))?;
-        // The LLM's own time of each job, as its agent timed it.
-        let llm_times: Arc<Mutex<HashMap<JobId, Duration>>> = Arc::default();
+        // What the agents saw of each job: when it started, when its LLM
+        // call ended and how long it took, when its report was accepted.
+        let seen: Arc<Mutex<HashMap<JobId, Seen>>> = Arc::default();
         let collector = {
-            let llm_times = llm_times.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
-                    if let AgentEvent::Reported { job_id, llm, .. } = event {
-                        llm_times
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(job_id, llm);
+                    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    match event {
+                        AgentEvent::Started { job_id, at } => {
+                            seen.entry(job_id).or_default().started = Some(at);
+                        }
+                        AgentEvent::Reported {
+                            job_id,
+                            llm_end,
+                            llm,
+                            at,
+                        } => {
+                            let job = seen.entry(job_id).or_default();
+                            job.llm = Some((llm_end, llm));
+                            job.reported = Some(at);
+                        }
                     }
                 }
             })
         };
         let client = coordinator.admin()?;
         let per_client = jobs.div_ceil(n_clients);
-        let ends: Vec<Vec<(JobId, Duration)>> = try_join_all((0..n_clients).map(|_| {
+        let ends: Vec<Vec<(JobId, Instant, Instant)>> = try_join_all((0..n_clients).map(|_| {
             let client = client.clone();
             async move {
                 let mut ends = Vec::with_capacity(per_client);
@@ -88,7 +99,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                         job.state.is_terminal(),
                         "job {id} not done in {WAIT_LIMIT:?}"
                     );
-                    ends.push((id, sent.elapsed()));
+                    ends.push((id, sent, Instant::now()));
                 }
                 anyhow::Ok(ends)
             }
@@ -99,19 +110,50 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         // The last sender of events goes with the probe; then the collector ends.
         drop(probe);
         collector.await?;
-        let llm_times = llm_times.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut overheads = Vec::new();
-        for (id, end_to_end) in ends.into_iter().flatten() {
-            let llm = llm_times
-                .get(&id)
-                .copied()
-                .ok_or_else(|| anyhow::anyhow!("no agent timed job {id}"))?;
-            overheads.push(end_to_end.saturating_sub(llm));
+        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut parts = Parts::default();
+        for (id, sent, done) in ends.into_iter().flatten() {
+            let job = seen.get(&id);
+            let (Some(started), Some((llm_end, llm)), Some(reported)) = (
+                job.and_then(|j| j.started),
+                job.and_then(|j| j.llm),
+                job.and_then(|j| j.reported),
+            ) else {
+                anyhow::bail!("the agents did not see all of job {id}");
+            };
+            parts
+                .overhead
+                .push(done.duration_since(sent).saturating_sub(llm));
+            parts.to_start.push(started.saturating_duration_since(sent));
+            parts
+                .report
+                .push(reported.saturating_duration_since(llm_end));
+            parts.answer.push(done.saturating_duration_since(reported));
         }
+        let overheads = parts.overhead;
         let overhead = stats::latency(&overheads);
+        let p50 = |samples: &[Duration]| stats::percentile_ms(samples, 0.5);
         runs.push(vec![
             Metric::new("p50_ms", "p50", "ms", overhead.p50_ms),
             Metric::new("p99_ms", "p99", "ms", overhead.p99_ms),
+            Metric::new(
+                "to_start_p50_ms",
+                "p50 of it: submit sent → agent started",
+                "ms",
+                p50(&parts.to_start),
+            ),
+            Metric::new(
+                "report_p50_ms",
+                "p50 of it: LLM done → report accepted",
+                "ms",
+                p50(&parts.report),
+            ),
+            Metric::new(
+                "answer_p50_ms",
+                "p50 of it: report accepted → waiting client answered",
+                "ms",
+                p50(&parts.answer),
+            ),
         ]);
     }
     coordinator.stop().await?;
@@ -124,6 +166,23 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         ),
         runs,
     })
+}
+
+/// What the agents saw of one job.
+#[derive(Debug, Default)]
+struct Seen {
+    started: Option<Instant>,
+    llm: Option<(Instant, Duration)>,
+    reported: Option<Instant>,
+}
+
+/// Each job's overhead and its parts.
+#[derive(Debug, Default)]
+struct Parts {
+    overhead: Vec<Duration>,
+    to_start: Vec<Duration>,
+    report: Vec<Duration>,
+    answer: Vec<Duration>,
 }
 
 fn per_client_total(jobs: usize, clients: usize) -> usize {

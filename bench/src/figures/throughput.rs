@@ -13,6 +13,7 @@ use super::{Env, noop};
 use crate::agents::{self, AgentSpec, Fleet, Probe};
 use crate::coordinator::{Coordinator, Timings};
 use crate::report::{Bound, FigureResult, Metric};
+use crate::system;
 
 /// Simulated agents, 4 slots each.
 const AGENTS: usize = 50;
@@ -73,40 +74,46 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 Arc::new(Probe::default()),
             )?;
             tokio::time::sleep(SETTLE).await;
+            let coordinator_cpu = system::cpu_seconds(coordinator.pid()?)?;
+            let own_cpu = system::cpu_seconds(std::process::id())?;
             let (rate, submit_rate) = measure(env, mode, jobs, &clients, &fleet).await?;
+            let per_job_us = |cpu: f64| cpu * 1e6 / jobs as f64;
+            let coordinator_cpu =
+                per_job_us(system::cpu_seconds(coordinator.pid()?)? - coordinator_cpu);
+            let own_cpu = per_job_us(system::cpu_seconds(std::process::id())? - own_cpu);
             let probe = fleet.stop().await;
             super::check_agents(&probe, "throughput")?;
-            match mode {
-                Mode::Single => {
-                    run.push(
-                        Metric::new(
-                            "single_jobs_per_s",
-                            "(a) one job per submit",
-                            "jobs/s",
-                            rate,
-                        )
-                        .target(Bound::AtLeast(10_000.0)),
-                    );
-                    run.push(Metric::new(
-                        "single_submits_per_s",
-                        "(a) submits accepted",
-                        "jobs/s",
-                        submit_rate,
-                    ));
-                }
-                Mode::Batch => {
-                    run.push(
-                        Metric::new("batch_jobs_per_s", "(b) batch submits", "jobs/s", rate)
-                            .target(Bound::AtLeast(30_000.0)),
-                    );
-                    run.push(Metric::new(
-                        "batch_submits_per_s",
-                        "(b) submits accepted",
-                        "jobs/s",
-                        submit_rate,
-                    ));
-                }
-            }
+            let (key, label, what, target) = match mode {
+                Mode::Single => ("single", "(a)", "one job per submit", 10_000.0),
+                Mode::Batch => ("batch", "(b)", "batch submits", 30_000.0),
+            };
+            run.push(
+                Metric::new(
+                    format!("{key}_jobs_per_s"),
+                    format!("{label} {what}"),
+                    "jobs/s",
+                    rate,
+                )
+                .target(Bound::AtLeast(target)),
+            );
+            run.push(Metric::new(
+                format!("{key}_submits_per_s"),
+                format!("{label} submits accepted"),
+                "jobs/s",
+                submit_rate,
+            ));
+            run.push(Metric::new(
+                format!("{key}_coordinator_cpu_us"),
+                format!("{label} kobo-coord CPU per job"),
+                "µs",
+                coordinator_cpu,
+            ));
+            run.push(Metric::new(
+                format!("{key}_generator_cpu_us"),
+                format!("{label} load generator CPU per job"),
+                "µs",
+                own_cpu,
+            ));
         }
         runs.push(run);
     }
@@ -115,7 +122,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         id: "throughput",
         title: "3. Throughput",
         method: format!(
-            "{n_agents} simulated agents × 4 slots, no-op jobs (the `sim` backend at zero latency); {} concurrent submit loops over {} client connections. (a) {} jobs, one per `POST /v1/jobs`, agents asking for one job per lease; (b) {} jobs in batches of {} (`POST /v1/jobs/batch`), agents asking for up to 4 jobs per lease (all free slots, as `kobo-agent` does). Jobs/s from the first submit sent to the last result accepted; 'submits accepted' is the rate at which the submits alone were answered.",
+            "{n_agents} simulated agents × 4 slots, no-op jobs (the `sim` backend at zero latency); {} concurrent submit loops over {} client connections. (a) {} jobs, one per `POST /v1/jobs`, agents asking for one job per lease; (b) {} jobs in batches of {} (`POST /v1/jobs/batch`), agents asking for up to 4 jobs per lease (all free slots, as `kobo-agent` does). Jobs/s from the first submit sent to the last result accepted; 'submits accepted' is the rate at which the submits alone were answered; CPU per job is the user + system time of `kobo-coord` and of `kobo-bench` (clients and agents) during the mode, ÷ jobs.",
             env.pick(SUBMITTERS, SUBMITTERS_QUICK),
             env.pick(CLIENTS, CLIENTS_QUICK),
             env.pick(SINGLE_JOBS, SINGLE_JOBS_QUICK),

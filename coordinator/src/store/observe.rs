@@ -148,9 +148,12 @@ pub fn node_recent(
     Ok(recent)
 }
 
+/// Jobs counted by kind and state.
+pub type JobCounts = Vec<(String, JobState, u64)>;
+
 /// Every job counted by kind and state, and the newest event id, read in
 /// one snapshot: where tailing `job_events` starts.
-pub fn job_counts(conn: &Connection) -> Result<(Vec<(String, JobState, u64)>, i64), StoreError> {
+pub fn job_counts(conn: &Connection) -> Result<(JobCounts, i64), StoreError> {
     let tx = conn.unchecked_transaction()?;
     let mut counts = Vec::new();
     {

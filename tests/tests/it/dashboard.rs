@@ -105,10 +105,7 @@ async fn the_dashboard_shows_the_nodes_on_the_map_and_a_job_live() {
         "TOOLTIP tokyo-01active".to_string(),
         "CONSOLE_ERRORS 0".to_string(),
     ] {
-        assert!(
-            seen.iter().any(|l| *l == expected),
-            "{expected:?} missing:\n{out}"
-        );
+        assert!(seen.contains(&expected), "{expected:?} missing:\n{out}");
     }
     let events = seen
         .iter()

@@ -12,6 +12,7 @@ mod idempotency;
 mod llm;
 mod mcp;
 mod metrics;
+mod provision;
 mod retries;
 mod routing;
 mod security_audit;

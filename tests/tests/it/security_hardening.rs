@@ -86,11 +86,13 @@ fn template(path: &str, csr: &str) -> Option<Value> {
             "outcome": {"status": "failed", "error": "e", "retryable": false},
         }),
         "/v1/agent/renew" => json!({"csr_pem": csr}),
+        "/v1/session" => json!({"api_key": "kobo_0000000000000000_barrage"}),
         "/v1/schedules" => json!({
             "name": "barrage", "cron": "0 0 * * * *",
             "job": {"kind": "general_query", "prompt": "hello"},
         }),
         "/v1/jobs/1/cancel"
+        | "/v1/session/logout"
         | "/v1/admin/apikeys/0000000000000000/revoke"
         | "/v1/admin/nodes/x/revoke"
         | "/v1/admin/nodes/x/drain"
