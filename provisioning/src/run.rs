@@ -261,6 +261,10 @@ async fn one_host<C: Coordinator, P: Progress>(
 /// The error and its causes on one line.
 fn error_chain(err: &ProvisionError) -> String {
     let mut text = err.to_string();
+    if matches!(err, ProvisionError::Connect { .. }) {
+        // Its reason is already the last line of ssh's own message.
+        return text;
+    }
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         let cause_text = cause.to_string();

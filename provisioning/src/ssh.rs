@@ -19,6 +19,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::ProvisionError;
 
+/// Longest a remote command (other than an upload) may run: stopping an
+/// agent waits up to 90 s for it to drain, and a broken binary must not
+/// hang the run.
+const REMOTE_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How kobo connects to hosts.
 #[derive(Debug, Clone)]
 pub struct SshOptions {
@@ -163,10 +168,10 @@ pub async fn connect(host: &Host, options: &SshOptions) -> Result<Remote, Provis
     if let Some(jump) = &target.jump {
         builder.jump_hosts([jump.to_string()]);
     }
-    let session = builder
-        .connect(&target.host)
-        .await
-        .map_err(|source| classify_connect(&host.name, &options.known_hosts, source))?;
+    let session = builder.connect(&target.host).await.map_err(|source| {
+        let jump = target.jump.as_ref().map(|j| j.to_string());
+        classify_connect(&host.name, jump.as_deref(), &options.known_hosts, source)
+    })?;
     Ok(Remote {
         session,
         become_root: target.become_root,
@@ -174,7 +179,12 @@ pub async fn connect(host: &Host, options: &SshOptions) -> Result<Remote, Provis
     })
 }
 
-fn classify_connect(host: &str, known_hosts: &Path, source: openssh::Error) -> ProvisionError {
+fn classify_connect(
+    host: &str,
+    jump: Option<&str>,
+    known_hosts: &Path,
+    source: openssh::Error,
+) -> ProvisionError {
     let message = match &source {
         openssh::Error::Connect(io) => io.to_string(),
         other => other.to_string(),
@@ -191,13 +201,19 @@ fn classify_connect(host: &str, known_hosts: &Path, source: openssh::Error) -> P
             known_hosts: known_hosts.to_path_buf(),
         };
     }
-    let reason = message
+    let mut reason = message
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("ssh failed")
         .trim()
         .to_string();
+    if let Some(jump) = jump {
+        // The hop to the bastion checks its key against kobo's known_hosts too.
+        reason.push_str(&format!(
+            " (through the bastion {jump}: is it up, and is its key trusted? `kobo-coord hosts trust` pins it)"
+        ));
+    }
     ProvisionError::Connect {
         host: host.to_string(),
         reason,
@@ -254,12 +270,16 @@ impl Remote {
         let Some((program, args)) = argv.split_first() else {
             return Err(ProvisionError::Other("empty remote command".into()));
         };
-        let output = self
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        let mut command = self.command(program);
+        command.args(args).stdin(Stdio::null());
+        let output = tokio::time::timeout(REMOTE_COMMAND_TIMEOUT, command.output())
             .await
+            .map_err(|_| ProvisionError::Remote {
+                host: self.label.clone(),
+                what: (*program).to_string(),
+                code: -1,
+                stderr: format!("no answer within {}s", REMOTE_COMMAND_TIMEOUT.as_secs()),
+            })?
             .map_err(|e| self.ssh_error(program, e))?;
         Ok(RemoteOutput {
             code: output.status.code().unwrap_or(-1),

@@ -48,6 +48,21 @@ impl SshHost {
         std::fs::read_to_string(self.install_dir.join("log/agent.log")).unwrap_or_default()
     }
 
+    /// `SHA256:…` of the host key, as `ssh-keygen -l` prints it.
+    pub fn host_key_fingerprint(&self) -> String {
+        let output = Command::new(tool("ssh-keygen"))
+            .arg("-l")
+            .arg("-f")
+            .arg(self.dir.join("ssh_host_ed25519_key.pub"))
+            .output()
+            .expect("ssh-keygen -l");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("a fingerprint")
+            .to_string()
+    }
+
     /// The supervisor's pid, from its pid file.
     pub fn supervisor_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.install_dir.join("run/supervisor.pid"))
@@ -132,7 +147,17 @@ fn namespaces_work() -> bool {
         return false;
     }
     let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    true
+    // The hosts hang off a bridge: that must work too.
+    let bridge = format!("kbp{}", std::process::id() % 100_000);
+    let bridged = Command::new("ip")
+        .args(["link", "add", &bridge, "type", "bridge"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if bridged {
+        let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+    }
+    bridged
 }
 
 /// A /24 in 10.200.0.0/16 no interface uses yet.

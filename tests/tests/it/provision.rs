@@ -140,7 +140,10 @@ impl Setup {
     fn provision(&self, args: &[&str]) -> (bool, Vec<Value>) {
         let mut all = vec!["provision"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["--json", "--health-timeout", HEALTH_TIMEOUT]);
+        all.push("--json");
+        if !args.contains(&"--health-timeout") {
+            all.extend_from_slice(&["--health-timeout", HEALTH_TIMEOUT]);
+        }
         let output = self.kobo(&all);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let parsed: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -225,13 +228,16 @@ fn alive(pid: i32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn provision_installs_agents_that_take_jobs_then_changes_only_what_changed() {
     let setup = Setup::start(3).await;
-    // tokyo has a GPU: its `llm` merges with the defaults' type and endpoint.
-    let gpu = |i: usize| {
-        if i == 0 {
-            "    llm: {gpu: true}\n".to_string()
-        } else {
-            String::new()
-        }
+    // tokyo has a GPU: its `llm` merges with the defaults' type and endpoint;
+    // london's commands go through `sudo -n` (root needs no password).
+    assert!(
+        Path::new("/usr/bin/sudo").exists(),
+        "sudo is missing: install it (scripts/install-test-deps does)"
+    );
+    let gpu = |i: usize| match i {
+        0 => "    llm: {gpu: true}\n".to_string(),
+        2 => "    become: true\n".to_string(),
+        _ => String::new(),
     };
     let inventory = setup.inventory(&SEED, gpu);
 
@@ -392,9 +398,18 @@ async fn provision_installs_agents_that_take_jobs_then_changes_only_what_changed
 #[tokio::test(flavor = "multi_thread")]
 async fn a_binary_that_fails_to_start_is_rolled_back_and_rollback_restores_the_previous_build() {
     let setup = Setup::start(1).await;
-    let inventory = setup.inventory(&SEED[..1], |_| String::new());
+    // The host's key fingerprint is pinned in the inventory: `hosts trust`
+    // takes it without asking.
+    let pin = setup.fleet.hosts[0].host_key_fingerprint();
+    let inventory = setup.inventory(&SEED[..1], |_| format!("    host_key: \"{pin}\"\n"));
     let inv = inventory.to_str().unwrap();
-    assert!(setup.trust(&inventory).status.success());
+    let trusted = setup.kobo(&["hosts", "trust", inv]);
+    assert!(trusted.status.success(), "{}", text(&trusted));
+    assert!(
+        text(&trusted).contains("matches the inventory's host_key"),
+        "{}",
+        text(&trusted)
+    );
     let (ok, first) = setup.provision(&[inv]);
     assert!(ok, "{first:#?}");
     let v1 = binary("kobo-agent");
@@ -484,6 +499,40 @@ async fn a_binary_that_fails_to_start_is_rolled_back_and_rollback_restores_the_p
             .iter()
             .any(|e| e.action == "provision.upgrade" && e.outcome == "failed")
     );
+
+    // Settings that keep the agent from checking in (a coordinator port where
+    // nothing listens): the gate times out, the previous settings come back.
+    let wrong = setup.inventory(&SEED[..1], |_| {
+        format!(
+            "    host_key: \"{pin}\"\n    coordinator: https://{}:9\n",
+            setup.fleet.gateway
+        )
+    });
+    let (ok, failed) = setup.provision(&[wrong.to_str().unwrap(), "--health-timeout", "5s"]);
+    assert!(!ok);
+    let r = report(&failed, "tokyo-01");
+    assert_eq!(
+        (r["action"].as_str(), r["status"].as_str()),
+        (Some("reconfigure"), Some("failed")),
+        "{r:#}"
+    );
+    let detail = r["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("did not check in with build"), "{detail}");
+    assert!(detail.contains("which checked in again"), "{detail}");
+    let settings = std::fs::read_to_string(install_dir.join("etc/agent.env")).unwrap();
+    assert!(!settings.contains(":9\n"), "{settings}");
+    assert_eq!(
+        setup.node("tokyo-01").await.unwrap().status,
+        NodeStatus::Active
+    );
+    // And the inventory as it was is up to date again.
+    let inventory = setup.inventory(&SEED[..1], |_| format!("    host_key: \"{pin}\"\n"));
+    let (ok, again) = setup.provision(&[inventory.to_str().unwrap()]);
+    assert!(ok, "{again:#?}");
+    assert_eq!(
+        summary(&again)[0],
+        ("tokyo-01".into(), "nothing".into(), "ok".into())
+    );
 }
 
 fn make_executable(path: &Path) {
@@ -537,6 +586,29 @@ async fn wrong_host_keys_are_refused_and_unreachable_hosts_do_not_stop_the_other
     );
     assert!(setup.node("tokyo-01").await.is_none());
 
+    // A pinned key that is not the host's is refused before connecting.
+    let london_pin = setup.fleet.hosts[2].host_key_fingerprint();
+    let pinned = setup.inventory(&SEED, |i| {
+        if i == 0 {
+            format!("    host_key: \"{london_pin}\"\n")
+        } else {
+            String::new()
+        }
+    });
+    let (ok, refused) = setup.provision(&[pinned.to_str().unwrap(), "--limit", "tokyo-01"]);
+    assert!(!ok);
+    let tokyo = report(&refused, "tokyo-01");
+    assert_eq!(tokyo["status"], "unreachable", "{tokyo:#}");
+    assert!(
+        tokyo["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pinned host key"),
+        "{tokyo:#}"
+    );
+    let inventory = setup.inventory(&SEED, |_| String::new());
+    let inv = inventory.to_str().unwrap();
+
     // `hosts trust` does not quietly accept the changed key either.
     let retrust = setup.kobo(&["hosts", "trust", inv, "--yes", "--limit", "tokyo-01"]);
     assert!(!retrust.status.success());
@@ -565,9 +637,10 @@ async fn wrong_host_keys_are_refused_and_unreachable_hosts_do_not_stop_the_other
 #[tokio::test(flavor = "multi_thread")]
 async fn remove_stops_the_agent_and_revokes_its_certificate() {
     let setup = Setup::start(1).await;
-    let inventory = setup.inventory(&SEED[..1], |_| String::new());
+    // A whole public key pinned in the inventory is trusted without `hosts trust`.
+    let pin = setup.fleet.hosts[0].host_key_pub.clone();
+    let inventory = setup.inventory(&SEED[..1], |_| format!("    host_key: \"{pin}\"\n"));
     let inv = inventory.to_str().unwrap();
-    assert!(setup.trust(&inventory).status.success());
     let (ok, first) = setup.provision(&[inv]);
     assert!(ok, "{first:#?}");
     let host = &setup.fleet.hosts[0];
