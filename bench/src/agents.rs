@@ -105,6 +105,9 @@ pub(crate) struct AgentSpec {
     pub(crate) llm_latency: Duration,
     /// How long a lease request parks.
     pub(crate) long_poll_ms: u64,
+    /// The agents' first lease requests are spread evenly over this long,
+    /// as real agents start at different times (zero: all at once).
+    pub(crate) stagger: Duration,
 }
 
 /// What the agents report to the figure measuring them.
@@ -272,7 +275,9 @@ impl Fleet {
             sim_latency: spec.llm_latency,
             request_timeout: None,
         })?;
-        for agent in agents {
+        let n_agents = agents.len().max(1) as u32;
+        for (idx, agent) in agents.into_iter().enumerate() {
+            let start_after = spec.stagger * idx as u32 / n_agents;
             let agent = Arc::new(Running {
                 agent,
                 max_workers: spec.max_workers,
@@ -284,7 +289,7 @@ impl Fleet {
                 tasks: tasks.clone(),
             });
             tasks.spawn(heartbeat_loop(agent.clone(), stop.clone()));
-            tasks.spawn(lease_loop(agent, stop.clone()));
+            tasks.spawn(lease_loop(agent, start_after, stop.clone()));
         }
         Ok(Fleet { stop, tasks, probe })
     }
@@ -318,7 +323,11 @@ impl Running {
 
 /// The real agent's lease loop: wait for one free slot, take every free
 /// slot, ask for that many jobs, start each.
-async fn lease_loop(agent: Arc<Running>, stop: CancellationToken) {
+async fn lease_loop(agent: Arc<Running>, start_after: Duration, stop: CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(start_after) => {}
+    }
     let slots = Arc::new(Semaphore::new(agent.max_workers as usize));
     loop {
         let first = tokio::select! {

@@ -170,7 +170,7 @@ pub(crate) fn number(value: f64) -> String {
         let digits = whole.abs().to_string();
         let mut grouped = String::new();
         for (idx, ch) in digits.chars().enumerate() {
-            if idx > 0 && (digits.len() - idx) % 3 == 0 {
+            if idx > 0 && (digits.len() - idx).is_multiple_of(3) {
                 grouped.push(',');
             }
             grouped.push(ch);

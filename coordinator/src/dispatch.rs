@@ -44,8 +44,9 @@ pub struct Hub {
     pub sealer: Sealer,
     /// Nodes as routing sees them: card, status, load, round trip, metrics.
     fleet: Mutex<HashMap<String, NodeState>>,
-    /// Measured speed per (node, kind, model).
-    speeds: Mutex<HashMap<SpeedKey, Speed>>,
+    /// Measured speed per (kind, model), then per node: a ranking looks its
+    /// nodes up without building a key per node.
+    speeds: Mutex<HashMap<SpeedKey, HashMap<String, Speed>>>,
     parked: Mutex<Vec<Waiter>>,
     next_waiter_id: AtomicU64,
     finished: Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>,
@@ -121,18 +122,22 @@ impl Hub {
 
     /// Folds a finished attempt into the node's speed for that kind and model.
     pub fn record_completion(&self, done: &Completion) {
-        let key = (done.node_id.clone(), done.kind.clone(), done.model.clone());
+        let key = (done.kind.clone(), done.model.clone());
         let tokens_per_s = if done.duration_ms > 0 {
             done.completion_tokens as f64 * 1000.0 / done.duration_ms as f64
         } else {
             0.0
         };
         let mut speeds = self.speeds.lock().unwrap_or_else(PoisonError::into_inner);
-        let speed = speeds.entry(key).or_insert(Speed {
-            mean_ms: done.duration_ms as f64,
-            tokens_per_s,
-            samples: 0,
-        });
+        let speed = speeds
+            .entry(key)
+            .or_default()
+            .entry(done.node_id.clone())
+            .or_insert(Speed {
+                mean_ms: done.duration_ms as f64,
+                tokens_per_s,
+                samples: 0,
+            });
         speed.mean_ms += SPEED_SMOOTHING * (done.duration_ms as f64 - speed.mean_ms);
         speed.tokens_per_s += SPEED_SMOOTHING * (tokens_per_s - speed.tokens_per_s);
         speed.samples = speed.samples.saturating_add(1);
@@ -143,84 +148,48 @@ impl Hub {
         self.speeds
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                (
-                    node_id.to_string(),
-                    kind.to_string(),
-                    model.map(str::to_string),
-                ),
-                speed,
-            );
+            .entry((kind.to_string(), model.map(str::to_string)))
+            .or_default()
+            .insert(node_id.to_string(), speed);
     }
 
     pub fn speed(&self, node_id: &str, kind: &str, model: Option<&str>) -> Option<Speed> {
         self.speeds
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(
-                node_id.to_string(),
-                kind.to_string(),
-                model.map(str::to_string),
-            ))
+            .get(&(kind.to_string(), model.map(str::to_string)))
+            .and_then(|by_node| by_node.get(node_id))
             .copied()
     }
 
     /// Routes `route` over `nodes` with this hub's speeds and weights.
     pub fn decide(&self, route: &JobRoute, nodes: &[NodeState]) -> Decision {
+        self.decide_over(route, nodes)
+    }
+
+    /// Routes `route` over the fleet as it is, read in place: copying a
+    /// large fleet for every pulled job cost more than ranking it.
+    pub fn decide_fleet(&self, route: &JobRoute) -> Decision {
+        let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
+        self.decide_over(route, fleet.values())
+    }
+
+    fn decide_over<'a>(
+        &self,
+        route: &JobRoute,
+        nodes: impl IntoIterator<Item = &'a NodeState>,
+    ) -> Decision {
         let speeds = self.speeds.lock().unwrap_or_else(PoisonError::into_inner);
-        let kind = route.needs.kind.clone();
-        let model = route.needs.model.clone();
-        let speed_of = |node: &str| {
-            speeds
-                .get(&(node.to_string(), kind.clone(), model.clone()))
-                .copied()
-        };
+        let by_node = speeds.get(&(route.needs.kind.clone(), route.needs.model.clone()));
+        let speed_of = |node: &str| by_node.and_then(|b| b.get(node)).copied();
         scoring::select_best_node(route, nodes, &speed_of, &self.config.weights)
     }
 
     /// The `route_reason` of a lease `node_id` pulled: the ranking over the
     /// fleet as it is, and where the puller stands in it.
     pub fn explain_pull(&self, route: &JobRoute, node_id: &str) -> String {
-        let decision = self.decide(route, &self.fleet());
-        route_reason(&decision, node_id, "pull", None)
+        route_reason(&self.decide_fleet(route), node_id, "pull", None)
     }
-}
-
-/// [`Hub::explain_pull`] for the jobs of one lease request: the fleet is
-/// read once, and jobs with the same route share one ranking (nothing in
-/// the routing view changes within a write, so they would rank alike).
-/// Ranking the whole fleet per pulled job was the costliest part of a lease.
-pub struct PullExplainer<'a> {
-    hub: &'a Hub,
-    node_id: &'a str,
-    fleet: std::cell::OnceCell<Vec<NodeState>>,
-    explained: std::cell::RefCell<Vec<(JobRoute, String)>>,
-}
-
-impl<'a> PullExplainer<'a> {
-    pub fn new(hub: &'a Hub, node_id: &'a str) -> PullExplainer<'a> {
-        PullExplainer {
-            hub,
-            node_id,
-            fleet: std::cell::OnceCell::new(),
-            explained: std::cell::RefCell::new(Vec::new()),
-        }
-    }
-
-    pub fn explain(&self, route: &JobRoute) -> String {
-        if let Some((_, reason)) = self.explained.borrow().iter().find(|(r, _)| r == route) {
-            return reason.clone();
-        }
-        let fleet = self.fleet.get_or_init(|| self.hub.fleet());
-        let reason = route_reason(&self.hub.decide(route, fleet), self.node_id, "pull", None);
-        self.explained
-            .borrow_mut()
-            .push((route.clone(), reason.clone()));
-        reason
-    }
-}
-
-impl Hub {
     /// Drops a node's parked lease request (it was told to drain).
     pub fn unpark_node(&self, node_id: &str) {
         self.parked
@@ -274,12 +243,44 @@ impl Hub {
     }
 }
 
+/// [`Hub::explain_pull`] for the jobs of one lease request: jobs with the
+/// same route share one ranking (nothing in the routing view changes within
+/// a write, so they would rank alike). Ranking the whole fleet per pulled
+/// job was the costliest part of a lease.
+pub struct PullExplainer<'a> {
+    hub: &'a Hub,
+    node_id: &'a str,
+    explained: std::cell::RefCell<Vec<(JobRoute, String)>>,
+}
+
+impl<'a> PullExplainer<'a> {
+    pub fn new(hub: &'a Hub, node_id: &'a str) -> PullExplainer<'a> {
+        PullExplainer {
+            hub,
+            node_id,
+            explained: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn explain(&self, route: &JobRoute) -> String {
+        if let Some((_, reason)) = self.explained.borrow().iter().find(|(r, _)| r == route) {
+            return reason.clone();
+        }
+        let reason = self.hub.explain_pull(route, self.node_id);
+        self.explained
+            .borrow_mut()
+            .push((route.clone(), reason.clone()));
+        reason
+    }
+}
+
 /// How strongly one attempt moves a node's measured speed (moving average).
 const SPEED_SMOOTHING: f64 = 0.3;
 /// Runners-up kept in a `route_reason`.
 const RUNNERS_UP: usize = 4;
 
-type SpeedKey = (String, String, Option<String>);
+/// (kind, model) of the speed book.
+type SpeedKey = (String, Option<String>);
 
 /// The JSON kept in `jobs.route_reason`: who got the job and how, the
 /// score terms of the best candidates, and why the others were excluded.
@@ -342,6 +343,14 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     parked.retain(|w| !w.sender.is_closed());
+    // Where each node's parked request is (a node parks at most one; none
+    // leaves `parked` before the loop ends): looking it up by scanning
+    // made each job cost fleet × parked comparisons.
+    let parked_at: HashMap<String, usize> = parked
+        .iter()
+        .enumerate()
+        .map(|(idx, w)| (w.node.node_id.clone(), idx))
+        .collect();
     for job in ready {
         let locality = match job.locality_until {
             Some(until) => until,
@@ -373,19 +382,21 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
             .iter()
             .map(|n| {
                 let mut n = n.clone();
-                if let Some(w) = parked.iter().find(|w| w.node.node_id == n.profile.node_id) {
-                    n.running = w.busy();
+                if let Some(&idx) = parked_at.get(&n.profile.node_id) {
+                    n.running = parked[idx].busy();
                 }
                 n
             })
             .collect();
         let decision = ctx.hub.decide(&job.route, &nodes);
         let chosen = decision.ranked.iter().find_map(|ranked| {
-            let idx = parked.iter().position(|w| {
-                w.node.node_id == ranked.node
-                    && (w.granted.len() as u32) < w.max_jobs
-                    && routing::check(&job.route.needs, &w.node).is_ok()
-            })?;
+            let idx = *parked_at.get(&ranked.node)?;
+            let w = &parked[idx];
+            if (w.granted.len() as u32) >= w.max_jobs
+                || routing::check(&job.route.needs, &w.node).is_err()
+            {
+                return None;
+            }
             let node = nodes.iter().find(|n| n.profile.node_id == ranked.node)?;
             (!waiting || job.route.preferred(node)).then_some((idx, job.route.preferred(node)))
         });

@@ -246,10 +246,12 @@ pub fn score(
 
 /// Routes `job` over `nodes`: hard constraints first (a node that fails one
 /// is excluded with the reason), then the score. `speed_of` gives a node's
-/// measured speed for this job's kind and model.
-pub fn select_best_node(
+/// measured speed for this job's kind and model. `nodes` is any sequence of
+/// node references (a slice, or the hub's map read in place); their order
+/// does not matter, the ranking is total.
+pub fn select_best_node<'a>(
     job: &JobRoute,
-    nodes: &[NodeState],
+    nodes: impl IntoIterator<Item = &'a NodeState>,
     speed_of: &dyn Fn(&str) -> Option<Speed>,
     weights: &Weights,
 ) -> Decision {

@@ -47,6 +47,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         max_jobs_per_lease: 1,
         llm_latency: Duration::ZERO,
         long_poll_ms: 0,
+        stagger: Duration::ZERO,
     };
     // p50 and p99 per run at each depth.
     let mut per_depth: Vec<Vec<stats::Latency>> = Vec::new();

@@ -53,6 +53,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         max_jobs_per_lease: 4,
         llm_latency: latency,
         long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
+        stagger: Duration::ZERO,
     };
     let mut runs = Vec::new();
     for _ in 0..env.repeats {

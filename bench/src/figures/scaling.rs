@@ -3,12 +3,13 @@
 //! window after warm-up, divided by the ideal (slots ÷ latency).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
+use tokio::sync::mpsc;
 
 use super::{Env, noop};
-use crate::agents::{self, AgentSpec, Fleet, Probe};
+use crate::agents::{self, AgentEvent, AgentSpec, Fleet, Probe};
 use crate::coordinator::{Coordinator, Timings};
 use crate::report::{Bound, FigureResult, Metric};
 
@@ -58,20 +59,25 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 max_jobs_per_lease: SLOTS,
                 llm_latency: LLM_LATENCY,
                 long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
+                stagger: LLM_LATENCY,
             };
+            let (events_tx, events) = mpsc::unbounded_channel();
             let fleet = Fleet::run(
                 agents::connect(&coordinator, &nodes[..n], &spec).await?,
                 &spec,
-                Arc::new(Probe::default()),
+                Arc::new(Probe::with_events(events_tx)),
             )?;
+            let collector = tokio::spawn(llm_intervals(events));
             tokio::time::sleep(warmup).await;
-            let before = fleet.probe.reported();
-            let opened = std::time::Instant::now();
+            let opened = Instant::now();
             tokio::time::sleep(window).await;
-            let done = fleet.probe.reported() - before;
-            let achieved = done as f64 / opened.elapsed().as_secs_f64();
+            let closed = Instant::now();
             let probe = fleet.stop().await;
             super::check_agents(&probe, "scaling")?;
+            // The last sender of events goes with the probe.
+            drop(probe);
+            let achieved = jobs_in_window(&collector.await?, opened, closed)
+                / closed.duration_since(opened).as_secs_f64();
             let ratio = Metric::new(
                 format!("ratio_{n}"),
                 format!("{n} agents: achieved ÷ ideal"),
@@ -97,10 +103,40 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         id: "scaling",
         title: "4. Scaling",
         method: format!(
-            "{counts:?} simulated agents × {SLOTS} slots on the `sim` backend at {LLM_LATENCY:?} (ideal: agents × {SLOTS} ÷ {LLM_LATENCY:?} jobs/s); the queue is filled beforehand with batch submits ({BACKLOG_MARGIN}× what the ideal fleet runs) so it never runs dry; results accepted in a {window:?} window after {warmup:?} of warm-up, ÷ the ideal."
+            "{counts:?} simulated agents × {SLOTS} slots on the `sim` backend at {LLM_LATENCY:?} (ideal: agents × {SLOTS} ÷ {LLM_LATENCY:?} jobs/s); the queue is filled beforehand with batch submits ({BACKLOG_MARGIN}× what the ideal fleet runs) so it never runs dry; the agents' first requests are spread over one LLM latency, as real agents start at different times; jobs run in a {window:?} window after {warmup:?} of warm-up (each job counted by the share of its LLM call inside the window, so the figure does not depend on where the window's edges fall among the agents' cycles; the `sim` backend's own timer overshoot counts against kobo), ÷ the ideal."
         ),
         runs,
     })
+}
+
+/// The LLM call of every job the agents ran: (start, end).
+async fn llm_intervals(mut events: mpsc::UnboundedReceiver<AgentEvent>) -> Vec<(Instant, Instant)> {
+    let mut intervals = Vec::new();
+    while let Some(event) = events.recv().await {
+        if let AgentEvent::Reported { llm_end, llm, .. } = event
+            && let Some(start) = llm_end.checked_sub(llm)
+        {
+            intervals.push((start, llm_end));
+        }
+    }
+    intervals
+}
+
+/// Jobs run inside [opened, closed], each counted by the share of its LLM
+/// call that falls inside: unlike counting the results accepted, this does
+/// not depend on where the window's edges fall among the agents' cycles.
+fn jobs_in_window(intervals: &[(Instant, Instant)], opened: Instant, closed: Instant) -> f64 {
+    intervals
+        .iter()
+        .map(|&(start, end)| {
+            let inside = end
+                .min(closed)
+                .saturating_duration_since(start.max(opened))
+                .as_secs_f64();
+            let whole = end.duration_since(start).as_secs_f64();
+            if whole > 0.0 { inside / whole } else { 0.0 }
+        })
+        .sum()
 }
 
 /// Queues `n` no-op jobs of `kind` with batch submits.

@@ -67,6 +67,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 max_jobs_per_lease: per_lease,
                 llm_latency: Duration::ZERO,
                 long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
+                stagger: Duration::ZERO,
             };
             let fleet = Fleet::run(
                 agents::connect(&coordinator, &nodes, &spec).await?,
