@@ -15,7 +15,7 @@ use crate::report::{Bound, FigureResult, Metric};
 
 /// Jobs queued (straight into the database) and then run by the fleet.
 const JOBS: usize = 1_000_000;
-const JOBS_QUICK: usize = 10_000;
+const JOBS_QUICK: usize = 2_000;
 /// Simulated agents connected, 4 slots each.
 const AGENTS: usize = 1000;
 const AGENTS_QUICK: usize = 20;
@@ -71,11 +71,10 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
         stagger: Duration::ZERO,
     };
-    let fleet = Fleet::run(
-        agents::connect(&coordinator, &nodes, &spec).await?,
-        &spec,
-        Arc::new(Probe::default()),
-    )?;
+    let connected = agents::connect(&coordinator, &nodes, &spec).await?;
+    tokio::time::sleep(env.pick(SETTLE, SETTLE_QUICK)).await;
+    let connected_rss = coordinator.rss()?;
+    let fleet = Fleet::run(connected, &spec, Arc::new(Probe::default()))?;
     let started = Instant::now();
     while fleet.probe.reported() < jobs as u64 {
         if started.elapsed() > PATIENCE {
@@ -121,6 +120,12 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             format!("kobo-coord RSS at start, {} jobs queued", short(jobs)),
             "MiB",
             start_rss.now_mib,
+        ),
+        Metric::new(
+            "coordinator_connected_mib",
+            format!("kobo-coord RSS, {n_agents} agents connected, no job run yet"),
+            "MiB",
+            connected_rss.now_mib,
         ),
         Metric::new(
             "bulk_jobs_per_s",
