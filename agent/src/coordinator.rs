@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kobo_protocol::{
-    CompleteRequest, CompleteResponse, ErrorBody, HeartbeatRequest, HeartbeatResponse, JobId,
-    LeaseRequest, LeaseResponse, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
+    CompleteBatchRequest, CompleteBatchResponse, CompleteRequest, CompleteResponse, ErrorBody,
+    HeartbeatRequest, HeartbeatResponse, JobId, LeaseRequest, LeaseResponse, RegisterRequest,
+    RegisterResponse, RenewRequest, RenewResponse,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -23,7 +24,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const LEASE_SLACK: Duration = Duration::from_secs(10);
 
 /// Why a call failed, as far as the agent's next move is concerned.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The coordinator could not be reached or failed (5xx): try again later.
     #[error("coordinator unreachable: {0}")]
@@ -161,6 +162,14 @@ impl CoordinatorClient {
 
     pub async fn renew(&self, req: &RenewRequest) -> Result<RenewResponse, CallError> {
         self.post("/v1/agent/renew", req, CALL_TIMEOUT).await
+    }
+
+    /// Reports several results at once; see [`crate::report::Reporter`].
+    pub async fn complete_batch(
+        &self,
+        req: &CompleteBatchRequest,
+    ) -> Result<CompleteBatchResponse, CallError> {
+        self.post("/v1/agent/complete", req, CALL_TIMEOUT).await
     }
 
     pub async fn complete(

@@ -9,6 +9,7 @@
 //! - [`runner`]: the lease loop, job tasks, heartbeats and graceful drain.
 //! - [`llm`]: the LLM backends (Ollama, OpenAI-compatible, simulated).
 //! - [`metrics`]: system metrics for heartbeats.
+//! - [`report`]: results reported in coalesced batches.
 //! - [`signals`]: shutdown on SIGTERM or Ctrl-C.
 //! - [`supervise`]: `kobo-agent supervise`, the agent run from an environment file.
 //! - [`build`]: `agent_version`, naming the running executable by its checksum.
@@ -19,6 +20,7 @@ pub mod coordinator;
 pub mod identity;
 pub mod llm;
 pub mod metrics;
+pub mod report;
 pub mod runner;
 pub mod signals;
 pub mod supervise;

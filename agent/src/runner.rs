@@ -21,6 +21,7 @@ use crate::config::AgentConfig;
 use crate::coordinator::{CallError, CoordinatorClient};
 use crate::llm::{BackendKind, LlmClient};
 use crate::metrics::MetricsSampler;
+use crate::report::Reporter;
 
 /// First delay after a failed call to the coordinator; doubles up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -41,6 +42,8 @@ struct Shared {
     config: AgentConfig,
     instance_id: String,
     client: CoordinatorClient,
+    /// Sends results, several per call when several are ready.
+    reporter: Reporter,
     llm: LlmClient,
     held: Mutex<HashMap<JobId, Held>>,
     slots: Arc<Semaphore>,
@@ -121,6 +124,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     let shared = Arc::new(Shared {
         instance_id: random_instance_id(),
+        reporter: Reporter::spawn(client.clone(), config.node_id.clone()),
         client,
         llm,
         held: Mutex::new(HashMap::new()),
@@ -398,7 +402,7 @@ async fn report(shared: &Shared, job_id: JobId, lease_token: i64, outcome: Outco
     };
     let mut retry = Retry::new();
     loop {
-        match shared.client.complete(job_id, &req).await {
+        match shared.reporter.complete(job_id, &req).await {
             Ok(answer) => {
                 tracing::debug!(job_id, state = %answer.state, duplicate = answer.duplicate, "result accepted");
                 return;

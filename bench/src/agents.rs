@@ -17,6 +17,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use kobo_agent::coordinator::{CallError, CoordinatorClient};
 use kobo_agent::identity::{self, IdentityFiles, TlsIdentity};
 use kobo_agent::llm::{BackendKind, LlmClient, LlmConfig};
+use kobo_agent::report::Reporter;
 use kobo_protocol::{
     CompleteRequest, HeartbeatRequest, HeldLease, JobId, Lease, LeaseRequest, NodeMetrics, Outcome,
     RegisterRequest,
@@ -279,6 +280,7 @@ impl Fleet {
         for (idx, agent) in agents.into_iter().enumerate() {
             let start_after = spec.stagger * idx as u32 / n_agents;
             let agent = Arc::new(Running {
+                reporter: Reporter::spawn(agent.client.clone(), agent.node_id.clone()),
                 agent,
                 max_workers: spec.max_workers,
                 max_jobs_per_lease: spec.max_jobs_per_lease,
@@ -309,6 +311,8 @@ struct Running {
     max_jobs_per_lease: u32,
     long_poll_ms: u64,
     llm: LlmClient,
+    /// The real agent's coalescing reporter.
+    reporter: Reporter,
     probe: Arc<Probe>,
     /// Held leases: job → lease token, for heartbeats.
     held: Mutex<HashMap<JobId, i64>>,
@@ -400,7 +404,7 @@ async fn run_job(agent: Arc<Running>, lease: Lease, permit: OwnedSemaphorePermit
         outcome,
     };
     for _ in 0..REPORT_ATTEMPTS {
-        match agent.agent.client.complete(lease.job_id, &req).await {
+        match agent.reporter.complete(lease.job_id, &req).await {
             Ok(_) => {
                 agent.probe.reported.fetch_add(1, Ordering::Relaxed);
                 agent.probe.event(AgentEvent::Reported {

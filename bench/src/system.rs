@@ -110,8 +110,26 @@ const USER_HZ: f64 = 100.0;
 
 /// CPU time (user + system) a process has used so far, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds of the threads of `pid` named `name` (as
+/// `/proc/<pid>/task/<tid>/comm` shows it: at most 15 bytes).
+pub(crate) fn thread_cpu_seconds(pid: u32, name: &str) -> anyhow::Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0.0;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let task = task?.path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            total += stat_cpu_seconds(&task.join("stat").to_string_lossy())?;
+        }
+    }
+    Ok(total)
+}
+
+fn stat_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name (which may hold spaces, in parentheses):
     // state is field 3, utime 14, stime 15.
     let after = stat

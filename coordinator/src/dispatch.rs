@@ -351,11 +351,31 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
         .enumerate()
         .map(|(idx, w)| (w.node.node_id.clone(), idx))
         .collect();
+    // The fleet as routing sees it, with parked nodes' exact load, built
+    // once and kept current as jobs are granted: cloning the fleet for
+    // every ready job was most of a hand-off's cost.
+    let mut nodes = fleet;
+    for n in &mut nodes {
+        if let Some(&idx) = parked_at.get(&n.profile.node_id) {
+            n.running = parked[idx].busy();
+        }
+    }
+    let node_at: HashMap<String, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(idx, n)| (n.profile.node_id.clone(), idx))
+        .collect();
+    // Lease slots the parked requests still have: once none is left, the
+    // remaining jobs only need their locality decided.
+    let mut room: u32 = parked
+        .iter()
+        .map(|w| w.max_jobs.saturating_sub(w.granted.len() as u32))
+        .sum();
     for job in ready {
         let locality = match job.locality_until {
             Some(until) => until,
             None if job.route.has_preference() => {
-                let preferred_alive = fleet.iter().any(|n| {
+                let preferred_alive = nodes.iter().any(|n| {
                     n.status == NodeStatus::Active
                         && job.route.preferred(n)
                         && routing::check(&job.route.needs, &n.profile).is_ok()
@@ -373,21 +393,10 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
             }
             None => 0,
         };
-        if parked.is_empty() {
+        if room == 0 {
             continue;
         }
         let waiting = locality > ctx.now;
-        // The fleet as routing sees it, with parked nodes' exact load.
-        let nodes: Vec<NodeState> = fleet
-            .iter()
-            .map(|n| {
-                let mut n = n.clone();
-                if let Some(&idx) = parked_at.get(&n.profile.node_id) {
-                    n.running = parked[idx].busy();
-                }
-                n
-            })
-            .collect();
         let decision = ctx.hub.decide(&job.route, &nodes);
         let chosen = decision.ranked.iter().find_map(|ranked| {
             let idx = *parked_at.get(&ranked.node)?;
@@ -397,7 +406,7 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
             {
                 return None;
             }
-            let node = nodes.iter().find(|n| n.profile.node_id == ranked.node)?;
+            let node = &nodes[*node_at.get(&ranked.node)?];
             (!waiting || job.route.preferred(node)).then_some((idx, job.route.preferred(node)))
         });
         let Some((idx, preferred)) = chosen else {
@@ -426,6 +435,10 @@ pub fn hand_off(ctx: &mut WriteCtx<'_>, ready: Vec<ReadyJob>) -> Result<(), Stor
             &reason,
         )? {
             waiter.granted.push(lease);
+            room -= 1;
+            if let Some(&at) = node_at.get(&waiter.node.node_id) {
+                nodes[at].running = waiter.busy();
+            }
         }
     }
     let mut idx = 0;

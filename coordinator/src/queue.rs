@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kobo_protocol::{
-    AccessRole, CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, JobId,
-    JobState, JobView, Lease, LeaseRequest, NodeStatus, RegisterRequest, RegisterResponse,
-    SubmitJob, SubmitResponse,
+    AccessRole, CompleteBatchRequest, CompleteRequest, CompleteResponse, ErrorDetail,
+    HeartbeatRequest, HeartbeatResponse, JobId, JobState, JobView, Lease, LeaseRequest, NodeStatus,
+    RegisterRequest, RegisterResponse, ReportAnswer, SubmitJob, SubmitResponse,
 };
 use rusqlite::params;
 use tokio::sync::oneshot;
@@ -277,6 +277,63 @@ impl Queue {
             .await
     }
 
+    /// Applies a batch of reports in one write. A report the store refuses
+    /// (stale lease, unknown job) is answered with its error and changes
+    /// nothing; the others are applied.
+    pub async fn complete_batch(
+        &self,
+        req: CompleteBatchRequest,
+    ) -> Result<Vec<ReportAnswer>, StoreError> {
+        let backoff = self.backoff();
+        self.store
+            .write(move |ctx| {
+                let mut changes = Changes::default();
+                let mut answers = Vec::with_capacity(req.reports.len());
+                for report in req.reports {
+                    let retry = store::Retry {
+                        backoff,
+                        unit_random: rand::random::<f64>(),
+                    };
+                    let job_id = report.job_id;
+                    let single = CompleteRequest {
+                        node_id: req.node_id.clone(),
+                        lease_token: report.lease_token,
+                        outcome: report.outcome,
+                    };
+                    // Refusals are decided before a report writes anything,
+                    // so answering them alone leaves nothing half-done; any
+                    // other failure fails the whole batch.
+                    let answer = match store::complete_job(
+                        ctx.tx,
+                        ctx.now,
+                        &ctx.hub.sealer,
+                        retry,
+                        job_id,
+                        &single,
+                        &mut changes,
+                    ) {
+                        Ok(done) => ReportAnswer {
+                            job_id,
+                            state: Some(done.state),
+                            duplicate: done.duplicate,
+                            error: None,
+                        },
+                        Err(StoreError::StaleLease(message)) => {
+                            refused(job_id, "stale_lease", message)
+                        }
+                        Err(err @ StoreError::JobNotFound(_)) => {
+                            refused(job_id, "not_found", err.to_string())
+                        }
+                        Err(err) => return Err(err),
+                    };
+                    answers.push(answer);
+                }
+                apply(ctx, changes)?;
+                Ok(answers)
+            })
+            .await
+    }
+
     pub async fn complete(
         &self,
         job_id: JobId,
@@ -519,5 +576,19 @@ impl Queue {
                 }
             }
         }
+    }
+}
+
+/// The answer to a report the store refused.
+fn refused(job_id: JobId, code: &str, message: String) -> ReportAnswer {
+    ReportAnswer {
+        job_id,
+        state: None,
+        duplicate: false,
+        error: Some(ErrorDetail {
+            code: code.into(),
+            message,
+            field: None,
+        }),
     }
 }

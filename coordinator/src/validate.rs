@@ -2,7 +2,8 @@
 //! names the field at fault.
 
 use kobo_protocol::{
-    CompleteRequest, HeartbeatRequest, LeaseRequest, Outcome, RegisterRequest, SubmitJob,
+    CompleteBatchRequest, CompleteRequest, HeartbeatRequest, LeaseRequest, MAX_REPORTS, Outcome,
+    RegisterRequest, SubmitJob,
 };
 
 /// Longest prompt, system text or message content accepted (bytes).
@@ -239,11 +240,38 @@ pub fn csr(field: &str, pem: &str) -> Result<(), FieldError> {
 
 pub fn complete(req: &CompleteRequest) -> Result<(), FieldError> {
     name("node_id", &req.node_id)?;
-    match &req.outcome {
+    outcome(&req.outcome, "")
+}
+
+/// A batch of reports: the node, 1 to [`MAX_REPORTS`] reports, each job at
+/// most once; a fault names the report (`reports[3].outcome.error`).
+pub fn complete_batch(req: &CompleteBatchRequest) -> Result<(), FieldError> {
+    name("node_id", &req.node_id)?;
+    if req.reports.is_empty() {
+        return fail("reports", "must not be empty");
+    }
+    if req.reports.len() > MAX_REPORTS {
+        return fail("reports", format!("more than {MAX_REPORTS} reports"));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.reports.len());
+    for (idx, report) in req.reports.iter().enumerate() {
+        if !seen.insert(report.job_id) {
+            return fail(
+                format!("reports[{idx}].job_id"),
+                format!("job {} is reported twice", report.job_id),
+            );
+        }
+        outcome(&report.outcome, &format!("reports[{idx}]."))?;
+    }
+    Ok(())
+}
+
+fn outcome(outcome: &Outcome, prefix: &str) -> Result<(), FieldError> {
+    match outcome {
         Outcome::Succeeded { output } => {
             if output.text.len() > MAX_RESULT_BYTES {
                 return fail(
-                    "outcome.output.text",
+                    format!("{prefix}outcome.output.text"),
                     format!("longer than {MAX_RESULT_BYTES} bytes"),
                 );
             }
@@ -251,7 +279,7 @@ pub fn complete(req: &CompleteRequest) -> Result<(), FieldError> {
         Outcome::Failed { error, .. } => {
             if error.len() > MAX_TEXT_BYTES {
                 return fail(
-                    "outcome.error",
+                    format!("{prefix}outcome.error"),
                     format!("longer than {MAX_TEXT_BYTES} bytes"),
                 );
             }

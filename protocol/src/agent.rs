@@ -135,6 +135,49 @@ pub struct CompleteRequest {
     pub outcome: Outcome,
 }
 
+/// Most reports one `POST /v1/agent/complete` may carry.
+pub const MAX_REPORTS: usize = 1000;
+
+/// `POST /v1/agent/complete`: several results in one call. An agent sends
+/// the results that finished while its previous report was on the wire, so
+/// a busy node reports in few calls and an idle one without delay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatchRequest {
+    pub node_id: String,
+    pub reports: Vec<JobReport>,
+}
+
+/// One result in a [`CompleteBatchRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobReport {
+    pub job_id: JobId,
+    pub lease_token: i64,
+    pub outcome: Outcome,
+}
+
+/// The answer to a [`CompleteBatchRequest`]: one entry per report, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompleteBatchResponse {
+    pub results: Vec<ReportAnswer>,
+}
+
+/// What became of one report: `state` when it was accepted (or was an
+/// exact repeat, `duplicate`), `error` when it was refused (`stale_lease`:
+/// the lease is no longer the node's; `not_found`: no such job). Refusing
+/// one report changes nothing about the others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportAnswer {
+    pub job_id: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    #[serde(default)]
+    pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::ErrorDetail>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CompleteResponse {
     pub job_id: JobId,

@@ -39,6 +39,8 @@ const POLL: Duration = Duration::from_millis(2);
 /// Longest one mode may take before the figure gives up.
 const PATIENCE: Duration = Duration::from_secs(600);
 const KIND: &str = "noop";
+/// The coordinator's one writer thread (its name as `/proc` shows it).
+const WRITER_THREAD: &str = "kobo-store-writ";
 
 #[derive(Debug, Clone, Copy)]
 enum Mode {
@@ -76,12 +78,16 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             )?;
             tokio::time::sleep(SETTLE).await;
             let coordinator_cpu = system::cpu_seconds(coordinator.pid()?)?;
+            let writer_cpu = system::thread_cpu_seconds(coordinator.pid()?, WRITER_THREAD)?;
             let own_cpu = system::cpu_seconds(std::process::id())?;
             let (rate, submit_rate) = measure(env, mode, jobs, &clients, &fleet).await?;
             let per_job_us = |cpu: f64| cpu * 1e6 / jobs as f64;
             let coordinator_cpu =
                 per_job_us(system::cpu_seconds(coordinator.pid()?)? - coordinator_cpu);
             let own_cpu = per_job_us(system::cpu_seconds(std::process::id())? - own_cpu);
+            let writer_cpu = per_job_us(
+                system::thread_cpu_seconds(coordinator.pid()?, WRITER_THREAD)? - writer_cpu,
+            );
             let probe = fleet.stop().await;
             super::check_agents(&probe, "throughput")?;
             let (key, label, what, target) = match mode {
@@ -110,6 +116,12 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 coordinator_cpu,
             ));
             run.push(Metric::new(
+                format!("{key}_writer_cpu_us"),
+                format!("{label} of it, the store's writer thread"),
+                "µs",
+                writer_cpu,
+            ));
+            run.push(Metric::new(
                 format!("{key}_generator_cpu_us"),
                 format!("{label} load generator CPU per job"),
                 "µs",
@@ -123,7 +135,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         id: "throughput",
         title: "3. Throughput",
         method: format!(
-            "{n_agents} simulated agents × 4 slots, no-op jobs (the `sim` backend at zero latency); {} concurrent submit loops over {} client connections. (a) {} jobs, one per `POST /v1/jobs`, agents asking for one job per lease; (b) {} jobs in batches of {} (`POST /v1/jobs/batch`), agents asking for up to 4 jobs per lease (all free slots, as `kobo-agent` does). Jobs/s from the first submit sent to the last result accepted; 'submits accepted' is the rate at which the submits alone were answered; CPU per job is the user + system time of `kobo-coord` and of `kobo-bench` (clients and agents) during the mode, ÷ jobs.",
+            "{n_agents} simulated agents × 4 slots, no-op jobs (the `sim` backend at zero latency); {} concurrent submit loops over {} client connections. (a) {} jobs, one per `POST /v1/jobs`, agents asking for one job per lease; (b) {} jobs in batches of {} (`POST /v1/jobs/batch`), agents asking for up to 4 jobs per lease (all free slots, as `kobo-agent` does). Jobs/s from the first submit sent to the last result accepted; 'submits accepted' is the rate at which the submits alone were answered; CPU per job is the user + system time of `kobo-coord` (and, of it, of its one store writer thread, which every write goes through) and of `kobo-bench` (clients and agents) during the mode, ÷ jobs.",
             env.pick(SUBMITTERS, SUBMITTERS_QUICK),
             env.pick(CLIENTS, CLIENTS_QUICK),
             env.pick(SINGLE_JOBS, SINGLE_JOBS_QUICK),

@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use kobo_protocol::{
-    CompleteRequest, HeartbeatRequest, JobId, LeaseRequest, LeaseResponse, RegisterRequest,
-    RenewRequest,
+    CompleteBatchRequest, CompleteBatchResponse, CompleteRequest, HeartbeatRequest, JobId,
+    LeaseRequest, LeaseResponse, RegisterRequest, RenewRequest,
 };
 
 use super::auth::ensure_node;
@@ -62,6 +62,19 @@ pub(super) async fn agent_complete(
         return Ok(denied);
     }
     Ok(Json(state.queue.complete(id, req).await?).into_response())
+}
+
+pub(super) async fn agent_complete_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<CompleteBatchRequest>,
+) -> Result<Response, ApiError> {
+    validate::complete_batch(&req)?;
+    if let Err(denied) = ensure_node(&state, &caller, &req.node_id).await {
+        return Ok(denied);
+    }
+    let results = state.queue.complete_batch(req).await?;
+    Ok(Json(CompleteBatchResponse { results }).into_response())
 }
 
 pub(super) async fn agent_renew(

@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/lease", post(agent::agent_lease))
         .route("/v1/agent/heartbeat", post(agent::agent_heartbeat))
         .route("/v1/agent/jobs/{id}/complete", post(agent::agent_complete))
+        .route("/v1/agent/complete", post(agent::agent_complete_batch))
         .route("/v1/agent/renew", post(agent::agent_renew))
         .route_layer(from_fn_with_state(state.clone(), auth::need_node));
     Router::new()
@@ -281,5 +282,6 @@ pub const ROUTES: &[(&str, &str, Option<Need>)] = &[
     ("POST", "/v1/agent/lease", Some(Need::Node)),
     ("POST", "/v1/agent/heartbeat", Some(Need::Node)),
     ("POST", "/v1/agent/jobs/1/complete", Some(Need::Node)),
+    ("POST", "/v1/agent/complete", Some(Need::Node)),
     ("POST", "/v1/agent/renew", Some(Need::Node)),
 ];

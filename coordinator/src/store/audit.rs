@@ -8,7 +8,7 @@ use super::StoreError;
 use crate::security::sha256_hex;
 
 pub const SELECT_LAST_AUDIT_HASH: &str = "SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1";
-pub const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, target, outcome, source, request_id, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id";
+pub const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, target, outcome, source, request_id, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 pub const SELECT_AUDIT: &str = "SELECT id, at, actor, action, target, outcome, source, request_id, detail, hash FROM audit_log WHERE at >= ?1 ORDER BY id LIMIT ?2";
 pub const SELECT_AUDIT_ALL: &str = "SELECT id, at, actor, action, target, outcome, source, request_id, detail, hash FROM audit_log ORDER BY id";
 
@@ -61,20 +61,19 @@ pub fn append_audit(
         .optional()?
         .unwrap_or_else(|| GENESIS.to_string());
     let hash = row_hash(&prev, now, record);
-    Ok(tx.prepare_cached(INSERT_AUDIT)?.query_row(
-        params![
-            now,
-            record.actor,
-            record.action,
-            record.target,
-            record.outcome,
-            record.source,
-            record.request_id,
-            record.detail,
-            hash
-        ],
-        |r| r.get(0),
-    )?)
+    // A plain insert: `RETURNING` builds a temporary table on every run.
+    tx.prepare_cached(INSERT_AUDIT)?.execute(params![
+        now,
+        record.actor,
+        record.action,
+        record.target,
+        record.outcome,
+        record.source,
+        record.request_id,
+        record.detail,
+        hash
+    ])?;
+    Ok(tx.last_insert_rowid())
 }
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {

@@ -12,10 +12,14 @@ use crate::routing::{self, JobNeeds, NodeProfile};
 use crate::scoring::JobRoute;
 use crate::security::Sealer;
 
-pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18) RETURNING id";
+pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18)";
 pub const FIND_BY_IDEMPOTENCY_KEY: &str = "SELECT id, state FROM jobs WHERE idempotency_key = ?1";
 pub const SELECT_QUEUED_OF_KIND: &str = "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until FROM jobs WHERE state = 'queued' AND kind = ?1 ORDER BY priority DESC, ready_at, id";
-pub const GRANT_LEASE: &str = "UPDATE jobs SET state = 'leased', node_id = ?2, lease_token = lease_token + 1, attempts = attempts + 1, lease_expires_at = ?3, updated_at = ?4, queue_reason = NULL, route_reason = ?5 WHERE id = ?1 AND state = 'queued' RETURNING lease_token, attempts, kind, timeout_ms, request";
+/// The columns a lease grant needs, read before [`GRANT_LEASE`]. (A plain
+/// read and update: `UPDATE … RETURNING` builds a temporary table on every
+/// run, which cost more than the update itself.)
+pub const SELECT_FOR_GRANT: &str = "SELECT lease_token + 1, attempts + 1, kind, timeout_ms, request FROM jobs WHERE id = ?1 AND state = 'queued'";
+pub const GRANT_LEASE: &str = "UPDATE jobs SET state = 'leased', node_id = ?2, lease_token = lease_token + 1, attempts = attempts + 1, lease_expires_at = ?3, updated_at = ?4, queue_reason = NULL, route_reason = ?5 WHERE id = ?1 AND state = 'queued'";
 pub const INSERT_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, lease_token, node_id, started_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, 'running')";
 pub const FINISH_ATTEMPT: &str = "UPDATE job_attempts SET finished_at = ?3, outcome = ?4, error = ?5, prompt_tokens = ?6, completion_tokens = ?7, duration_ms = ?8 WHERE job_id = ?1 AND lease_token = ?2";
 pub const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, node_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -165,29 +169,29 @@ pub fn insert_job(
         request
     };
     let req = &job.requirements;
-    let id: i64 = tx.prepare_cached(INSERT_JOB)?.query_row(
-        params![
-            state.as_str(),
-            job.kind,
-            job.model,
-            job.priority,
-            request,
-            json_list(&req.capabilities),
-            req.gpu,
-            req.data_location,
-            req.confidential,
-            job.preferences.region,
-            job.preferences.node,
-            job.max_attempts.unwrap_or(default_max_attempts),
-            job.timeout_ms.map(|t| t as i64),
-            job.idempotency_key,
-            run_at,
-            (state == JobState::Queued).then_some(now),
-            now,
-            submitted_by,
-        ],
-        |r| r.get(0),
-    )?;
+    // A plain insert and the new row id: `INSERT … RETURNING` builds a
+    // temporary table on every run, which cost more than the insert.
+    tx.prepare_cached(INSERT_JOB)?.execute(params![
+        state.as_str(),
+        job.kind,
+        job.model,
+        job.priority,
+        request,
+        json_list(&req.capabilities),
+        req.gpu,
+        req.data_location,
+        req.confidential,
+        job.preferences.region,
+        job.preferences.node,
+        job.max_attempts.unwrap_or(default_max_attempts),
+        job.timeout_ms.map(|t| t as i64),
+        job.idempotency_key,
+        run_at,
+        (state == JobState::Queued).then_some(now),
+        now,
+        submitted_by,
+    ])?;
+    let id = tx.last_insert_rowid();
     insert_event(
         tx,
         now,
@@ -240,23 +244,27 @@ pub fn grant_lease(
 ) -> Result<Option<Lease>, StoreError> {
     let expires_at = now + lease_ttl_ms as i64;
     let granted = tx
-        .prepare_cached(GRANT_LEASE)?
-        .query_row(
-            params![job_id, node_id, expires_at, now, route_reason],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
-            },
-        )
+        .prepare_cached(SELECT_FOR_GRANT)?
+        .query_row([job_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })
         .optional()?;
     let Some((lease_token, attempt, kind, timeout_ms, request)) = granted else {
         return Ok(None);
     };
+    tx.prepare_cached(GRANT_LEASE)?.execute(params![
+        job_id,
+        node_id,
+        expires_at,
+        now,
+        route_reason
+    ])?;
     let request = sealer
         .open("request", &request)
         .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))?;

@@ -29,6 +29,7 @@ pub const QUERIES: &[&str] = &[
     super::jobs::INSERT_JOB,
     super::jobs::FIND_BY_IDEMPOTENCY_KEY,
     super::jobs::SELECT_QUEUED_OF_KIND,
+    super::jobs::SELECT_FOR_GRANT,
     super::jobs::GRANT_LEASE,
     super::jobs::INSERT_ATTEMPT,
     super::jobs::FINISH_ATTEMPT,

@@ -55,6 +55,7 @@ fn fill(conn: &mut Connection, n: usize) {
 fn lease_steps(conn: &mut Connection, n_leases: usize) -> (i64, i64) {
     let lease_queries = [
         store::SELECT_QUEUED_OF_KIND,
+        store::SELECT_FOR_GRANT,
         store::GRANT_LEASE,
         store::INSERT_ATTEMPT,
         store::INSERT_EVENT,

@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use kobo_agent::coordinator::CallError;
+use kobo_agent::coordinator::{CallError, CoordinatorClient};
+use kobo_agent::report::Reporter;
 use kobo_protocol::{
-    CompleteRequest, JobState, LeaseRequest, LlmOutput, Outcome, RegisterRequest, Usage,
+    CompleteBatchRequest, CompleteRequest, JobReport, JobState, LeaseRequest, LlmOutput, Outcome,
+    RegisterRequest, Usage,
 };
 use kobo_tests::cluster::{AgentSpec, Cluster};
 use nix::sys::signal::Signal;
@@ -28,6 +30,27 @@ fn completions(cluster: &Cluster, job_id: i64) -> (i64, i64) {
         )
         .expect("count events");
     (attempts, terminal_events)
+}
+
+/// Registers `node_id` by hand (instance `i1`, general queries).
+async fn register(agent: &CoordinatorClient, node_id: &str, max_workers: u32) {
+    agent
+        .register(&RegisterRequest {
+            node_id: node_id.into(),
+            instance_id: "i1".into(),
+            region: "eu-west-2".into(),
+            capabilities: vec!["general_query".into()],
+            max_workers,
+            gpu: false,
+            backend: "sim".into(),
+            models: vec![],
+            agent_version: "test".into(),
+            specialization: None,
+            latitude: None,
+            longitude: None,
+        })
+        .await
+        .expect("register");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,23 +162,7 @@ async fn sigstopped_agent_late_result_changes_nothing() {
 async fn a_call_with_a_stale_lease_token_gets_409_and_changes_nothing() {
     let cluster = Cluster::builder().start().await;
     let agent = cluster.enroll("manual").await;
-    agent
-        .register(&RegisterRequest {
-            node_id: "manual".into(),
-            instance_id: "i1".into(),
-            region: "eu-west-2".into(),
-            capabilities: vec!["general_query".into()],
-            max_workers: 1,
-            gpu: false,
-            backend: "sim".into(),
-            models: vec![],
-            agent_version: "test".into(),
-            specialization: None,
-            latitude: None,
-            longitude: None,
-        })
-        .await
-        .expect("register");
+    register(&agent, "manual", 1).await;
     let id = cluster.submit_prompt("general_query", "hi").await;
     let leases = agent
         .lease(&LeaseRequest {
@@ -233,6 +240,150 @@ async fn a_call_with_a_stale_lease_token_gets_409_and_changes_nothing() {
     let done = cluster.client().job(id).await.expect("job").job;
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.output.expect("output").text, "answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_report_answers_each_job_on_its_own() {
+    let cluster = Cluster::builder().start().await;
+    let agent = cluster.enroll("batch").await;
+    register(&agent, "batch", 4).await;
+    let mut ids = Vec::new();
+    for idx in 0..4 {
+        ids.push(
+            cluster
+                .submit_prompt("general_query", &format!("q{idx}"))
+                .await,
+        );
+    }
+    let mut leases = Vec::new();
+    while leases.len() < 4 {
+        leases.extend(
+            agent
+                .lease(&LeaseRequest {
+                    node_id: "batch".into(),
+                    instance_id: "i1".into(),
+                    max_jobs: 4,
+                    wait_ms: 5000,
+                })
+                .await
+                .expect("lease")
+                .leases,
+        );
+    }
+    leases.sort_by_key(|l| l.job_id);
+    let token = |idx: usize| leases[idx].lease_token;
+    let succeeded = |text: &str| Outcome::Succeeded {
+        output: LlmOutput {
+            text: text.into(),
+            model: "sim".into(),
+            usage: Usage::default(),
+        },
+    };
+    let report = |job_id: i64, lease_token: i64, outcome: Outcome| JobReport {
+        job_id,
+        lease_token,
+        outcome,
+    };
+
+    // Refused before anything is written: the same job twice, or nothing.
+    let stale_before = cluster.client().job(ids[1]).await.expect("job");
+    for (reports, field) in [
+        (
+            vec![
+                report(ids[0], token(0), succeeded("a")),
+                report(ids[0], token(0), succeeded("a")),
+            ],
+            "reports[1].job_id",
+        ),
+        (vec![], "reports"),
+    ] {
+        let refused = agent
+            .complete_batch(&CompleteBatchRequest {
+                node_id: "batch".into(),
+                reports,
+            })
+            .await;
+        match refused {
+            Err(CallError::Rejected(message)) => assert!(message.contains(field), "{message}"),
+            other => panic!("expected a 400 naming {field}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        cluster.client().job(ids[0]).await.expect("job").job.state,
+        JobState::Leased
+    );
+
+    // One call: accepted, stale, failed for good, unknown: each answered alone.
+    let answer = agent
+        .complete_batch(&CompleteBatchRequest {
+            node_id: "batch".into(),
+            reports: vec![
+                report(ids[0], token(0), succeeded("first")),
+                report(ids[1], token(1) + 5, succeeded("stale")),
+                report(
+                    ids[2],
+                    token(2),
+                    Outcome::Failed {
+                        error: "bad prompt".into(),
+                        retryable: false,
+                    },
+                ),
+                report(999_999, 1, succeeded("nobody's")),
+            ],
+        })
+        .await
+        .expect("batch report");
+    let results = answer.results;
+    assert_eq!(
+        results.iter().map(|r| r.job_id).collect::<Vec<_>>(),
+        vec![ids[0], ids[1], ids[2], 999_999]
+    );
+    assert_eq!(
+        (results[0].state, results[0].error.is_none()),
+        (Some(JobState::Succeeded), true)
+    );
+    assert_eq!(
+        results[1].error.as_ref().map(|e| e.code.as_str()),
+        Some("stale_lease")
+    );
+    assert_eq!(results[2].state, Some(JobState::Dead));
+    assert_eq!(
+        results[3].error.as_ref().map(|e| e.code.as_str()),
+        Some("not_found")
+    );
+    let done = cluster.client().job(ids[0]).await.expect("job").job;
+    assert_eq!(done.output.expect("output").text, "first");
+    assert_eq!(
+        cluster.client().job(ids[1]).await.expect("job"),
+        stale_before
+    );
+    assert_eq!(completions(&cluster, ids[0]), (1, 1));
+
+    // The agent's reporter: answers as the one-job call would.
+    let reporter = Reporter::spawn(agent.clone(), "batch".into());
+    let single = |lease_token: i64, outcome: Outcome| CompleteRequest {
+        node_id: "batch".into(),
+        lease_token,
+        outcome,
+    };
+    let (late, second, first) = (
+        single(token(3) + 1, succeeded("late")),
+        single(token(1), succeeded("second")),
+        single(token(0), succeeded("first")),
+    );
+    let (late, ok, repeat) = tokio::join!(
+        reporter.complete(ids[3], &late),
+        reporter.complete(ids[1], &second),
+        reporter.complete(ids[0], &first),
+    );
+    assert!(matches!(late, Err(CallError::Stale(_))), "{late:?}");
+    assert_eq!(ok.expect("reported").state, JobState::Succeeded);
+    assert!(repeat.expect("duplicate").duplicate);
+    assert_eq!(completions(&cluster, ids[1]), (1, 1));
+    assert_eq!(
+        cluster.client().job(ids[3]).await.expect("job").job.state,
+        JobState::Leased
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

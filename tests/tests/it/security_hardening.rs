@@ -85,6 +85,13 @@ fn template(path: &str, csr: &str) -> Option<Value> {
             "node_id": NODE, "lease_token": 1,
             "outcome": {"status": "failed", "error": "e", "retryable": false},
         }),
+        "/v1/agent/complete" => json!({
+            "node_id": NODE,
+            "reports": [{
+                "job_id": 1, "lease_token": 1,
+                "outcome": {"status": "failed", "error": "e", "retryable": false},
+            }],
+        }),
         "/v1/agent/renew" => json!({"csr_pem": csr}),
         "/v1/session" => json!({"api_key": "kobo_0000000000000000_barrage"}),
         "/v1/schedules" => json!({
