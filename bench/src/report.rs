@@ -279,7 +279,7 @@ impl Report {
         let _ = writeln!(out, "```sh");
         let _ = writeln!(
             out,
-            "CARGO_TARGET_DIR=/work/target-bench cargo build --release -p kobo-bench -p kobo-coord -p kobo-agent"
+            "cargo build --release -p kobo-bench -p kobo-coord -p kobo-agent"
         );
         let _ = writeln!(out, "{}", self.command);
         let _ = writeln!(out, "```\n");

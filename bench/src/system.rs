@@ -151,6 +151,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counts_the_cpu_of_named_threads_only() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinning = stop.clone();
+        let busy = std::thread::Builder::new()
+            .name("bench-cpu-test".into())
+            .spawn(move || {
+                while !spinning.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let pid = std::process::id();
+        let named = thread_cpu_seconds(pid, "bench-cpu-test").expect("named");
+        let nobody = thread_cpu_seconds(pid, "no-such-thread").expect("unnamed");
+        stop.store(true, Ordering::Relaxed);
+        busy.join().expect("join");
+        assert!(named > 0.0, "{named}");
+        assert_eq!(nobody, 0.0);
+        assert!(cpu_seconds(pid).expect("process") >= named);
+    }
+
+    #[test]
     fn reads_kib_fields() {
         let text = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
         assert_eq!(kib_field(text, "VmRSS:"), Some(1024));
