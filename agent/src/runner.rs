@@ -246,6 +246,11 @@ async fn take_slots(
         _ = shutdown.cancelled() => return None,
         permit = shared.slots.clone().acquire_owned() => permit.ok()?,
     };
+    // Jobs that end together (the same timer tick, the same burst of
+    // answers) free their slots a moment apart: let them run first, so one
+    // lease asks for all of them instead of one lease each, one round trip
+    // after another.
+    tokio::task::yield_now().await;
     let mut permits = vec![first];
     while let Ok(permit) = shared.slots.clone().try_acquire_owned() {
         permits.push(permit);

@@ -341,6 +341,8 @@ async fn lease_loop(agent: Arc<Running>, start_after: Duration, stop: Cancellati
                 Err(_) => return,
             },
         };
+        // As the real agent: let slots freed in the same moment go first.
+        tokio::task::yield_now().await;
         let mut permits = vec![first];
         while permits.len() < agent.max_jobs_per_lease as usize
             && let Ok(permit) = slots.clone().try_acquire_owned()

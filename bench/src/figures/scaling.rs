@@ -76,7 +76,8 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             super::check_agents(&probe, "scaling")?;
             // The last sender of events goes with the probe.
             drop(probe);
-            let achieved = jobs_in_window(&collector.await?, opened, closed)
+            let intervals = collector.await?;
+            let achieved = jobs_in_window(&intervals, opened, closed)
                 / closed.duration_since(opened).as_secs_f64();
             let ratio = Metric::new(
                 format!("ratio_{n}"),
@@ -94,6 +95,12 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 format!("{n} agents: achieved (ideal {ideal:.0})"),
                 "jobs/s",
                 achieved,
+            ));
+            run.push(Metric::new(
+                format!("llm_overshoot_ms_{n}"),
+                format!("{n} agents: mean `sim` call beyond the {LLM_LATENCY:?} asked"),
+                "ms",
+                mean_ms(&intervals) - LLM_LATENCY.as_secs_f64() * 1000.0,
             ));
         }
         runs.push(run);
@@ -120,6 +127,16 @@ async fn llm_intervals(mut events: mpsc::UnboundedReceiver<AgentEvent>) -> Vec<(
         }
     }
     intervals
+}
+
+/// The mean length of the LLM calls: how far the `sim` backend's timer
+/// overshoots, which the ratio counts against kobo.
+fn mean_ms(intervals: &[(Instant, Instant)]) -> f64 {
+    let total: f64 = intervals
+        .iter()
+        .map(|&(start, end)| end.duration_since(start).as_secs_f64())
+        .sum();
+    total * 1000.0 / intervals.len().max(1) as f64
 }
 
 /// Jobs run inside [opened, closed], each counted by the share of its LLM
