@@ -7,6 +7,8 @@
 
 use std::sync::OnceLock;
 
+use kobo_protocol::sha256_hex;
+
 /// Hex digits of the executable's SHA-256 in `agent_version`.
 pub const BUILD_ID_HEX: usize = 12;
 
@@ -26,14 +28,6 @@ fn executable_sha256() -> Option<String> {
         .or_else(|_| std::env::current_exe().and_then(std::fs::read))
         .ok()?;
     Some(sha256_hex(&bytes))
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use kobo_protocol::{ErrorBody, JoinRequest, JoinResponse};
+use kobo_protocol::{ErrorBody, JoinRequest, JoinResponse, sha256_hex};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
 /// Prefix of join tokens: `kobo-join.<ca sha256>.<id>.<secret>`.
@@ -108,14 +108,6 @@ pub fn load_or_create_key(dir: &Path) -> anyhow::Result<KeyPair> {
         }
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The CA pin a join token carries.

@@ -226,6 +226,32 @@ impl Reader {
         self.diags.push(Diagnostic::new(pos, message));
     }
 
+    /// Two spellings of one key (`location`/`region`, `children`/`groups`)
+    /// may appear once between them: records `key` in `seen` and says true,
+    /// or reports the repeat (naming both lines, ending with `why`) and says
+    /// false.
+    fn synonym_once<'n>(
+        &mut self,
+        seen: &mut Option<&'n Node>,
+        key: &'n Node,
+        word: &str,
+        why: &str,
+    ) -> bool {
+        if let Some(first) = seen {
+            self.error(
+                key.pos,
+                format!(
+                    "`{word}` repeats `{}` (line {}){why}",
+                    first.as_scalar().unwrap_or_default(),
+                    first.pos.line
+                ),
+            );
+            return false;
+        }
+        *seen = Some(key);
+        true
+    }
+
     fn unknown_key(&mut self, key: &Node, known: &[&str], what: &str) {
         let name = key.as_scalar().unwrap_or_default();
         let hint = suggestion(name, known).unwrap_or_default();
@@ -443,19 +469,9 @@ impl Reader {
                     }
                     "hosts" => self.hosts_of(gvalue, &inner),
                     word @ ("children" | "groups") => {
-                        if let Some(first) = nested_key {
-                            self.error(
-                                gkey.pos,
-                                format!(
-                                    "`{word}` repeats `{}` (line {}); use one of them",
-                                    first.as_scalar().unwrap_or_default(),
-                                    first.pos.line
-                                ),
-                            );
-                            continue;
+                        if self.synonym_once(&mut nested_key, gkey, word, "; use one of them") {
+                            self.groups_of(gvalue, &inner);
                         }
-                        nested_key = Some(gkey);
-                        self.groups_of(gvalue, &inner);
                     }
                     _ => self.unknown_key(gkey, GROUP_KEYS, &format!("group `{name}`")),
                 }
@@ -558,18 +574,9 @@ impl Reader {
                 "install_dir" => vars.install_dir = self.checked(value, f, checks::install_dir),
                 "coordinator" => vars.coordinator = self.checked(value, f, checks::https_url),
                 "location" | "region" => {
-                    if let Some(first) = region_key {
-                        self.error(
-                            key.pos,
-                            format!(
-                                "`{name}` repeats `{}` (line {}): they mean the same",
-                                first.as_scalar().unwrap_or_default(),
-                                first.pos.line
-                            ),
-                        );
+                    if !self.synonym_once(&mut region_key, key, name, ": they mean the same") {
                         continue;
                     }
-                    region_key = Some(key);
                     vars.location = self.checked(value, f, checks::word).map(|v| At {
                         value: v,
                         pos: value.pos,

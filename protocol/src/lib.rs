@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod digest;
 pub mod error;
 pub mod job;
 pub mod node;
@@ -21,6 +22,7 @@ pub mod observe;
 
 pub use admin::*;
 pub use agent::*;
+pub use digest::sha256_hex;
 pub use error::*;
 pub use job::*;
 pub use node::*;

@@ -221,7 +221,7 @@ async fn certificate<C: Coordinator>(
             Upload::Bytes(bytes),
             &layout.ca,
             "0644",
-            &crate::render::sha256_hex(bytes),
+            &kobo_protocol::sha256_hex(bytes),
         )
         .await?;
     let bytes = signed.certificate_pem.as_bytes();
@@ -230,7 +230,7 @@ async fn certificate<C: Coordinator>(
             Upload::Bytes(bytes),
             &layout.cert,
             "0644",
-            &crate::render::sha256_hex(bytes),
+            &kobo_protocol::sha256_hex(bytes),
         )
         .await
 }
@@ -250,7 +250,7 @@ async fn write_settings(remote: &Remote, wanted: &Wanted<'_>) -> Result<(), Prov
             Upload::Bytes(bytes),
             &layout.env_file,
             "0600",
-            &crate::render::sha256_hex(bytes),
+            &kobo_protocol::sha256_hex(bytes),
         )
         .await?;
     if let Some(unit) = &wanted.unit {
@@ -260,7 +260,7 @@ async fn write_settings(remote: &Remote, wanted: &Wanted<'_>) -> Result<(), Prov
                 Upload::Bytes(bytes),
                 UNIT_PATH,
                 "0644",
-                &crate::render::sha256_hex(bytes),
+                &kobo_protocol::sha256_hex(bytes),
             )
             .await?;
     }

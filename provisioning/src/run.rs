@@ -16,8 +16,9 @@ use crate::coordinator::{Coordinator, RunRecord};
 use crate::error::ProvisionError;
 use crate::facts::{self, Facts};
 use crate::plan::{self, Desired, Plan};
-use crate::render::{self, Layout, sha256_hex};
+use crate::render::{self, Layout};
 use crate::ssh::{self, SshOptions};
+use kobo_protocol::sha256_hex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

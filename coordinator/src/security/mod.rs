@@ -89,10 +89,7 @@ pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// SHA-256, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex_encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
+pub use kobo_protocol::sha256_hex;
 
 /// The secrets of one data directory.
 #[derive(Clone)]

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use kobo_protocol::sha256_hex;
+
 use kobo_protocol::{AuditQuery, JobState, NodeStatus};
 use kobo_tests::cluster::{Cluster, binary, job};
 use kobo_tests::fake_llm::{self, FakeBehavior, FakeLlm};
@@ -190,14 +192,6 @@ fn summary(reports: &[Value]) -> Vec<(String, String, String)> {
                 r["status"].as_str().unwrap_or_default().to_string(),
             )
         })
-        .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
         .collect()
 }
 
