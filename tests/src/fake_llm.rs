@@ -30,6 +30,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +99,11 @@ pub struct FakeBehavior {
     pub fail: Option<FakeFailure>,
     /// Accept the request and never answer, until the client goes away.
     pub hang: bool,
+    /// Hold requests that arrive while this is set until it is cleared (by
+    /// a later behavior), then answer them as the behavior then says. Lets a
+    /// test wait for the event "the call reached the LLM" and decide when it
+    /// ends, instead of guessing with a latency.
+    pub hold: bool,
     /// Stop a streamed reply after this many chunks (NDJSON lines or SSE
     /// events), before `done`/`[DONE]`.
     pub cut_after_chunks: Option<u32>,
@@ -116,6 +122,7 @@ impl Default for FakeBehavior {
             response_tokens: DEFAULT_RESPONSE_TOKENS,
             fail: None,
             hang: false,
+            hold: false,
             cut_after_chunks: None,
             cut_clean: false,
         }
@@ -198,6 +205,8 @@ struct Shared {
     requests: AtomicU64,
     in_flight: AtomicU64,
     next_id: AtomicU64,
+    /// Woken on every behavior change, for requests under `hold`.
+    behavior_changed: Notify,
     shutdown: CancellationToken,
 }
 
@@ -233,6 +242,7 @@ pub async fn start_on(addr: SocketAddr, behavior: FakeBehavior) -> io::Result<Fa
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         next_id: AtomicU64::new(1),
+        behavior_changed: Notify::new(),
         shutdown: CancellationToken::new(),
     });
     set_behavior(&shared, behavior);
@@ -339,6 +349,8 @@ fn set_behavior(shared: &Shared, behavior: FakeBehavior) {
     let mut control = shared.control();
     control.failures_left = behavior.fail.as_ref().and_then(|f| f.first_n);
     control.behavior = behavior;
+    drop(control);
+    shared.behavior_changed.notify_waiters();
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -595,11 +607,24 @@ async fn generation(shared: Arc<Shared>, api: Api, path: &str, body: Bytes) -> R
         Ok(_) => return bad_request(api, "the body is not a JSON object"),
         Err(err) => return bad_request(api, &format!("invalid JSON body: {err}")),
     };
-    let behavior = {
+    let mut behavior = {
         let mut control = shared.control();
         control.last_body.insert(path.to_owned(), value.clone());
         control.behavior.clone()
     };
+    while behavior.hold {
+        let changed = shared.behavior_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        behavior = shared.control().behavior.clone();
+        if !behavior.hold {
+            break;
+        }
+        tokio::select! {
+            () = changed => {}
+            () = shared.shutdown.cancelled() => return shutting_down(),
+        }
+    }
     let ask = ask_from(&value, api != Api::OllamaGenerate, api != Api::OpenAi);
 
     if behavior.latency_ms > 0 {

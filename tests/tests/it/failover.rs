@@ -126,7 +126,9 @@ async fn sigkilled_agent_jobs_complete_elsewhere_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstopped_agent_late_result_changes_nothing() {
     let mut cluster = Cluster::builder().start().await;
-    cluster.fake.update_behavior(|b| b.latency_ms = 1500);
+    // Alpha's call is held at the LLM until the test lets it go: no race
+    // between a latency and the SIGSTOP.
+    cluster.fake.update_behavior(|b| b.hold = true);
     let alpha = cluster
         .agent(AgentSpec::new("alpha", &["general_query"]))
         .await;
@@ -135,17 +137,27 @@ async fn sigstopped_agent_late_result_changes_nothing() {
         .await;
     cluster.wait_state(id, JobState::Leased).await;
     cluster
+        .wait_until("alpha's call reaches the LLM", || async {
+            cluster.fake.in_flight() == 1
+        })
+        .await;
+    cluster.agents[alpha].signal(Signal::SIGSTOP);
+    // Alpha's call now finishes while alpha is frozen: its answer waits in
+    // the socket. Beta's call is answered at once.
+    cluster.fake.update_behavior(|b| b.hold = false);
+    cluster
         .agent(AgentSpec::new("beta", &["general_query"]))
         .await;
-    cluster.fake.update_behavior(|b| b.latency_ms = 50);
 
-    cluster.agents[alpha].signal(Signal::SIGSTOP);
     let done = cluster.wait_done(id).await;
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.node_id.as_deref(), Some("beta"));
     let before = cluster.client().job(id).await.expect("job");
-    // Let alpha's LLM call finish while it is frozen, then wake it up.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    cluster
+        .wait_until("alpha's answer is sent", || async {
+            cluster.fake.in_flight() == 0
+        })
+        .await;
     cluster.agents[alpha].signal(Signal::SIGCONT);
     cluster
         .wait_until("alpha learns the job is no longer its own", || async {
