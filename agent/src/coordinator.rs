@@ -4,7 +4,6 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use kobo_protocol::{
     CompleteBatchRequest, CompleteBatchResponse, CompleteRequest, CompleteResponse, ErrorBody,
     HeartbeatRequest, HeartbeatResponse, JobId, LeaseRequest, LeaseResponse, RegisterRequest,
@@ -58,28 +57,15 @@ fn build_http(
     ca_pem: Option<&[u8]>,
     identity: Option<&TlsIdentity>,
 ) -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("kobo-agent/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = ca_pem {
-        let certs =
-            reqwest::Certificate::from_pem_bundle(pem).context("parsing the CA certificate")?;
-        anyhow::ensure!(!certs.is_empty(), "the CA file holds no certificate");
-        builder = builder.tls_certs_only(certs);
-    }
-    if let Some(identity) = identity {
-        let mut pem = identity.cert_pem.clone();
-        pem.push(b'\n');
-        pem.extend_from_slice(&identity.key_pem);
-        builder = builder.identity(
-            reqwest::Identity::from_pem(&pem).context("reading the node certificate and key")?,
-        );
-    }
-    builder.build().context("building the HTTPS client")
+    Ok(kobo_client::https_client(&kobo_client::HttpsOptions {
+        ca_pem,
+        identity: identity.map(|i| (i.cert_pem.as_slice(), i.key_pem.as_slice())),
+        connect_timeout: CONNECT_TIMEOUT,
+        keep_alive: Some(Duration::from_secs(20)),
+        pool_idle_timeout: Some(Duration::from_secs(90)),
+        user_agent: concat!("kobo-agent/", env!("CARGO_PKG_VERSION")),
+        ..kobo_client::HttpsOptions::default()
+    })?)
 }
 
 impl CoordinatorClient {

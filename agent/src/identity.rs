@@ -7,11 +7,11 @@
 //! Files in the state directory: `node.key` (0600), `node.pem`, `ca.pem`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use kobo_protocol::files::{Access, write_atomic};
 use kobo_protocol::{ErrorBody, JoinRequest, JoinResponse, sha256_hex};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
@@ -62,23 +62,12 @@ impl IdentityFiles {
 
 /// Writes `path` atomically; `private` files are created 0600.
 pub fn write_file(path: &Path, contents: &[u8], private: bool) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    let access = if private {
+        Access::Private
+    } else {
+        Access::Public
+    };
+    write_atomic(path, contents, access).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A fresh ECDSA P-256 key (PEM).

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kobo_coord::client::{ApiClient, Endpoint};
+use kobo_client::{ApiClient, Endpoint};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -162,13 +162,14 @@ impl Coordinator {
     /// A client with the local admin key (`<data-dir>/admin.key`); each
     /// call makes its own client, with its own connection.
     pub(crate) fn admin(&self) -> anyhow::Result<ApiClient> {
-        let api_key = kobo_coord::init::local_admin_key(&self.data_dir)
+        let api_key = kobo_protocol::DataDir::new(&self.data_dir)
+            .local_admin_key()
             .context("the data directory has no admin.key yet")?;
-        ApiClient::new(&Endpoint {
+        Ok(ApiClient::new(&Endpoint {
             url: self.url.clone(),
             ca_pem: Some(self.ca_pem.clone()),
             api_key: Some(api_key),
-        })
+        })?)
     }
 
     pub(crate) fn pid(&self) -> anyhow::Result<u32> {

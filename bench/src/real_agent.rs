@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kobo_coord::client::ApiClient;
+use kobo_client::ApiClient;
 use kobo_protocol::NodeStatus;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

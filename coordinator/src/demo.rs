@@ -13,9 +13,10 @@ use kobo_protocol::{JobState, JobView, Requirements, SubmitJob};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
-use crate::client::{ApiClient, Endpoint};
-use crate::config::{QueueConfig, ServeConfig};
-use crate::tls;
+use kobo_client::{ApiClient, Endpoint};
+use kobo_protocol::DataDir;
+use kobo_queue::config::{QueueConfig, ServeConfig};
+use kobo_queue::pki;
 
 /// Where the demo looks for a local Ollama.
 const OLLAMA_URL: &str = "http://127.0.0.1:11434";
@@ -144,12 +145,13 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         .context("binding a local port")?;
     let addr = listener.local_addr()?;
     let url = format!("https://{addr}");
-    let initialized = crate::init::init(&crate::init::InitOptions {
+    let initialized = kobo_queue::init::init(&kobo_queue::init::InitOptions {
         data_dir: data_dir.clone(),
-        ..crate::init::InitOptions::default()
+        ..kobo_queue::init::InitOptions::default()
     })?;
-    let ca_pem = std::fs::read(tls::CertPaths::in_dir(&data_dir).ca_cert)?;
-    let admin_key = crate::init::local_admin_key(&data_dir).context("the demo's admin key")?;
+    let dir = DataDir::new(&data_dir);
+    let ca_pem = std::fs::read(dir.ca_cert())?;
+    let admin_key = dir.local_admin_key().context("the demo's admin key")?;
     debug_assert!(initialized.admin_key.is_some());
 
     let model = if args.sim {
@@ -177,9 +179,9 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         sans: Vec::new(),
         advertise_url: Some(url.clone()),
         ca_import: None,
-        node_cert_lifetime: tls::NODE_CERT_LIFETIME,
+        node_cert_lifetime: pki::NODE_CERT_LIFETIME,
     };
-    let server = tokio::spawn(crate::serve(listener, config, shutdown.clone()));
+    let server = tokio::spawn(kobo_server::serve(listener, config, shutdown.clone()));
 
     let client = ApiClient::new(&Endpoint {
         url: url.clone(),
@@ -193,7 +195,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         let token = client
             .token_create(card.node_id, Duration::from_secs(60))
             .await?;
-        let agent_dir = data_dir.join("agents").join(card.node_id);
+        let agent_dir = dir.demo_agent(card.node_id);
         kobo_agent::identity::join(&url, &token.token, card.node_id, &agent_dir).await?;
         let identity = kobo_agent::identity::IdentityFiles::in_dir(&agent_dir).load()?;
         let llm = LlmConfig {

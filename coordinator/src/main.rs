@@ -22,7 +22,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {}", args.listen))?;
             let shutdown = CancellationToken::new();
             kobo_agent::signals::cancel_on_signal(shutdown.clone());
-            kobo_coord::serve(listener, config, shutdown).await
+            kobo_server::serve(listener, config, shutdown).await
         }
         Command::Demo(args) => kobo_coord::demo::run(args).await,
         Command::Submit(args) => cli::submit(args).await,

@@ -24,7 +24,7 @@ use kobo_provisioning::{
 };
 
 use crate::cli::{ClientArgs, DataDirArg, format_time};
-use crate::client::ApiClient;
+use kobo_client::ApiClient;
 
 /// kobo's known_hosts in the data directory.
 const KNOWN_HOSTS_FILE: &str = "known_hosts";
@@ -128,8 +128,8 @@ pub struct KeygenArgs {
 /// The coordinator, as provisioning needs it, over the HTTPS API.
 struct ApiCoordinator<'a>(&'a ApiClient);
 
-fn boxed(err: anyhow::Error) -> CoordinatorError {
-    format!("{err:#}").into()
+fn boxed(err: kobo_client::ClientError) -> CoordinatorError {
+    Box::new(err)
 }
 
 impl Coordinator for ApiCoordinator<'_> {
@@ -161,7 +161,7 @@ impl Coordinator for ApiCoordinator<'_> {
     async fn revoke(&self, node_id: &str) -> Result<Option<u32>, CoordinatorError> {
         match self.0.node_revoke(node_id).await {
             Ok(answer) => Ok(Some(answer.certificates_revoked)),
-            Err(err) if format!("{err:#}").contains("404") => Ok(None),
+            Err(err) if err.is_not_found() => Ok(None),
             Err(err) => Err(boxed(err)),
         }
     }

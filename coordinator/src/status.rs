@@ -60,42 +60,6 @@ fn clip(text: &str, n: usize) -> String {
     }
 }
 
-/// The router's recorded decision in a few words: its JSON (`note`, `how`,
-/// the chosen node's score, how many nodes were excluded), or the text as
-/// it is.
-pub fn route_summary(text: &str) -> String {
-    let Ok(serde_json::Value::Object(route)) = serde_json::from_str(text) else {
-        return text.to_string();
-    };
-    let mut parts = Vec::new();
-    if let Some(note) = route.get("note").and_then(|v| v.as_str()) {
-        parts.push(note.to_string());
-    }
-    if let Some(how) = route.get("how").and_then(|v| v.as_str()) {
-        parts.push(format!("via {how}"));
-    }
-    let chosen = route.get("chosen").and_then(|v| v.as_str());
-    let score = route
-        .get("ranked")
-        .and_then(|v| v.as_array())
-        .and_then(|ranked| {
-            ranked
-                .iter()
-                .find(|r| r.get("node").and_then(|n| n.as_str()) == chosen)
-        })
-        .and_then(|r| r.pointer("/terms/total"))
-        .and_then(|t| t.as_f64());
-    if let Some(score) = score {
-        parts.push(format!("score {score:.2}"));
-    }
-    if let Some(excluded) = route.get("excluded").and_then(|v| v.as_object())
-        && !excluded.is_empty()
-    {
-        parts.push(format!("{} excluded", excluded.len()));
-    }
-    parts.join(" · ")
-}
-
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
@@ -226,7 +190,7 @@ pub fn render(status: &ClusterStatus, url: &str) -> String {
                 _ => None,
             }
             .map(str::to_string)
-            .or_else(|| job.route_reason.as_deref().map(route_summary))
+            .or_else(|| job.route_reason.as_ref().map(|r| r.summary()))
             .or_else(|| (job.state == JobState::Queued).then(|| "waiting for a worker".to_string()))
             .map(|r| clip(&r, REASON_CHARS))
             .unwrap_or_default();
@@ -247,16 +211,6 @@ pub fn render(status: &ClusterStatus, url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::age;
-
-    #[test]
-    fn route_reasons_are_summed_up() {
-        let json = r#"{"chosen":"tokyo-01","excluded":{"osaka-01":"kind"},"how":"hand-off","note":"best-ranked node","ranked":[{"node":"tokyo-01","terms":{"total":4.4464}}]}"#;
-        assert_eq!(
-            super::route_summary(json),
-            "best-ranked node · via hand-off · score 4.45 · 1 excluded"
-        );
-        assert_eq!(super::route_summary("plain words"), "plain words");
-    }
 
     #[test]
     fn ages_read_well() {

@@ -41,9 +41,7 @@ pub fn hostname(value: &str) -> Result<(), String> {
             && label
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !ok {
-            return Err(format!("{expected}; got `{}`", printable(value)));
-        }
+        fits(ok, expected, value)?;
     }
     Ok(())
 }
@@ -54,17 +52,16 @@ pub fn user(value: &str) -> Result<(), String> {
     let first_ok = bytes
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    if first_ok
+    let ok = first_ok
         && value.len() <= MAX_USER
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "expected a login name (lowercase letters, digits, `_`, `.`, `-`; starting with a letter or `_`; at most {MAX_USER}); got `{}`",
-            printable(value)
-        ))
-    }
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    fits(
+        ok,
+        &format!(
+            "expected a login name (lowercase letters, digits, `_`, `.`, `-`; starting with a letter or `_`; at most {MAX_USER})"
+        ),
+        value,
+    )
 }
 
 /// A node id: letters, digits, `_`, `.`, `-`, not starting with `-`.
@@ -75,14 +72,13 @@ pub fn node_id(value: &str) -> Result<(), String> {
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "expected a node id (letters, digits, `_`, `.`, `-`; at most {MAX_NODE_ID}; no leading `-`); got `{}`",
-            printable(value)
-        ))
-    }
+    fits(
+        ok,
+        &format!(
+            "expected a node id (letters, digits, `_`, `.`, `-`; at most {MAX_NODE_ID}; no leading `-`)"
+        ),
+        value,
+    )
 }
 
 /// A capability, region or model name: no whitespace, no control characters,
@@ -94,14 +90,11 @@ pub fn word(value: &str) -> Result<(), String> {
         && !value
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == ',');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "expected a name without spaces, commas or control characters; got `{}`",
-            printable(value)
-        ))
-    }
+    fits(
+        ok,
+        "expected a name without spaces, commas or control characters",
+        value,
+    )
 }
 
 /// Free text on one line (it ends up in the agent's environment file).
@@ -127,11 +120,7 @@ pub fn install_dir(value: &str) -> Result<(), String> {
             .all(|b| b.is_ascii_alphanumeric() || b"._/+-".contains(&b))
         && !value.split('/').any(|part| part == ".." || part == ".")
         && !value.contains("//");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{expected}; got `{}`", printable(value)))
-    }
+    fits(ok, expected, value)
 }
 
 /// `https://host[:port][/]` — the coordinator as agents reach it.
@@ -147,7 +136,7 @@ pub fn http_url(value: &str) -> Result<(), String> {
 fn url(value: &str, schemes: &[&str]) -> Result<(), String> {
     let expected = format!("expected a URL {}://host[:port]", schemes.join("|"));
     let Some((scheme, rest)) = value.split_once("://") else {
-        return Err(format!("{expected}; got `{}`", printable(value)));
+        return Err(mismatch(&expected, value));
     };
     if !schemes.contains(&scheme) {
         return Err(format!("{expected}; `{scheme}` is not allowed"));
@@ -168,11 +157,11 @@ fn url(value: &str, schemes: &[&str]) -> Result<(), String> {
     let path_ok = !value
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || "\"'`$\\<>|;&".contains(c));
-    if hostname(host).is_ok() && port_ok && path_ok {
-        Ok(())
-    } else {
-        Err(format!("{expected}; got `{}`", printable(value)))
-    }
+    fits(
+        hostname(host).is_ok() && port_ok && path_ok,
+        &expected,
+        value,
+    )
 }
 
 /// A secret reference: `env:NAME` or `file:PATH`. Returns the reference.
@@ -184,9 +173,9 @@ pub fn secret(value: &str) -> Result<crate::SecretRef, String> {
         if ok {
             return Ok(crate::SecretRef::Env(name.to_string()));
         }
-        return Err(format!(
-            "expected env:NAME with NAME an environment variable name; got `{}`",
-            printable(value)
+        return Err(mismatch(
+            "expected env:NAME with NAME an environment variable name",
+            value,
         ));
     }
     if let Some(path) = value.strip_prefix("file:") {
@@ -219,15 +208,25 @@ pub fn host_key(value: &str) -> Result<(), String> {
             return Ok(());
         }
     }
-    Err(format!(
-        "expected a host key fingerprint `SHA256:…` or a public key `ssh-ed25519 AAAA…`; got `{}`",
-        printable(value)
+    Err(mismatch(
+        "expected a host key fingerprint `SHA256:…` or a public key `ssh-ed25519 AAAA…`",
+        value,
     ))
 }
 
-/// The value with control characters escaped, for messages.
-fn printable(value: &str) -> String {
-    value.escape_debug().to_string()
+/// `Ok` when `ok`; else what was `expected` and the value as written.
+fn fits(ok: bool, expected: &str, value: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(mismatch(expected, value))
+    }
+}
+
+/// What was `expected`, and the value as written (control characters
+/// escaped).
+fn mismatch(expected: &str, value: &str) -> String {
+    format!("{expected}; got `{}`", value.escape_debug())
 }
 
 #[cfg(test)]

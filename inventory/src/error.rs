@@ -1,7 +1,7 @@
 //! Inventory errors: each problem found is a [`Diagnostic`] with its line and
 //! column; loading reports all of them at once, as `file:line:column: message`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::yaml::Pos;
 
@@ -43,6 +43,45 @@ impl std::fmt::Display for Diagnostics {
             write!(f, "{}:{}: {}", self.file.display(), d.pos, d.message)?;
         }
         Ok(())
+    }
+}
+
+/// The problems found so far while loading one file: loading goes on past
+/// each one, so that all of them are reported at once.
+#[derive(Debug, Default)]
+pub(crate) struct Problems {
+    items: Vec<Diagnostic>,
+}
+
+impl Problems {
+    pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
+        self.items.push(diagnostic);
+    }
+
+    pub(crate) fn report(&mut self, pos: Pos, message: impl Into<String>) {
+        self.push(Diagnostic::new(pos, message));
+    }
+
+    /// `value` when nothing was found, else the error listing every problem.
+    pub(crate) fn finish<T>(self, file: &Path, value: T) -> Result<T, InventoryError> {
+        if self.items.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.into_error(file))
+        }
+    }
+
+    /// Every problem found in `file`, in the order of the file, each once.
+    pub(crate) fn into_error(self, file: &Path) -> InventoryError {
+        let mut items = self.items;
+        items.sort_by_key(|d| (d.pos.line, d.pos.column));
+        items.dedup();
+        InventoryError::Invalid {
+            diagnostics: Diagnostics {
+                file: file.to_path_buf(),
+                items,
+            },
+        }
     }
 }
 

@@ -111,17 +111,17 @@ pub fn parse(text: &str) -> Result<Option<Node>, Diagnostic> {
                 }
                 None
             }
-            Event::Scalar(text, style, anchor, _tag) => {
-                let node = Node {
+            Event::Scalar(text, style, anchor, _tag) => Some(remember(
+                &mut anchors,
+                anchor,
+                Node {
                     value: Value::Scalar {
                         text: text.into_owned(),
                         plain: style == ScalarStyle::Plain,
                     },
                     pos: at,
-                };
-                remember(&mut anchors, anchor, &node);
-                Some(node)
-            }
+                },
+            )),
             Event::Alias(anchor) => {
                 let Some(node) = anchors.get(&anchor) else {
                     return Err(Diagnostic::new(at, "alias to an unknown anchor"));
@@ -136,45 +136,33 @@ pub fn parse(text: &str) -> Result<Option<Node>, Diagnostic> {
                 })
             }
             Event::SequenceStart(anchor, _) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(Diagnostic::new(
-                        at,
-                        format!("nested deeper than {MAX_DEPTH} levels"),
-                    ));
-                }
-                stack.push(Open::Seq(at, anchor, Vec::new()));
+                open(&mut stack, Open::Seq(at, anchor, Vec::new()))?;
                 None
             }
             Event::MappingStart(anchor, _) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(Diagnostic::new(
-                        at,
-                        format!("nested deeper than {MAX_DEPTH} levels"),
-                    ));
-                }
-                stack.push(Open::Map(at, anchor, Vec::new(), None));
+                open(&mut stack, Open::Map(at, anchor, Vec::new(), None))?;
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Open::Seq(start, anchor, items)) => {
-                    let node = Node {
+                Some(Open::Seq(start, anchor, items)) => Some(remember(
+                    &mut anchors,
+                    anchor,
+                    Node {
                         value: Value::Seq(items),
                         pos: start,
-                    };
-                    remember(&mut anchors, anchor, &node);
-                    Some(node)
-                }
+                    },
+                )),
                 _ => return Err(Diagnostic::new(at, "unbalanced sequence")),
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Open::Map(start, anchor, entries, None)) => {
-                    let node = Node {
+                Some(Open::Map(start, anchor, entries, None)) => Some(remember(
+                    &mut anchors,
+                    anchor,
+                    Node {
                         value: Value::Map(entries),
                         pos: start,
-                    };
-                    remember(&mut anchors, anchor, &node);
-                    Some(node)
-                }
+                    },
+                )),
                 _ => return Err(Diagnostic::new(at, "unbalanced mapping")),
             },
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
@@ -212,11 +200,27 @@ pub fn parse(text: &str) -> Result<Option<Node>, Diagnostic> {
     Ok(root)
 }
 
-fn remember(anchors: &mut HashMap<usize, Node>, anchor: usize, node: &Node) {
+/// Opens a sequence or mapping at its start, refusing to nest deeper than
+/// [`MAX_DEPTH`].
+fn open(stack: &mut Vec<Open>, collection: Open) -> Result<(), Diagnostic> {
+    if stack.len() >= MAX_DEPTH {
+        let (Open::Seq(at, ..) | Open::Map(at, ..)) = collection;
+        return Err(Diagnostic::new(
+            at,
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    stack.push(collection);
+    Ok(())
+}
+
+/// A finished `node`, kept under its `anchor` (if any) for later aliases.
+fn remember(anchors: &mut HashMap<usize, Node>, anchor: usize, node: Node) -> Node {
     // saphyr numbers anchors from 1; 0 means "no anchor".
     if anchor != 0 {
         anchors.insert(anchor, node.clone());
     }
+    node
 }
 
 fn count(node: &Node) -> usize {

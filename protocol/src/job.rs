@@ -283,7 +283,7 @@ pub struct JobView {
     /// Why the job went where it went: the chosen node, how, the score
     /// terms of the best candidates, and why others were excluded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route_reason: Option<serde_json::Value>,
+    pub route_reason: Option<crate::RouteReason>,
     pub output: Option<LlmOutput>,
 }
 

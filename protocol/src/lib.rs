@@ -11,22 +11,33 @@
 //! - [`node`]: nodes as clients see them.
 //! - [`observe`]: the cluster summary (status, dashboard), dashboard sessions.
 //! - [`error`]: the one error body every route answers with.
+//! - [`route`]: `RouteReason`, why a job went where it went.
+//! - [`validate`]: checks beyond types (sizes, ranges, names), each naming its field.
+//! - [`data_dir`]: `DataDir`, the names of the coordinator's files; `ClientFile`.
+//! - [`files`]: `write_atomic`, the one writer of key and state files.
+//! - [`digest`]: the one `sha256_hex`, used by every crate.
 
 pub mod admin;
 pub mod agent;
+pub mod data_dir;
 pub mod digest;
 pub mod error;
+pub mod files;
 pub mod job;
 pub mod node;
 pub mod observe;
+pub mod route;
+pub mod validate;
 
 pub use admin::*;
 pub use agent::*;
+pub use data_dir::{ClientFile, DataDir};
 pub use digest::sha256_hex;
 pub use error::*;
 pub use job::*;
 pub use node::*;
 pub use observe::*;
+pub use route::RouteReason;
 
 /// The version prefix of every HTTP route (`/v1/...`).
 pub const API_VERSION: &str = "v1";

@@ -67,7 +67,7 @@ pub struct JobSummary {
     pub last_error: Option<String>,
     pub queue_reason: Option<String>,
     /// Why the router chose the node (when the coordinator recorded it).
-    pub route_reason: Option<String>,
+    pub route_reason: Option<crate::RouteReason>,
     pub confidential: bool,
 }
 

@@ -9,7 +9,7 @@
 //! fixed scripts of this crate (`&'static str`), which take inventory values
 //! as positional parameters (`sh -c SCRIPT sh "$1" "$2"`), never spliced in.
 
-use std::io::Write;
+use kobo_protocol::files::{Access, write_atomic};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,25 +79,10 @@ pub fn write_ssh_config(
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let local = |source| ProvisionError::Local {
+    write_atomic(path, bytes, Access::Private).map_err(|source| ProvisionError::Local {
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(local)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(local)?;
-    file.write_all(bytes).map_err(local)?;
-    file.sync_all().map_err(local)?;
-    std::fs::rename(&tmp, path).map_err(local)
+    })
 }
 
 /// `~/x` → `$HOME/x`.

@@ -4,7 +4,7 @@
 //! is the pinned one before any connection. Keys are parsed and
 //! fingerprinted with the `ssh-key` crate.
 
-use std::io::Write;
+use kobo_protocol::files::{Access, write_atomic};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -132,7 +132,6 @@ pub fn add_trusted(
     keys: &[HostKey],
     replace: bool,
 ) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let local = |source| ProvisionError::Local {
         path: known_hosts.to_path_buf(),
         source,
@@ -158,17 +157,7 @@ pub fn add_trusted(
         text.push_str(&key.line());
         text.push('\n');
     }
-    let tmp = known_hosts.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(local)?;
-    file.write_all(text.as_bytes()).map_err(local)?;
-    file.sync_all().map_err(local)?;
-    std::fs::rename(&tmp, known_hosts).map_err(local)
+    write_atomic(known_hosts, text.as_bytes(), Access::Private).map_err(local)
 }
 
 /// Before connecting: a host with a pinned `host_key` must have exactly that

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kobo_coord::client::{ApiClient, Endpoint};
+use kobo_client::{ApiClient, Endpoint};
 use kobo_protocol::{JobId, JobState, JobView, SubmitJob};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -288,7 +288,7 @@ impl Cluster {
                 && let Ok(client) = ApiClient::new(&Endpoint {
                     url: self.url(),
                     ca_pem: std::fs::read(self.ca_path()).ok(),
-                    api_key: kobo_coord::init::local_admin_key(&self.data_dir),
+                    api_key: kobo_protocol::DataDir::new(&self.data_dir).local_admin_key(),
                 })
                 && client.nodes().await.is_ok()
             {

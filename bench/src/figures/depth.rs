@@ -127,7 +127,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         id: "depth",
         title: "5. Queue depth",
         method: format!(
-            "one simulated agent; {} queued no-op jobs of its kind, inserted straight into the stopped coordinator's database with `kobo_coord::store::insert_job` in transactions of 50,000, then the coordinator restarted; {samples} lease requests per run and depth (`max_jobs` 1, no parking; {WARMUP} untimed first), each followed by its report and one new submit, so the depth holds.",
+            "one simulated agent; {} queued no-op jobs of its kind, inserted straight into the stopped coordinator's database with `kobo_queue::store::insert_job` in transactions of 50,000, then the coordinator restarted; {samples} lease requests per run and depth (`max_jobs` 1, no parking; {WARMUP} untimed first), each followed by its report and one new submit, so the depth holds.",
             depths
                 .iter()
                 .map(|d| depth_name(*d))

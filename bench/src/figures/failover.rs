@@ -32,7 +32,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// Longest the victim may take to lease its jobs.
 const LEASE_PATIENCE: Duration = Duration::from_secs(30);
 /// Heartbeats a node may miss before it is lost (the coordinator's rule).
-const MISSED_HEARTBEATS: u32 = kobo_coord::config::MISSED_HEARTBEATS_LOST;
+const MISSED_HEARTBEATS: u32 = kobo_queue::config::MISSED_HEARTBEATS_LOST;
 /// The target's slack on top of the missed heartbeats.
 const TARGET_SLACK: Duration = Duration::from_secs(1);
 

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kobo_coord::security::Secrets;
-use kobo_coord::store::{self, Changes};
 use kobo_protocol::{JobId, SubmitJob};
+use kobo_queue::security::Secrets;
+use kobo_queue::store::{self, Changes};
 use rusqlite::TransactionBehavior;
 use tokio::sync::mpsc;
 
@@ -102,7 +102,7 @@ pub(crate) async fn prefill(data_dir: &Path, kind: &str, n: usize) -> anyhow::Re
     let kind = kind.to_string();
     tokio::task::spawn_blocking(move || {
         let secrets = Secrets::load_or_create(&data_dir).context("reading the data key")?;
-        let db = data_dir.join(kobo_coord::server::DB_FILE);
+        let db = kobo_protocol::DataDir::new(&data_dir).database();
         let mut conn = store::open_connection(&db)?;
         let job = noop(&kind);
         let mut left = n;

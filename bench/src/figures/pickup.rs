@@ -37,7 +37,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         max_workers: 4,
         max_jobs_per_lease: 4,
         llm_latency: Duration::ZERO,
-        long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
+        long_poll_ms: kobo_queue::config::DEFAULT_LONG_POLL.as_millis() as u64,
         stagger: Duration::ZERO,
     };
     let mut runs = Vec::new();

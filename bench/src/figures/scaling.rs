@@ -58,7 +58,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 max_workers: SLOTS,
                 max_jobs_per_lease: SLOTS,
                 llm_latency: LLM_LATENCY,
-                long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
+                long_poll_ms: kobo_queue::config::DEFAULT_LONG_POLL.as_millis() as u64,
                 stagger: LLM_LATENCY,
             };
             let (events_tx, events) = mpsc::unbounded_channel();
@@ -157,7 +157,7 @@ fn jobs_in_window(intervals: &[(Instant, Instant)], opened: Instant, closed: Ins
 }
 
 /// Queues `n` no-op jobs of `kind` with batch submits.
-async fn fill(client: &kobo_coord::client::ApiClient, kind: &str, n: usize) -> anyhow::Result<()> {
+async fn fill(client: &kobo_client::ApiClient, kind: &str, n: usize) -> anyhow::Result<()> {
     let batches: Vec<usize> = (0..n.div_ceil(FILL_BATCH))
         .map(|idx| FILL_BATCH.min(n - idx * FILL_BATCH))
         .collect();

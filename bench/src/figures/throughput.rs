@@ -68,7 +68,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 max_workers: 4,
                 max_jobs_per_lease: per_lease,
                 llm_latency: Duration::ZERO,
-                long_poll_ms: kobo_coord::config::DEFAULT_LONG_POLL.as_millis() as u64,
+                long_poll_ms: kobo_queue::config::DEFAULT_LONG_POLL.as_millis() as u64,
                 stagger: Duration::ZERO,
             };
             let fleet = Fleet::run(
@@ -152,7 +152,7 @@ async fn measure(
     env: &Env,
     mode: Mode,
     jobs: usize,
-    clients: &[kobo_coord::client::ApiClient],
+    clients: &[kobo_client::ApiClient],
     fleet: &Fleet,
 ) -> anyhow::Result<(f64, f64)> {
     let submitters = env.pick(SUBMITTERS, SUBMITTERS_QUICK);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cluster::NodeStatusName;
 use super::results::JobStateName;
-use crate::validate::MAX_BATCH;
+use kobo_protocol::validate::MAX_BATCH;
 
 /// Most jobs one `wait_jobs` call waits for.
 pub const MAX_WAIT_IDS: usize = 1000;

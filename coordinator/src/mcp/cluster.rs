@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::results::{JobStateName, rfc3339};
-use crate::client::ApiClient;
+use kobo_client::ApiClient;
 
 /// Newest jobs looked at for the last minute's throughput: the jobs that
 /// finished in the last minute are among them unless the cluster finishes
@@ -216,7 +216,7 @@ pub struct ClusterSummary {
 }
 
 /// Reads the coordinator's status and the job listings, and sums them up.
-pub async fn cluster_status(client: &ApiClient) -> anyhow::Result<ClusterSummary> {
+pub async fn cluster_status(client: &ApiClient) -> kobo_client::Result<ClusterSummary> {
     let queued = JobListQuery {
         state: Some(JobState::Queued),
         limit: Some(REASON_SCAN),

@@ -25,7 +25,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ServerHandler, ServiceExt, tool_handler};
 
-use crate::client::ApiClient;
+use kobo_client::ApiClient;
 
 /// The name the server gives itself in `initialize`.
 pub const SERVER_NAME: &str = "kobo";
@@ -37,7 +37,7 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(100);
 /// Longest `wait_jobs` waits in one call (the coordinator's own bound on a
 /// wait).
-pub const MAX_WAIT: Duration = crate::api::MAX_WAIT;
+pub const MAX_WAIT: Duration = kobo_server::api::MAX_WAIT;
 
 /// What the instructions in `initialize` tell the model.
 const INSTRUCTIONS: &str = "kobo runs LLM jobs on a cluster of machines (nodes), each with its own local model. \

@@ -311,7 +311,10 @@ impl JobInfo {
             attempts: job.attempts,
             max_attempts: job.max_attempts,
             queue_reason: job.queue_reason.clone(),
-            route_reason: job.route_reason.clone(),
+            route_reason: job
+                .route_reason
+                .as_ref()
+                .and_then(|r| serde_json::to_value(r).ok()),
             error: job.last_error.clone(),
             requirements: detail.requirements.clone().into(),
             idempotency_key: job.idempotency_key.clone(),

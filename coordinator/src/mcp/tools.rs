@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kobo_client::ClientError;
 use rmcp::handler::server::common::{schema_for_empty_input, schema_for_input};
 use rmcp::model::JsonObject;
 use rmcp::service::RequestContext;
@@ -34,11 +35,13 @@ fn input_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
 }
 
 /// A refused or failed call to the coordinator, as the model should read it.
-fn failed(what: &str, err: anyhow::Error) -> String {
+fn failed(what: &str, err: impl Into<anyhow::Error>) -> String {
+    let err: anyhow::Error = err.into();
     let text = format!("{err:#}");
-    let hint = if text.contains("404") {
+    let client = err.chain().find_map(|e| e.downcast_ref::<ClientError>());
+    let hint = if client.is_some_and(ClientError::is_not_found) {
         " Check the id: list_jobs shows recent jobs."
-    } else if text.contains("cannot reach") {
+    } else if client.is_some_and(ClientError::is_unreachable) {
         " The coordinator may be down: retry later, or ask the user to check `kobo-coord serve`."
     } else {
         ""
@@ -284,7 +287,7 @@ impl KoboMcp {
             .nodes()
             .await
             .map_err(|err| failed("listing nodes", err))?;
-        let now = crate::store::unix_now_ms();
+        let now = kobo_queue::store::unix_now_ms();
         Ok(Json(NodeList {
             nodes: nodes
                 .iter()

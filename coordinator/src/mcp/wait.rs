@@ -18,7 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::results::{JobStateName, JobStatus, page};
-use crate::client::ApiClient;
+use kobo_client::ApiClient;
 
 /// Long-poll waits in flight at once: the coordinator's HTTP/2 connection
 /// takes a few hundred streams; the rest of the ids take turns.
@@ -57,7 +57,7 @@ pub async fn wait_for_jobs(
     let deadline = started + timeout;
     let mut latest: HashMap<JobId, JobView> = HashMap::new();
     let mut line: VecDeque<JobId> = ids.iter().copied().collect();
-    let mut in_flight: JoinSet<(JobId, anyhow::Result<JobView>)> = JoinSet::new();
+    let mut in_flight: JoinSet<(JobId, kobo_client::Result<JobView>)> = JoinSet::new();
     let mut ticker = tokio::time::interval_at(started + progress_interval, progress_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     while !unfinished(ids, &latest).is_empty() {

@@ -16,9 +16,9 @@ impl Raw {
     fn new(cluster: &Cluster) -> Raw {
         let ca = std::fs::read(cluster.ca_path()).expect("ca");
         Raw {
-            http: kobo_coord::client::http_client(Some(&ca)).expect("client"),
+            http: kobo_client::http_client(Some(&ca)).expect("client"),
             base: cluster.url(),
-            key: kobo_coord::init::local_admin_key(&cluster.data_dir),
+            key: kobo_protocol::DataDir::new(&cluster.data_dir).local_admin_key(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kobo_coord::client::{ApiClient, Endpoint};
+use kobo_client::{ApiClient, Endpoint};
 use kobo_coord::mcp::{McpOptions, server};
 use kobo_protocol::JobState;
 use kobo_tests::cluster::{AgentSpec, Cluster, PATIENCE, binary};

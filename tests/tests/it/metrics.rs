@@ -309,7 +309,7 @@ async fn metrics_parse_and_move_as_jobs_run() {
         .await;
     let (_, key) = cluster.client_with_role(AccessRole::Read).await;
     let ca = std::fs::read(cluster.ca_path()).expect("ca");
-    let http = kobo_coord::client::http_client(Some(&ca)).expect("client");
+    let http = kobo_client::http_client(Some(&ca)).expect("client");
 
     let anonymous = http
         .get(format!("{}/metrics", cluster.url()))

@@ -99,9 +99,11 @@ async fn hard_constraints_hold_and_every_lease_explains_itself() {
             allowed.contains(&node.as_str()),
             "job {id} ran on {node}, allowed {allowed:?}"
         );
-        let reason = done
-            .route_reason
-            .expect("every lease records its route_reason");
+        let reason = serde_json::to_value(
+            done.route_reason
+                .expect("every lease records its route_reason"),
+        )
+        .expect("json");
         assert_eq!(reason["chosen"], node.as_str(), "{reason}");
         assert!(
             reason["ranked"].as_array().is_some_and(|r| !r.is_empty()),
@@ -215,7 +217,7 @@ async fn a_busy_preferred_node_is_waited_for_only_up_to_the_bound() {
         (BOUND_MS - 100..BOUND_MS + 1500).contains(&delay),
         "leased {delay} ms after submit; the bound is {BOUND_MS} ms and must not be reset"
     );
-    let reason = done.route_reason.expect("route reason");
+    let reason = serde_json::to_value(done.route_reason.expect("route reason")).expect("json");
     assert_eq!(
         reason["locality"], "no preferred node free within the wait bound",
         "{reason}"
@@ -324,11 +326,11 @@ async fn schedules_fire_once_per_slot_and_catch_up_once_after_a_restart() {
             fired_slots(&cluster, "tick").len() >= 2
         })
         .await;
-    let down_at = kobo_coord::store::unix_now_ms();
+    let down_at = kobo_queue::store::unix_now_ms();
     cluster.kill_coordinator().await;
     tokio::time::sleep(Duration::from_millis(5200)).await;
     cluster.start_coordinator().await;
-    let up_at = kobo_coord::store::unix_now_ms();
+    let up_at = kobo_queue::store::unix_now_ms();
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let slots = fired_slots(&cluster, "tick");
     // Each slot at most once (the key is unique), every slot on the 2 s grid.

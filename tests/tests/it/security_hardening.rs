@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kobo_coord::api::{Need, ROUTES};
 use kobo_protocol::{AccessRole, ErrorBody};
+use kobo_server::api::{Need, Route, routes};
 use kobo_tests::cluster::Cluster;
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject;
@@ -303,13 +303,13 @@ async fn payload_barrage_at_every_route_is_refused_cleanly() {
     let ca = std::fs::read(cluster.ca_path()).expect("ca");
     let (_, admin_key) = cluster.client_with_role(AccessRole::Admin).await;
     let anonymous = Caller {
-        http: kobo_coord::client::http_client(Some(&ca)).expect("client"),
+        http: kobo_client::http_client(Some(&ca)).expect("client"),
         base: cluster.url(),
         key: None,
         shown: "no credential".into(),
     };
     let admin = Caller {
-        http: kobo_coord::client::http_client(Some(&ca)).expect("client"),
+        http: kobo_client::http_client(Some(&ca)).expect("client"),
         base: cluster.url(),
         key: Some(admin_key),
         shown: "an admin key".into(),
@@ -326,7 +326,13 @@ async fn payload_barrage_at_every_route_is_refused_cleanly() {
 
     let mut tally = std::collections::BTreeMap::<String, u32>::new();
     let mut sent = 0;
-    for &(method, path, need) in ROUTES {
+    for Route {
+        method,
+        example: path,
+        need,
+        ..
+    } in routes()
+    {
         let caller = match need {
             None => &anonymous,
             Some(Need::Role(_)) => &admin,

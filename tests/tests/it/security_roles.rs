@@ -1,11 +1,11 @@
-//! Who may call what: every route of `kobo_coord::api::ROUTES` against no
+//! Who may call what: every route of `kobo_server::api::routes()` against no
 //! credential, `read`/`submit`/`admin` API keys and a node certificate (401
 //! for none, 403 for too little, audited either way); key minting and
 //! submitting above one's role, revoked and malformed keys, and cancelling
 //! someone else's job.
 
-use kobo_coord::api::{Need, ROUTES};
 use kobo_protocol::{AccessRole, ErrorBody, JobState, JobView};
+use kobo_server::api::{Need, Route, routes};
 use kobo_tests::cluster::Cluster;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -61,7 +61,7 @@ impl Caller {
     fn plain(cluster: &Cluster, key: Option<String>) -> Caller {
         let ca = std::fs::read(cluster.ca_path()).expect("ca");
         Caller {
-            http: kobo_coord::client::http_client(Some(&ca)).expect("client"),
+            http: kobo_client::http_client(Some(&ca)).expect("client"),
             base: cluster.url(),
             key,
         }
@@ -183,7 +183,13 @@ async fn every_route_answers_each_credential_by_its_role() {
     let mut checked = 0;
     // ROUTES' admin calls name dummy targets (API key 0000000000000000,
     // node x), so no row of the matrix revokes a credential a later row uses.
-    for &(method, path, need) in ROUTES {
+    for Route {
+        method,
+        example: path,
+        need,
+        ..
+    } in routes()
+    {
         for (cred, caller) in &callers {
             let (status, error) = caller.send(method, path, matrix_body(path)).await;
             *tally.entry(status.as_u16()).or_default() += 1;
@@ -221,7 +227,7 @@ async fn every_route_answers_each_credential_by_its_role() {
             checked += 1;
         }
     }
-    assert_eq!(checked, ROUTES.len() * callers.len());
+    assert_eq!(checked, routes().len() * callers.len());
     eprintln!("role matrix: {checked} requests, {refusals} refused; statuses {tally:?}");
     assert!(refusals > 0, "the matrix refused nothing at all");
     let denied = denied_rows(&cluster, "%") - denied_before;
@@ -359,7 +365,7 @@ async fn malformed_authorization_headers_are_401() {
         .expect("a key of the form kobo_<id>_<secret>");
     let wrong_secret = format!("Bearer kobo_{id}_{}", "0".repeat(64));
     let ca = std::fs::read(cluster.ca_path()).expect("ca");
-    let http = kobo_coord::client::http_client(Some(&ca)).expect("client");
+    let http = kobo_client::http_client(Some(&ca)).expect("client");
     let headers: Vec<(String, HeaderValue)> = vec![
         ("Basic x".into(), HeaderValue::from_static("Basic x")),
         (

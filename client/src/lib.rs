@@ -1,0 +1,438 @@
+//! kobo-client: the typed HTTPS client of the coordinator's client routes,
+//! used by the CLI, the MCP adapter, provisioning, the demo and tests.
+//!
+//! # Layout
+//! - [`Endpoint`]: where and how to reach a coordinator (explicit, or the
+//!   data directory of a local one).
+//! - [`ApiClient`]: one method per route.
+//! - [`error`]: [`ClientError`], typed (status, API error code, field), so no
+//!   caller ever matches strings.
+//! - [`https`]: the one HTTPS client builder of kobo (CLI, MCP, agent).
+
+pub mod error;
+pub mod https;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kobo_protocol::{
+    AccessRole, ApiKeyCreate, ApiKeyCreated, ApiKeyView, AuditList, AuditQuery, AuditVerify,
+    ClientFile, DataDir, ErrorBody, JobDetail, JobId, JobList, JobListQuery, JobView, NodeView,
+    RevokeResponse, SubmitBatch, SubmitBatchResponse, SubmitJob, SubmitResponse, TokenCreate,
+    TokenCreated,
+};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use error::ClientError;
+pub use https::{HttpsOptions, https_client};
+
+/// What every call returns.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Where and how to reach a coordinator.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub ca_pem: Option<Vec<u8>>,
+    /// Sent as `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+}
+
+impl Endpoint {
+    /// Resolves the endpoint: explicit `url`/`ca` win; otherwise the data
+    /// directory's `client.json` and `ca.pem` (a local coordinator).
+    pub fn resolve(
+        data_dir: &Path,
+        url: Option<String>,
+        ca: Option<PathBuf>,
+        api_key: Option<String>,
+    ) -> Result<Endpoint> {
+        let dir = DataDir::new(data_dir);
+        let url = match url {
+            Some(url) => url,
+            None => {
+                let path = dir.client_file();
+                let text = std::fs::read_to_string(&path).map_err(|source| ClientError::Local {
+                    what: format!(
+                        "reading {} (is `kobo-coord serve` running with this --data-dir? elsewhere pass --url or KOBO_URL)",
+                        path.display()
+                    ),
+                    source: Box::new(source),
+                })?;
+                let file: ClientFile =
+                    serde_json::from_str(&text).map_err(|source| ClientError::Local {
+                        what: format!("parsing {}", path.display()),
+                        source: Box::new(source),
+                    })?;
+                file.url
+            }
+        };
+        let ca_path = ca.or_else(|| {
+            let local = dir.ca_cert();
+            local.exists().then_some(local)
+        });
+        let ca_pem = match ca_path {
+            Some(path) => Some(std::fs::read(&path).map_err(|source| ClientError::Local {
+                what: format!("reading CA certificate {}", path.display()),
+                source: Box::new(source),
+            })?),
+            None => None,
+        };
+        let api_key = api_key.or_else(|| dir.local_admin_key());
+        Ok(Endpoint {
+            url,
+            ca_pem,
+            api_key,
+        })
+    }
+}
+
+/// Connect timeout for client calls.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds a client that trusts `ca_pem` only (or the system roots when none
+/// is given).
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client> {
+    https_client(&HttpsOptions {
+        ca_pem,
+        connect_timeout: CONNECT_TIMEOUT,
+        user_agent: concat!("kobo/", env!("CARGO_PKG_VERSION")),
+        ..HttpsOptions::default()
+    })
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+}
+
+impl ApiClient {
+    pub fn new(endpoint: &Endpoint) -> Result<ApiClient> {
+        Ok(ApiClient {
+            http: http_client(endpoint.ca_pem.as_deref())?,
+            base: endpoint.url.trim_end_matches('/').to_string(),
+            api_key: endpoint.api_key.clone(),
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: Vec<(String, String)>,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if !query.is_empty() {
+            request = request.query(&query);
+        }
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+                path: path.to_string(),
+                source,
+            });
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    pub async fn submit(&self, job: &SubmitJob) -> Result<SubmitResponse> {
+        self.call(Method::POST, "/v1/jobs", Vec::new(), Some(job))
+            .await
+    }
+
+    pub async fn submit_batch(&self, jobs: Vec<SubmitJob>) -> Result<SubmitBatchResponse> {
+        self.call(
+            Method::POST,
+            "/v1/jobs/batch",
+            Vec::new(),
+            Some(&SubmitBatch { jobs }),
+        )
+        .await
+    }
+
+    pub async fn jobs(&self, query: &JobListQuery) -> Result<JobList> {
+        self.call(Method::GET, "/v1/jobs", query_pairs(query), None::<&()>)
+            .await
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<JobDetail> {
+        self.call(
+            Method::GET,
+            &format!("/v1/jobs/{id}"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Waits up to `timeout` for the job to finish; returns it either way.
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobView> {
+        let query = kobo_protocol::WaitQuery {
+            timeout_ms: Some(timeout.as_millis() as u64),
+        };
+        self.call(
+            Method::GET,
+            &format!("/v1/jobs/{id}/wait"),
+            query_pairs(&query),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Waits for the job to finish, however long it takes.
+    pub async fn wait_terminal(&self, id: JobId) -> Result<JobView> {
+        loop {
+            let job = self.wait(id, Duration::from_secs(60)).await?;
+            if job.state.is_terminal() {
+                return Ok(job);
+            }
+        }
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<JobView> {
+        self.call(
+            Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        }
+    }
+
+    /// The coordinator's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/status`: the cluster summary.
+    pub async fn status(&self) -> Result<kobo_protocol::ClusterStatus> {
+        self.call(Method::GET, "/v1/status", Vec::new(), None::<&()>)
+            .await
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
+        self.call(Method::GET, "/v1/nodes", Vec::new(), None::<&()>)
+            .await
+    }
+
+    pub async fn apikey_create(&self, name: &str, role: AccessRole) -> Result<ApiKeyCreated> {
+        let body = ApiKeyCreate {
+            name: name.to_string(),
+            role,
+        };
+        self.call(Method::POST, "/v1/admin/apikeys", Vec::new(), Some(&body))
+            .await
+    }
+
+    pub async fn apikey_list(&self) -> Result<Vec<ApiKeyView>> {
+        self.call(Method::GET, "/v1/admin/apikeys", Vec::new(), None::<&()>)
+            .await
+    }
+
+    pub async fn apikey_revoke(&self, id: &str) -> Result<()> {
+        self.call_empty(Method::POST, &format!("/v1/admin/apikeys/{id}/revoke"))
+            .await
+    }
+
+    pub async fn token_create(&self, node_id: &str, ttl: Duration) -> Result<TokenCreated> {
+        let body = TokenCreate {
+            node_id: node_id.to_string(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        self.call(Method::POST, "/v1/admin/tokens", Vec::new(), Some(&body))
+            .await
+    }
+
+    pub async fn node_revoke(&self, node_id: &str) -> Result<RevokeResponse> {
+        self.call(
+            Method::POST,
+            &format!("/v1/admin/nodes/{node_id}/revoke"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/certificates`: a certificate for a CSR made on a node.
+    pub async fn certificate_issue(
+        &self,
+        node_id: &str,
+        csr_pem: &str,
+    ) -> Result<kobo_protocol::CertificateIssued> {
+        let body = kobo_protocol::CertificateIssue {
+            node_id: node_id.to_string(),
+            csr_pem: csr_pem.to_string(),
+        };
+        self.call(
+            Method::POST,
+            "/v1/admin/certificates",
+            Vec::new(),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/provision-runs`: one host's outcome, audited.
+    pub async fn provision_run_record(
+        &self,
+        run: &kobo_protocol::ProvisionRun,
+    ) -> Result<kobo_protocol::ProvisionRecorded> {
+        self.call(
+            Method::POST,
+            "/v1/admin/provision-runs",
+            Vec::new(),
+            Some(run),
+        )
+        .await
+    }
+
+    /// `GET /v1/join/ca`: the coordinator's CA certificate (PEM).
+    pub async fn join_ca(&self) -> Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/v1/join/ca", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|_| ClientError::Protocol {
+            message: "the CA certificate is not text".into(),
+        })
+    }
+
+    pub async fn audit(&self, query: &AuditQuery) -> Result<AuditList> {
+        self.call(
+            Method::GET,
+            "/v1/admin/audit",
+            query_pairs(query),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn audit_verify(&self) -> Result<AuditVerify> {
+        self.call(
+            Method::GET,
+            "/v1/admin/audit/verify",
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn drain(&self, node_id: &str) -> Result<serde_json::Value> {
+        self.call(
+            Method::POST,
+            &format!("/v1/admin/nodes/{node_id}/drain"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn resume(&self, node_id: &str) -> Result<serde_json::Value> {
+        self.call(
+            Method::POST,
+            &format!("/v1/admin/nodes/{node_id}/resume"),
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn schedule_create(
+        &self,
+        schedule: &kobo_protocol::ScheduleCreate,
+    ) -> Result<kobo_protocol::ScheduleView> {
+        self.call(Method::POST, "/v1/schedules", Vec::new(), Some(schedule))
+            .await
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<kobo_protocol::ScheduleView>> {
+        self.call(Method::GET, "/v1/schedules", Vec::new(), None::<&()>)
+            .await
+    }
+
+    pub async fn schedule_remove(&self, name: &str) -> Result<()> {
+        self.call_empty(Method::DELETE, &format!("/v1/schedules/{name}"))
+            .await
+    }
+
+    pub async fn schedule_pause(&self, name: &str, paused: bool) -> Result<()> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.call_empty(Method::POST, &format!("/v1/schedules/{name}/{verb}"))
+            .await
+    }
+
+    /// A call whose success has no body (204).
+    async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(api_error(status, &bytes))
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(err) => ClientError::Api {
+            status: status.as_u16(),
+            code: err.error.code,
+            message: err.error.message,
+            field: err.error.field,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: String::new(),
+            message: String::from_utf8_lossy(body).trim().to_string(),
+            field: None,
+        },
+    }
+}
+
+/// A query struct as key/value pairs (its JSON fields, nulls left out).
+fn query_pairs<T: Serialize>(query: &T) -> Vec<(String, String)> {
+    match serde_json::to_value(query) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}

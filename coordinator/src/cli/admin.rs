@@ -1,0 +1,185 @@
+//! The admin commands: `apikey`, `token`, `audit`.
+
+use super::*;
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// read, submit or admin (cumulative).
+        #[arg(long, value_parser = parse_role)]
+        role: AccessRole,
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a key by id; effective on its next request.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token bound to one node name.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The node name the token enrolls.
+        #[arg(long)]
+        node: String,
+        /// How long the token lives, e.g. 15m, 2h.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only entries newer than this: a duration ago (`1h`) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    /// `verify`: check the hash chain instead of printing.
+    pub verify: Option<String>,
+}
+
+fn parse_role(s: &str) -> Result<AccessRole, String> {
+    AccessRole::parse(s).ok_or_else(|| format!("unknown role {s:?}; one of read, submit, admin"))
+}
+
+pub async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
+    match command {
+        ApikeyCommand::Create { client, role, name } => {
+            let created = client.client()?.apikey_create(&name, role).await?;
+            if client.json {
+                return print_json(&created);
+            }
+            println!("{}", created.key);
+            eprintln!(
+                "API key {} ({}, role {}): the secret above is shown only once",
+                created.id, created.name, created.role
+            );
+            Ok(())
+        }
+        ApikeyCommand::List { client } => {
+            let keys = client.client()?.apikey_list().await?;
+            if client.json {
+                return print_json(&keys);
+            }
+            let mut t = table(&["id", "name", "role", "created", "by", "revoked"]);
+            for k in &keys {
+                t.add_row(vec![
+                    k.id.clone(),
+                    k.name.clone(),
+                    k.role.to_string(),
+                    format_time(Some(k.created_at)),
+                    k.created_by.clone(),
+                    format_time(k.revoked_at),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        ApikeyCommand::Revoke { client, id } => {
+            client.client()?.apikey_revoke(&id).await?;
+            if client.json {
+                return print_json(&serde_json::json!({ "revoked": id }));
+            }
+            println!("API key {id} revoked");
+            Ok(())
+        }
+    }
+}
+
+pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create { client, node, ttl } = command;
+    let created = client.client()?.token_create(&node, ttl).await?;
+    if client.json {
+        return print_json(&created);
+    }
+    println!("{}", created.token);
+    eprintln!(
+        "single-use join token for node {node}, valid until {} UTC:\n  kobo-agent join <coordinator url> --token <token> --node-id {node} ...",
+        format_time(Some(created.expires_at))
+    );
+    Ok(())
+}
+
+/// `1h` (that long ago) or an RFC 3339 time, as Unix milliseconds.
+fn parse_since(text: &str) -> anyhow::Result<UnixMillis> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_duration(text) {
+        Ok(ago) => now.checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(text).with_context(|| {
+            format!("--since {text:?}: neither a duration (1h) nor an RFC 3339 time")
+        })?,
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let client = args.client.client()?;
+    match args.verify.as_deref() {
+        Some("verify") => {
+            let report = client.audit_verify().await?;
+            if args.client.json {
+                print_json(&report)?;
+            } else if report.ok {
+                println!(
+                    "audit log intact: {} rows, hash chain verified",
+                    report.rows
+                );
+            }
+            if !report.ok {
+                bail!(
+                    "audit log tampered: row {} does not match its hash chain ({} rows checked)",
+                    report.first_bad_id.unwrap_or_default(),
+                    report.rows
+                );
+            }
+            return Ok(());
+        }
+        Some(other) => bail!("unknown audit subcommand {other:?}; did you mean `audit verify`?"),
+        None => {}
+    }
+    let query = AuditQuery {
+        since: args.since.as_deref().map(parse_since).transpose()?,
+        limit: Some(args.limit),
+    };
+    let list = client.audit(&query).await?;
+    if args.client.json {
+        return print_json(&list);
+    }
+    let mut t = table(&[
+        "id", "at", "actor", "action", "target", "outcome", "source", "detail",
+    ]);
+    for e in &list.entries {
+        t.add_row(vec![
+            e.id.to_string(),
+            format_time(Some(e.at)),
+            e.actor.clone(),
+            e.action.clone(),
+            e.target.clone().unwrap_or_default(),
+            e.outcome.clone(),
+            e.source.clone().unwrap_or_default(),
+            e.detail.as_deref().map(|d| head(d, 60)).unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! `serve`, `init` and `demo` arguments: the data directory, queue timings,
+//! TLS names, metrics retention; `init` itself.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Extra DNS names or IPs for the server certificate (repeatable).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    #[command(flatten)]
+    pub ca: CaImportArgs,
+}
+
+/// Bring your own CA instead of letting kobo create one.
+#[derive(Debug, Args, Clone)]
+pub struct CaImportArgs {
+    /// CA certificate (PEM) to use instead of creating one.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The CA's private key (PEM).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+}
+
+impl CaImportArgs {
+    pub fn pair(&self) -> Option<(PathBuf, PathBuf)> {
+        self.ca_cert.clone().zip(self.ca_key.clone())
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct QueueArgs {
+    /// Heartbeat interval agents must keep (ms); 3 missed = node lost.
+    #[arg(long, default_value_t = QueueConfig::default().heartbeat_interval_ms)]
+    pub heartbeat_ms: u64,
+    /// Lease lifetime, renewed by each heartbeat (ms).
+    #[arg(long, default_value_t = QueueConfig::default().lease_ttl_ms)]
+    pub lease_ttl_ms: u64,
+    /// Longest a lease request parks waiting for work (ms).
+    #[arg(long, default_value_t = QueueConfig::default().long_poll_ms)]
+    pub long_poll_ms: u64,
+    /// First retry delay after a failed attempt (ms); doubles per attempt, with jitter.
+    #[arg(long, default_value_t = QueueConfig::default().retry_base_ms)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay (ms).
+    #[arg(long, default_value_t = QueueConfig::default().retry_cap_ms)]
+    pub retry_cap_ms: u64,
+    /// Attempts of a job that names none.
+    #[arg(long, default_value_t = QueueConfig::default().default_max_attempts)]
+    pub max_attempts: u32,
+    /// How long a job preferring a busy node or region waits for it (ms).
+    #[arg(long, default_value_t = QueueConfig::default().locality_wait_ms)]
+    pub locality_wait_ms: u64,
+    /// A routing weight, NAME=VALUE (repeatable): load, cpu, speed, rtt,
+    /// region, node, specialization, model_loaded.
+    #[arg(long = "route-weight")]
+    pub route_weights: Vec<String>,
+}
+
+impl QueueArgs {
+    pub fn config(&self) -> anyhow::Result<QueueConfig> {
+        if self.heartbeat_ms == 0 || self.lease_ttl_ms == 0 {
+            bail!("--heartbeat-ms and --lease-ttl-ms must be positive");
+        }
+        if self.lease_ttl_ms <= self.heartbeat_ms {
+            bail!(
+                "--lease-ttl-ms ({}) must be longer than --heartbeat-ms ({}): heartbeats renew leases",
+                self.lease_ttl_ms,
+                self.heartbeat_ms
+            );
+        }
+        if self.max_attempts == 0 {
+            bail!("--max-attempts must be at least 1");
+        }
+        Ok(QueueConfig {
+            heartbeat_interval_ms: self.heartbeat_ms,
+            lease_ttl_ms: self.lease_ttl_ms,
+            long_poll_ms: self.long_poll_ms,
+            retry_base_ms: self.retry_base_ms,
+            retry_cap_ms: self.retry_cap_ms.max(self.retry_base_ms),
+            default_max_attempts: self.max_attempts,
+            metrics_retention: QueueConfig::default().metrics_retention,
+            locality_wait_ms: self.locality_wait_ms,
+            weights: {
+                let mut weights = kobo_queue::scoring::Weights::default();
+                for assignment in &self.route_weights {
+                    weights
+                        .set(assignment)
+                        .map_err(|e| anyhow::anyhow!("--route-weight {e}"))?;
+                }
+                weights
+            },
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Address to listen on.
+    #[arg(long, env = "KOBO_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Extra DNS names or IPs for the server certificate (repeatable).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// URL clients should use, written to <data-dir>/client.json.
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub ca: CaImportArgs,
+    /// Lifetime of node certificates (agents renew at 2/3 of it).
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub node_cert_lifetime: Duration,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long node metrics are kept (raw, then downsampled per minute).
+#[derive(Debug, Args, Clone)]
+pub struct RetentionArgs {
+    /// Keep raw node metrics (one row per heartbeat) this long.
+    #[arg(long, default_value = "1day", value_parser = humantime::parse_duration)]
+    pub metrics_raw_retention: Duration,
+    /// Keep per-minute node metrics this long.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub metrics_minute_retention: Duration,
+}
+
+impl RetentionArgs {
+    pub fn retention(&self) -> kobo_queue::store::MetricsRetention {
+        kobo_queue::store::MetricsRetention {
+            raw: self.metrics_raw_retention,
+            minute: self.metrics_minute_retention,
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> anyhow::Result<ServeConfig> {
+        Ok(ServeConfig {
+            data_dir: self.data_dir.data_dir.clone(),
+            queue: QueueConfig {
+                metrics_retention: self.retention.retention(),
+                ..self.queue.config()?
+            },
+            sans: self.sans.clone(),
+            advertise_url: self.advertise_url.clone(),
+            ca_import: self.ca.pair(),
+            node_cert_lifetime: self.node_cert_lifetime,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Jobs in the mixed batch.
+    #[arg(long, default_value_t = 12)]
+    pub jobs: usize,
+    /// Latency of the simulated LLM when no Ollama answers (ms).
+    #[arg(long, default_value_t = 400)]
+    pub sim_latency_ms: u64,
+    /// Use the simulated LLM even if Ollama answers on 127.0.0.1:11434.
+    #[arg(long)]
+    pub sim: bool,
+    /// Keep the demo's data directory (printed at the end) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    let done = kobo_queue::init::init(&kobo_queue::init::InitOptions {
+        data_dir: args.data_dir.data_dir.clone(),
+        sans: args.sans.clone(),
+        ca_import: args.ca.pair(),
+    })?;
+    let dir = args.data_dir.data_dir.display();
+    println!("data directory: {dir}");
+    println!("CA certificate: {dir}/ca.pem (sha256 {})", done.ca_sha256);
+    match done.admin_key {
+        Some(key) => {
+            println!("admin API key (shown once; also in {dir}/admin.key, mode 0600):");
+            println!("{key}");
+        }
+        None => println!("already initialised; the local admin key is in {dir}/admin.key"),
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! kobo-queue: the engine of the coordinator. It keeps every job in one
+//! SQLite file, grants leases with fencing tokens, hands ready jobs to parked
+//! agents, takes leases back from agents that vanish, fires schedules, and
+//! keeps keys, certificates, the audit chain and the read model. It knows no
+//! HTTP: the server calls [`Queue`]'s, [`Admin`]'s and [`Observer`]'s methods.
+//!
+//! # Layout
+//! - [`queue`]: `Queue`, one method per operation (submit, lease, heartbeat,
+//!   complete, cancel, wait, list, tick), with the confidentiality rule
+//!   applied once (`reads.rs`: jobs, details, nodes, queue reasons); `run_timer`.
+//! - [`dispatch`]: `Hub`, parked lease requests, waiters, the fleet view,
+//!   the speed book, and `hand_off` of ready jobs (the writer's post-commit hook).
+//! - [`routing`]: hard constraints; [`regions`]: the one region table;
+//!   [`scoring`]: `select_best_node`.
+//! - [`recurring`]: schedules (create, list, pause, delete).
+//! - [`store`]: SQLite schema, the group-commit writer, queries.
+//! - [`access`]: principals, roles, the cache of keys and certificates.
+//! - [`admin`]: API keys, join tokens, enrollment, revocation, audit log.
+//! - [`pki`]: the coordinator's CA, server and node certificates.
+//! - [`security`]: secret keys, API keys, join tokens, sealing.
+//! - [`init`]: preparing a data directory (CA, secrets, database, first admin key).
+//! - [`observe`]: the read model: cluster status, metrics.
+//! - [`config`]: timings and settings.
+
+pub mod access;
+pub mod admin;
+pub mod config;
+pub mod dispatch;
+pub mod init;
+pub mod observe;
+pub mod pki;
+pub mod queue;
+mod reads;
+pub mod recurring;
+pub mod regions;
+pub mod routing;
+pub mod scoring;
+pub mod security;
+pub mod store;
+
+pub use admin::Admin;
+pub use observe::Observer;
+pub use queue::Queue;
+pub use reads::queue_reason;
+pub use store::{StoreError, unix_now_ms};

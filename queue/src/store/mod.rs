@@ -1,0 +1,150 @@
+//! The job store: one SQLite file, one writer thread with group commit, and a
+//! pool of reader connections.
+//!
+//! Every change goes through [`Store::write`], which runs a closure on the
+//! writer thread inside a `BEGIN IMMEDIATE` transaction shared with whatever
+//! other writes arrived meanwhile (group commit), each in its own savepoint so
+//! one failing write never spoils the others. The caller's future resolves only
+//! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
+
+mod audit;
+mod fleet;
+mod jobs;
+mod nodes;
+mod observe;
+mod schedules;
+mod schema;
+mod security;
+mod timed;
+mod views;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+
+pub use audit::*;
+pub use fleet::*;
+pub use jobs::*;
+pub use nodes::*;
+pub use observe::*;
+pub use schedules::*;
+pub use schema::{MIGRATIONS_APPLIED, QUERIES, migrate, open_connection};
+pub use security::*;
+pub use timed::*;
+pub use views::*;
+pub use writer::{AfterCommit, Effect, LeaseSender, WriteCtx, WriterHandle};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("failed to open database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database setting {pragma} is {actual}, expected {expected}")]
+    Pragma {
+        pragma: &'static str,
+        actual: String,
+        expected: &'static str,
+    },
+    #[error("database schema version {found} is newer than this kobo-coord knows ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("job {0} not found")]
+    JobNotFound(i64),
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    /// Something else the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The call's lease token is not the job's current one: nothing changed.
+    #[error("{0}")]
+    StaleLease(String),
+    /// The request conflicts with the job's state (e.g. cancelling a finished job).
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller may not do this (and the refusal was audited).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is well-formed but its content is unusable (e.g. a CSR).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("commit failed: {0}")]
+    Commit(String),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: writer::WriterHandle,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, migrates it and
+    /// starts the writer thread.
+    pub fn open(path: &Path, after_commit: Arc<dyn AfterCommit>) -> Result<Store, StoreError> {
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn)?;
+        let writer = writer::spawn(conn, after_commit)?;
+        Ok(Store {
+            writer,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the writer thread in a group-committed transaction and
+    /// resolves once it is durable.
+    pub async fn write<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        self.writer.write(work).await
+    }
+
+    /// Runs `read` on a reader connection off the async runtime.
+    pub async fn read<R, F>(&self, read: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&path)?,
+            };
+            let result = read(&conn);
+            readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}

@@ -1,0 +1,158 @@
+//! Connection settings, migrations and the list of every query constant (so a
+//! test can prepare them all against a migrated database).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../sql/migrations/0001_init.sql"),
+    include_str!("../../../sql/migrations/0002_views.sql"),
+    include_str!("../../../sql/migrations/0003_security.sql"),
+    include_str!("../../../sql/migrations/0004_observability.sql"),
+    include_str!("../../../sql/migrations/0005_routing.sql"),
+];
+
+/// The schema version a migrated database has.
+pub const MIGRATIONS_APPLIED: i64 = MIGRATIONS.len() as i64;
+
+/// How long a connection waits for a lock held by another process (an
+/// operator's `sqlite3`, say) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every query constant of the store, for the test that prepares them all.
+pub const QUERIES: &[&str] = &[
+    super::timed::REFRESH_NODES_AFTER_RESTART,
+    super::timed::REFRESH_LEASES_AFTER_RESTART,
+    super::jobs::INSERT_JOB,
+    super::jobs::FIND_BY_IDEMPOTENCY_KEY,
+    super::jobs::SELECT_QUEUED_OF_KIND,
+    super::jobs::SELECT_FOR_GRANT,
+    super::jobs::GRANT_LEASE,
+    super::jobs::INSERT_ATTEMPT,
+    super::jobs::FINISH_ATTEMPT,
+    super::jobs::INSERT_EVENT,
+    super::jobs::SELECT_JOB_ROW,
+    super::jobs::SELECT_ATTEMPT_OUTCOME,
+    super::jobs::RENEW_LEASE,
+    super::jobs::SELECT_LEASED_BY_NODE,
+    super::timed::SELECT_DUE_SCHEDULED,
+    super::timed::SELECT_EXPIRED_LEASES,
+    super::timed::SELECT_LOST_NODES,
+    super::timed::SELECT_NEXT_WAKEUP,
+    super::timed::SELECT_LOCALITY_EXPIRED,
+    super::fleet::SELECT_FLEET,
+    super::fleet::SELECT_SPEEDS,
+    super::fleet::SET_NODE_STATUS,
+    super::schedules::INSERT_SCHEDULE,
+    super::schedules::SELECT_SCHEDULES,
+    super::schedules::SELECT_DUE_SCHEDULES,
+    super::schedules::FIRED_SCHEDULE,
+    super::schedules::PAUSE_SCHEDULE,
+    super::schedules::DELETE_SCHEDULE,
+    super::nodes::UPSERT_NODE,
+    super::nodes::SELECT_INSTANCE,
+    super::nodes::SELECT_PROFILE,
+    super::nodes::TOUCH_NODE,
+    super::nodes::UPDATE_HEARTBEAT_INFO,
+    super::nodes::INSERT_METRICS,
+    super::nodes::PRUNE_METRICS,
+    super::nodes::SELECT_NODES,
+    super::nodes::SELECT_LATEST_METRICS,
+    super::nodes::COUNT_RUNNING,
+    super::observe::SELECT_LAST_ROLLUP,
+    super::observe::SELECT_FIRST_RAW_FROM,
+    super::observe::ROLLUP_METRICS,
+    super::observe::PRUNE_METRICS_MINUTE,
+    super::observe::SELECT_QUEUE_SUMMARY,
+    super::observe::SELECT_LATEST_JOBS,
+    super::observe::SELECT_NODE_RECENT,
+    super::observe::SELECT_JOB_COUNTS,
+    super::observe::SELECT_LAST_EVENT_ID,
+    super::observe::SELECT_EVENTS_AFTER,
+    super::views::SELECT_JOB,
+    super::views::SELECT_ATTEMPTS,
+    super::views::SELECT_EVENTS,
+    super::security::INSERT_API_KEY,
+    super::security::SELECT_API_KEYS,
+    super::security::REVOKE_API_KEY,
+    super::security::INSERT_TOKEN,
+    super::security::SELECT_TOKEN,
+    super::security::USE_TOKEN,
+    super::security::INSERT_CERTIFICATE,
+    super::security::SELECT_VALID_CERTIFICATES,
+    super::security::REVOKE_NODE_CERTIFICATES,
+    super::security::REVOKE_NODE,
+    super::audit::SELECT_LAST_AUDIT_HASH,
+    super::audit::INSERT_AUDIT,
+    super::audit::SELECT_AUDIT,
+    super::audit::SELECT_AUDIT_ALL,
+];
+
+/// Opens a connection with kobo's settings and checks that they took.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let journal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Pragma {
+            pragma: "journal_mode",
+            actual: journal,
+            expected: "wal",
+        });
+    }
+    // temp_store = MEMORY keeps the savepoint sub-journal (one savepoint per
+    // write in a group commit) in memory: by default it spills to a temporary
+    // file past 64 KiB and every page copy became a pwrite(2). Durability is
+    // unchanged: it only ever holds pages of the open transaction.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+    )?;
+    check_pragma(&conn, "synchronous", 2, "2 (FULL)")?;
+    check_pragma(&conn, "foreign_keys", 1, "1 (ON)")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn check_pragma(
+    conn: &Connection,
+    pragma: &'static str,
+    expected: i64,
+    expected_text: &'static str,
+) -> Result<(), StoreError> {
+    let actual: i64 = conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))?;
+    if actual != expected {
+        return Err(StoreError::Pragma {
+            pragma,
+            actual: actual.to_string(),
+            expected: expected_text,
+        });
+    }
+    Ok(())
+}
+
+/// Brings the schema up to date, each migration in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", idx + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! kobo-coord integration tests at the store level: the schema and every
+//! query, leasing cost against queue depth, and the lease state machine
+//! against a simple model.
+
+mod depth;
+mod lease_model;
+mod routing_props;
+mod schema;
+
+use kobo_queue::store;
+use rusqlite::Connection;
+
+/// A migrated database in a temporary directory (a real file, WAL and all).
+pub(crate) fn temp_db() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut conn = store::open_connection(&dir.path().join("kobo.db")).expect("open");
+    store::migrate(&mut conn).expect("migrate");
+    (dir, conn)
+}
+
+/// A sealer with a fixed test key.
+pub(crate) fn sealer() -> kobo_queue::security::Sealer {
+    kobo_queue::security::Sealer::new(&[7; 32])
+}

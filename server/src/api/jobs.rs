@@ -1,0 +1,104 @@
+//! Client routes: jobs and nodes.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use kobo_protocol::{
+    JobDetail, JobId, JobList, JobListQuery, JobView, NodeView, SubmitBatch, SubmitBatchResponse,
+    SubmitJob, SubmitResponse, WaitQuery,
+};
+
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, MAX_WAIT};
+use kobo_protocol::validate;
+use kobo_queue::StoreError;
+use kobo_queue::access::Caller;
+
+/// Maps a refusal to 403 and audits it; other errors as usual.
+async fn audited(state: &AppState, caller: &Caller, action: &str, err: StoreError) -> ApiError {
+    if let StoreError::Forbidden(why) = &err {
+        let entry = kobo_queue::admin::record(caller, action, None, "denied", Some(why.clone()));
+        if let Err(audit) = state.admin.audit(entry).await {
+            tracing::error!(error = %audit, "could not audit a refusal");
+        }
+    }
+    err.into()
+}
+
+pub(super) async fn jobs_create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(job): ApiJson<SubmitJob>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    validate::submit(&job, "")?;
+    let mut answers = state.queue.submit(&caller, vec![job]).await?;
+    let answer = answers
+        .pop()
+        .ok_or_else(|| ApiError::from(StoreError::Corrupt("submit returned nothing".into())))?;
+    let status = if answer.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(answer)))
+}
+
+pub(super) async fn jobs_create_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(batch): ApiJson<SubmitBatch>,
+) -> Result<(StatusCode, Json<SubmitBatchResponse>), ApiError> {
+    validate::batch(&batch.jobs)?;
+    let jobs = state.queue.submit(&caller, batch.jobs).await?;
+    Ok((StatusCode::CREATED, Json(SubmitBatchResponse { jobs })))
+}
+
+pub(super) async fn jobs_list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(query): ApiQuery<JobListQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    if let Some(node) = &query.node_id {
+        validate::name("node_id", node)?;
+    }
+    let jobs = state.queue.list_jobs(&caller, query).await?;
+    Ok(Json(JobList { jobs }))
+}
+
+pub(super) async fn jobs_get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<Json<JobDetail>, ApiError> {
+    Ok(Json(state.queue.job_detail(&caller, id).await?))
+}
+
+pub(super) async fn jobs_wait(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<JobId>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<JobView>, ApiError> {
+    let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
+    Ok(Json(state.queue.wait(&caller, id, timeout).await?))
+}
+
+pub(super) async fn jobs_cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<Json<JobView>, ApiError> {
+    let before = match state.queue.cancel(&caller, id).await {
+        Ok(before) => before,
+        Err(err) => return Err(audited(&state, &caller, "job.cancel", err).await),
+    };
+    tracing::info!(job_id = id, from = %before, "job cancelled");
+    Ok(Json(state.queue.get(&caller, id).await?))
+}
+
+pub(super) async fn nodes_list(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    Ok(Json(state.queue.nodes().await?))
+}
