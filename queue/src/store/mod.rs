@@ -10,6 +10,7 @@
 mod audit;
 mod fleet;
 mod jobs;
+mod leases;
 mod nodes;
 mod observe;
 mod schedules;
@@ -28,6 +29,7 @@ use rusqlite::Connection;
 pub use audit::*;
 pub use fleet::*;
 pub use jobs::*;
+pub use leases::*;
 pub use nodes::*;
 pub use observe::*;
 pub use schedules::*;

@@ -3,7 +3,8 @@
 use kobo_protocol::{HeartbeatRequest, NodeMetrics, NodeStatus, NodeView, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::jobs::{Changes, release_node_leases};
+use super::jobs::Changes;
+use super::leases::release_node_leases;
 use super::{StoreError, parse_list};
 use crate::routing::NodeProfile;
 

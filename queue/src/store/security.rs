@@ -5,7 +5,8 @@ use kobo_protocol::{AccessRole, ApiKeyView};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
-use super::jobs::{Changes, release_node_leases};
+use super::jobs::Changes;
+use super::leases::release_node_leases;
 
 pub const INSERT_API_KEY: &str = "INSERT INTO api_keys (id, name, role, secret_mac, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 pub const SELECT_API_KEYS: &str = "SELECT id, name, role, secret_mac, created_at, created_by, revoked_at FROM api_keys ORDER BY created_at, id";

@@ -4,7 +4,8 @@
 use kobo_protocol::{JobId, JobState};
 use rusqlite::{Connection, Transaction, params};
 
-use super::jobs::{Changes, Event, ReadyJob, insert_event, release_leases, release_node_leases};
+use super::jobs::{Changes, Event, ReadyJob, insert_event};
+use super::leases::{release_leases, release_node_leases};
 use super::{StoreError, parse_list};
 use crate::routing::JobNeeds;
 use crate::scoring::JobRoute;
@@ -176,7 +177,7 @@ pub fn expire_locality(
         expired
     };
     for job in &expired {
-        super::jobs::set_locality(tx, job.id, 0)?;
+        super::leases::set_locality(tx, job.id, 0)?;
     }
     let n = expired.len();
     changes.ready.extend(expired);
