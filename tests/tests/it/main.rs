@@ -21,3 +21,4 @@ mod security_hardening;
 mod security_roles;
 mod security_tls;
 mod sqlite_reporting;
+mod tidy;
