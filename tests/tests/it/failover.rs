@@ -138,20 +138,27 @@ async fn sigstopped_agent_late_result_changes_nothing() {
     cluster.wait_state(id, JobState::Leased).await;
     cluster
         .wait_until("alpha's call reaches the LLM", || async {
-            cluster.fake.in_flight() == 1
+            generation_calls(&cluster) == 1
         })
         .await;
     cluster.agents[alpha].signal(Signal::SIGSTOP);
-    // Alpha's call now finishes while alpha is frozen: its answer waits in
-    // the socket. Beta's call is answered at once.
-    cluster.fake.update_behavior(|b| b.hold = false);
     cluster
         .agent(AgentSpec::new("beta", &["general_query"]))
         .await;
+    // Only once beta holds the lease are the calls let go: alpha's answer
+    // then waits in the socket of a frozen process, and its lease token is
+    // no longer the job's whatever the machine's load.
+    cluster
+        .wait_until("beta takes the job over", || async {
+            let job = cluster.client().job(id).await.expect("job").job;
+            job.state == JobState::Leased && job.node_id.as_deref() == Some("beta")
+        })
+        .await;
+    cluster.fake.update_behavior(|b| b.hold = false);
 
     let done = cluster.wait_done(id).await;
     assert_eq!(done.state, JobState::Succeeded);
-    assert_eq!(done.node_id.as_deref(), Some("beta"));
+    assert_eq!(done.node_id.as_deref(), Some("beta"), "{}", cluster.logs());
     let before = cluster.client().job(id).await.expect("job");
     cluster
         .wait_until("alpha's answer is sent", || async {
@@ -427,4 +434,12 @@ async fn sigterm_finishes_running_jobs_then_exits_zero() {
         cluster.client().job(id2).await.expect("job").job.state,
         JobState::Queued
     );
+}
+
+/// Generation calls the fake LLM received, on any of its APIs.
+fn generation_calls(cluster: &Cluster) -> u64 {
+    ["/api/generate", "/api/chat", "/v1/chat/completions"]
+        .iter()
+        .map(|path| cluster.fake.requests_to(path))
+        .sum()
 }
