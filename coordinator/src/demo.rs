@@ -180,6 +180,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         advertise_url: Some(url.clone()),
         ca_import: None,
         node_cert_lifetime: pki::NODE_CERT_LIFETIME,
+        gateway: kobo_queue::config::GatewayConfig::default(),
     };
     let server = tokio::spawn(kobo_server::serve(listener, config, shutdown.clone()));
 

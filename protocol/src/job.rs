@@ -182,6 +182,7 @@ impl SubmitJob {
             system: self.system.clone(),
             options: self.options.clone(),
             format: self.format.clone(),
+            gateway: None,
         }
     }
 }
@@ -223,6 +224,10 @@ pub struct LlmRequest {
     pub options: Option<GenerationOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<serde_json::Value>,
+    /// A gateway call (an OpenAI or Ollama API request) instead of the
+    /// fields above: the agent posts it to its backend and streams the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<crate::GatewayCall>,
 }
 
 /// Token counts and timings of one LLM call.

@@ -11,6 +11,7 @@
 //! - [`node`]: nodes as clients see them.
 //! - [`observe`]: the cluster summary (status, dashboard), dashboard sessions.
 //! - [`error`]: the one error body every route answers with.
+//! - [`gateway`]: OpenAI/Ollama calls carried as jobs, and the agent's stream upload.
 //! - [`route`]: `RouteReason`, why a job went where it went.
 //! - [`validate`]: checks beyond types (sizes, ranges, names), each naming its field.
 //! - [`data_dir`]: `DataDir`, the names of the coordinator's files; `ClientFile`.
@@ -23,6 +24,7 @@ pub mod data_dir;
 pub mod digest;
 pub mod error;
 pub mod files;
+pub mod gateway;
 pub mod job;
 pub mod node;
 pub mod observe;
@@ -34,6 +36,7 @@ pub use agent::*;
 pub use data_dir::{ClientFile, DataDir};
 pub use digest::sha256_hex;
 pub use error::*;
+pub use gateway::{GatewayApi, GatewayCall, StreamQuery};
 pub use job::*;
 pub use node::*;
 pub use observe::*;

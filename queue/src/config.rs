@@ -72,6 +72,35 @@ impl Default for QueueConfig {
     }
 }
 
+/// Default longest a gateway request waits in the queue for a node before
+/// it is answered 503 with `Retry-After`.
+pub const DEFAULT_GATEWAY_QUEUE_WAIT: Duration = Duration::from_secs(60);
+
+/// How gateway requests (OpenAI and Ollama API calls) become jobs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The kind of a request that names none (`x-kobo-kind`) and whose model
+    /// is not in `model_kinds`.
+    pub default_kind: String,
+    /// Model → kind, first match wins (`qwen2.5` matches `qwen2.5:latest`).
+    pub model_kinds: Vec<(String, String)>,
+    /// The priority of gateway requests (interactive: above batch jobs' 0).
+    pub priority: i32,
+    /// Longest a request waits for a node before a 503.
+    pub max_queue_wait: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            default_kind: "general_query".into(),
+            model_kinds: Vec::new(),
+            priority: 10,
+            max_queue_wait: DEFAULT_GATEWAY_QUEUE_WAIT,
+        }
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -86,4 +115,6 @@ pub struct ServeConfig {
     pub ca_import: Option<(PathBuf, PathBuf)>,
     /// Lifetime of the node certificates the CA signs.
     pub node_cert_lifetime: Duration,
+    /// How gateway requests become jobs.
+    pub gateway: GatewayConfig,
 }

@@ -12,6 +12,7 @@
 //!   the speed book, and `hand_off` of ready jobs (the writer's post-commit hook).
 //! - [`routing`]: hard constraints; [`regions`]: the one region table;
 //!   [`scoring`]: `select_best_node`.
+//! - [`streams`]: the in-memory relay of streamed answers (agent upload → gateway client).
 //! - [`recurring`]: schedules (create, list, pause, delete).
 //! - [`store`]: SQLite schema, the group-commit writer, queries.
 //! - [`access`]: principals, roles, the cache of keys and certificates.
@@ -37,6 +38,7 @@ pub mod routing;
 pub mod scoring;
 pub mod security;
 pub mod store;
+pub mod streams;
 
 pub use admin::Admin;
 pub use observe::Observer;

@@ -9,6 +9,7 @@ use kobo_protocol::{
     HeartbeatRequest, HeartbeatResponse, JobId, JobState, JobView, Lease, LeaseRequest, NodeStatus,
     RegisterRequest, RegisterResponse, ReportAnswer, SubmitJob, SubmitResponse,
 };
+use kobo_protocol::{GatewayCall, LlmRequest};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,7 @@ use crate::admin;
 use crate::dispatch::{self, Hub};
 use crate::scoring::JobRoute;
 use crate::store::{self, Backoff, Changes, Effect, Store, StoreError, WriteCtx};
+use crate::streams::Streams;
 
 /// How far back measured speeds are read at start.
 const SPEED_HISTORY: Duration = Duration::from_secs(24 * 3600);
@@ -32,6 +34,7 @@ const TIMER_MIN_SLEEP: Duration = Duration::from_millis(1);
 pub struct Queue {
     pub(crate) store: Store,
     pub(crate) hub: Arc<Hub>,
+    streams: Streams,
 }
 
 pub use crate::reads::reveal_only_of;
@@ -86,7 +89,11 @@ impl Drop for ParkGuard<'_> {
 
 impl Queue {
     pub fn new(store: Store, hub: Arc<Hub>) -> Queue {
-        Queue { store, hub }
+        Queue {
+            store,
+            hub,
+            streams: Streams::default(),
+        }
     }
 
     fn backoff(&self) -> Backoff {
@@ -103,6 +110,46 @@ impl Queue {
         caller: &Caller,
         jobs: Vec<SubmitJob>,
     ) -> Result<Vec<SubmitResponse>, StoreError> {
+        let calls = jobs
+            .into_iter()
+            .map(|job| {
+                let request = job.llm_request();
+                (job, request)
+            })
+            .collect();
+        self.submit_requests(caller, calls, "job.submit").await
+    }
+
+    /// Submits one gateway call (an OpenAI or Ollama API request) as a job,
+    /// routed by `job`'s kind, requirements and preferences.
+    pub async fn submit_gateway(
+        &self,
+        caller: &Caller,
+        job: SubmitJob,
+        call: GatewayCall,
+    ) -> Result<SubmitResponse, StoreError> {
+        let mut request = job.llm_request();
+        request.model = call
+            .body
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+            .or(request.model);
+        request.gateway = Some(call);
+        let mut answers = self
+            .submit_requests(caller, vec![(job, request)], "gateway.request")
+            .await?;
+        answers
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("submit returned nothing".into()))
+    }
+
+    async fn submit_requests(
+        &self,
+        caller: &Caller,
+        jobs: Vec<(SubmitJob, LlmRequest)>,
+        action: &'static str,
+    ) -> Result<Vec<SubmitResponse>, StoreError> {
         let hub = self.hub.clone();
         let caller = caller.clone();
         self.store
@@ -112,14 +159,15 @@ impl Queue {
                 let actor = caller.actor();
                 let answers = jobs
                     .iter()
-                    .map(|job| {
-                        store::insert_job(
+                    .map(|(job, request)| {
+                        store::insert_request(
                             ctx.tx,
                             ctx.now,
                             &hub.sealer,
                             default_attempts,
                             &actor,
                             job,
+                            request,
                             &mut changes,
                         )
                     })
@@ -134,12 +182,41 @@ impl Queue {
                 store::append_audit(
                     ctx.tx,
                     ctx.now,
-                    &admin::record(&caller, "job.submit", Some(target), "ok", Some(detail)),
+                    &admin::record(&caller, action, Some(target), "ok", Some(detail)),
                 )?;
                 apply(&hub, ctx, changes)?;
                 Ok(answers)
             })
             .await
+    }
+
+    /// The relay of streamed answers (gateway requests).
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// Refuses a call about `job_id` from `node_id` unless it holds the
+    /// job's current lease `lease_token` (a stale holder changes nothing).
+    pub async fn check_lease(
+        &self,
+        node_id: &str,
+        job_id: JobId,
+        lease_token: i64,
+    ) -> Result<(), StoreError> {
+        let node = node_id.to_owned();
+        let holder = self
+            .store
+            .read(move |conn| store::lease_holder(conn, job_id))
+            .await?
+            .ok_or(StoreError::JobNotFound(job_id))?;
+        match holder {
+            (JobState::Leased, Some(holder), token) if holder == node && token == lease_token => {
+                Ok(())
+            }
+            _ => Err(StoreError::StaleLease(format!(
+                "job {job_id} is not leased to {node} with lease token {lease_token}"
+            ))),
+        }
     }
 
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, StoreError> {

@@ -8,6 +8,7 @@
 //!   loop (HTTP/1.1 + HTTP/2), `PeerInfo` on every request, the timer.
 //! - [`api`]: the router, `ROUTES` and the handlers; `api/error.rs` has
 //!   `ApiError` and the extractors that name bad fields.
+//! - [`gateway`]: the OpenAI- and Ollama-compatible routes and the stream relay.
 //! - [`tls`]: the rustls configuration and the renewable server certificate.
 //! - [`session`]: dashboard session cookies and one-time login tokens.
 //! - [`dashboard`]: the embedded web page.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod dashboard;
 mod deadline_io;
+pub mod gateway;
 pub mod serve;
 pub mod session;
 pub mod tls;

@@ -76,6 +76,7 @@ pub async fn serve(
         access: prepared.access.clone(),
         observe: observer.clone(),
         sessions: sessions.clone(),
+        gateway: Arc::new(config.gateway.clone()),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(observer.clone().run_pump());

@@ -119,6 +119,47 @@ pub struct ServeArgs {
     pub node_cert_lifetime: Duration,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// How OpenAI and Ollama API requests become jobs.
+#[derive(Debug, Args, Clone)]
+pub struct GatewayArgs {
+    /// The kind of a gateway request without `x-kobo-kind` whose model has no
+    /// `--gateway-model-kind`.
+    #[arg(long, default_value = "general_query")]
+    pub gateway_default_kind: String,
+    /// MODEL=KIND: the kind of gateway requests for MODEL (repeatable).
+    #[arg(long = "gateway-model-kind", value_parser = parse_model_kind)]
+    pub gateway_model_kinds: Vec<(String, String)>,
+    /// Priority of gateway requests (higher runs first; jobs default to 0).
+    #[arg(long, default_value_t = 10)]
+    pub gateway_priority: i32,
+    /// Longest a gateway request waits for a free node before a 503 with
+    /// Retry-After.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub gateway_queue_wait: Duration,
+}
+
+fn parse_model_kind(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((model, kind)) if !model.trim().is_empty() && !kind.trim().is_empty() => {
+            Ok((model.trim().to_owned(), kind.trim().to_owned()))
+        }
+        _ => Err(format!("`{text}` is not MODEL=KIND")),
+    }
+}
+
+impl GatewayArgs {
+    pub fn config(&self) -> kobo_queue::config::GatewayConfig {
+        kobo_queue::config::GatewayConfig {
+            default_kind: self.gateway_default_kind.clone(),
+            model_kinds: self.gateway_model_kinds.clone(),
+            priority: self.gateway_priority,
+            max_queue_wait: self.gateway_queue_wait,
+        }
+    }
 }
 
 /// How long node metrics are kept (raw, then downsampled per minute).
@@ -153,6 +194,7 @@ impl ServeArgs {
             advertise_url: self.advertise_url.clone(),
             ca_import: self.ca.pair(),
             node_cert_lifetime: self.node_cert_lifetime,
+            gateway: self.gateway.config(),
         })
     }
 }

@@ -128,6 +128,32 @@ pub fn insert_job(
     job: &SubmitJob,
     changes: &mut Changes,
 ) -> Result<SubmitResponse, StoreError> {
+    let request = job.llm_request();
+    insert_request(
+        tx,
+        now,
+        sealer,
+        default_max_attempts,
+        submitted_by,
+        job,
+        &request,
+        changes,
+    )
+}
+
+/// Inserts a job whose call is a gateway request (`request.gateway`); the
+/// rest of `job` (kind, requirements, preferences) routes it as any job.
+#[allow(clippy::too_many_arguments)]
+pub fn insert_request(
+    tx: &Transaction<'_>,
+    now: i64,
+    sealer: &Sealer,
+    default_max_attempts: u32,
+    submitted_by: &str,
+    job: &SubmitJob,
+    request: &kobo_protocol::LlmRequest,
+    changes: &mut Changes,
+) -> Result<SubmitResponse, StoreError> {
     if let Some(key) = &job.idempotency_key {
         let found = tx
             .prepare_cached(FIND_BY_IDEMPOTENCY_KEY)?
@@ -147,8 +173,8 @@ pub fn insert_job(
     } else {
         JobState::Queued
     };
-    let request = serde_json::to_string(&job.llm_request())
-        .map_err(|e| StoreError::Corrupt(format!("request: {e}")))?;
+    let request =
+        serde_json::to_string(request).map_err(|e| StoreError::Corrupt(format!("request: {e}")))?;
     // A confidential prompt never reaches the database in the clear.
     let request = if job.requirements.confidential {
         sealer.seal("request", &request)

@@ -26,6 +26,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every query constant of the store, for the test that prepares them all.
 pub const QUERIES: &[&str] = &[
+    super::views::SELECT_LEASE_HOLDER,
     super::timed::REFRESH_NODES_AFTER_RESTART,
     super::timed::REFRESH_LEASES_AFTER_RESTART,
     super::jobs::INSERT_JOB,

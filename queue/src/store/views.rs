@@ -243,3 +243,25 @@ pub fn job_owner(conn: &Connection, job_id: JobId) -> Result<Option<Option<Strin
 pub fn parse_route_reason(text: Option<String>) -> Option<kobo_protocol::RouteReason> {
     text.and_then(|text| serde_json::from_str(&text).ok())
 }
+
+pub const SELECT_LEASE_HOLDER: &str = "SELECT state, node_id, lease_token FROM jobs WHERE id = ?1";
+
+/// A job's state, lease holder and current lease token.
+pub fn lease_holder(
+    conn: &Connection,
+    job_id: JobId,
+) -> Result<Option<(kobo_protocol::JobState, Option<String>, i64)>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let row = conn
+        .prepare_cached(SELECT_LEASE_HOLDER)?
+        .query_row([job_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get(2)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(state, node, token)| Ok((super::parse_state(&state)?, node, token)))
+        .transpose()
+}

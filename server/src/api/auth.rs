@@ -169,7 +169,7 @@ pub(super) async fn need_node(
 
 /// The node a node certificate speaks for; a request naming another node
 /// is refused (403) and audited.
-pub(super) async fn ensure_node(
+pub(crate) async fn ensure_node(
     state: &AppState,
     caller: &Caller,
     named: &str,

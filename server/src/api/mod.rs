@@ -14,7 +14,7 @@
 
 mod admin;
 mod agent;
-mod auth;
+pub(crate) mod auth;
 mod error;
 mod jobs;
 mod observe;
@@ -36,6 +36,7 @@ pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use kobo_queue::access::AccessCache;
 use kobo_queue::admin::Admin;
 use kobo_queue::pki::NodeCert;
+
 use kobo_queue::queue::Queue;
 
 /// Largest request body on any route; the batch route needs the most.
@@ -60,6 +61,8 @@ pub struct AppState {
     pub observe: Arc<kobo_queue::observe::Observer>,
     /// Dashboard sessions.
     pub sessions: Arc<crate::session::Sessions>,
+    /// How gateway requests become jobs.
+    pub gateway: Arc<kobo_queue::config::GatewayConfig>,
 }
 
 /// One route: its method, its path as the router matches it, a concrete
@@ -343,6 +346,105 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
             node,
             post(agent::agent_renew),
         ),
+        route(
+            "POST",
+            "/v1/agent/jobs/{id}/stream",
+            "/v1/agent/jobs/1/stream?node_id=&lease_token=1",
+            node,
+            post(crate::gateway::upload::agent_stream),
+        ),
+        // The gateway: OpenAI's and Ollama's APIs.
+        route(
+            "POST",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            submit,
+            post(crate::gateway::openai_chat),
+        ),
+        route(
+            "POST",
+            "/v1/completions",
+            "/v1/completions",
+            submit,
+            post(crate::gateway::openai_completions),
+        ),
+        route(
+            "POST",
+            "/v1/embeddings",
+            "/v1/embeddings",
+            submit,
+            post(crate::gateway::openai_embeddings),
+        ),
+        route(
+            "GET",
+            "/v1/models",
+            "/v1/models",
+            read,
+            get(crate::gateway::models::openai_models),
+        ),
+        route(
+            "GET",
+            "/v1/models/{id}",
+            "/v1/models/nope",
+            read,
+            get(crate::gateway::models::openai_model_get),
+        ),
+        route(
+            "POST",
+            "/api/chat",
+            "/api/chat",
+            submit,
+            post(crate::gateway::ollama_chat),
+        ),
+        route(
+            "POST",
+            "/api/generate",
+            "/api/generate",
+            submit,
+            post(crate::gateway::ollama_generate),
+        ),
+        route(
+            "POST",
+            "/api/embed",
+            "/api/embed",
+            submit,
+            post(crate::gateway::ollama_embed),
+        ),
+        route(
+            "POST",
+            "/api/embeddings",
+            "/api/embeddings",
+            submit,
+            post(crate::gateway::ollama_embeddings),
+        ),
+        route(
+            "GET",
+            "/api/tags",
+            "/api/tags",
+            read,
+            get(crate::gateway::models::ollama_tags),
+        ),
+        route(
+            "GET",
+            "/api/ps",
+            "/api/ps",
+            read,
+            get(crate::gateway::models::ollama_ps),
+        ),
+        route(
+            "POST",
+            "/api/show",
+            "/api/show",
+            read,
+            post(crate::gateway::models::ollama_show),
+        ),
+        route(
+            "GET",
+            "/api/version",
+            "/api/version",
+            read,
+            get(crate::gateway::models::ollama_version),
+        ),
     ]
 }
 
@@ -385,6 +487,9 @@ pub fn router(state: AppState) -> Router {
     }
     app.fallback(|| async { ApiError::not_found("no such route") })
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn(
+            crate::gateway::errors::api_shaped,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

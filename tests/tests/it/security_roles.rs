@@ -77,7 +77,12 @@ impl Caller {
 
     /// Sends `method path` (with `body` as JSON on POST); the status and the
     /// error body, if the answer is one.
-    async fn send(&self, method: &str, path: &str, body: &str) -> (StatusCode, Option<ErrorBody>) {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, Option<ErrorBody>, Option<String>) {
         let url = format!("{}{path}", self.base);
         let mut request = match method {
             "GET" => self.http.get(&url),
@@ -98,7 +103,10 @@ impl Caller {
             .unwrap_or_else(|err| panic!("{method} {path}: no answer: {err}"));
         let status = response.status();
         let bytes = response.bytes().await.expect("body");
-        (status, serde_json::from_slice(&bytes).ok())
+        let ollama = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+        (status, serde_json::from_slice(&bytes).ok(), ollama)
     }
 
     async fn get_job(&self, id: i64) -> JobView {
@@ -163,7 +171,7 @@ async fn every_route_answers_each_credential_by_its_role() {
         .find(|(cred, _)| *cred == Cred::Key(AccessRole::Submit))
         .expect("submit caller")
         .1;
-    let (status, _) = submit
+    let (status, _, _) = submit
         .send("POST", "/v1/jobs", matrix_body("/v1/jobs"))
         .await;
     assert_eq!(
@@ -191,7 +199,7 @@ async fn every_route_answers_each_credential_by_its_role() {
     } in routes()
     {
         for (cred, caller) in &callers {
-            let (status, error) = caller.send(method, path, matrix_body(path)).await;
+            let (status, error, error_message) = caller.send(method, path, matrix_body(path)).await;
             *tally.entry(status.as_u16()).or_default() += 1;
             let expected = verdict(need, *cred);
             let what = format!("{method} {path} (needs {need:?}) with {cred}");
@@ -211,7 +219,12 @@ async fn every_route_answers_each_credential_by_its_role() {
                     "{what}: expected 403, body {error:?}"
                 ),
             }
-            if expected != Verdict::Allowed {
+            if expected != Verdict::Allowed && path.starts_with("/api/") {
+                // Ollama's own shape: `{"error": "…"}`, no code.
+                refusals += 1;
+                let message = error_message.as_deref().unwrap_or("");
+                assert!(!message.is_empty(), "{what}: an Ollama-shaped error body");
+            } else if expected != Verdict::Allowed {
                 refusals += 1;
                 let code = error
                     .as_ref()
@@ -245,7 +258,7 @@ async fn lower_roles_cannot_mint_keys_or_submit() {
     let submit = Caller::plain(&cluster, Some(submit_key));
     let read = Caller::plain(&cluster, Some(read_key));
 
-    let (status, error) = submit
+    let (status, error, _) = submit
         .send(
             "POST",
             "/v1/admin/apikeys",
@@ -257,7 +270,7 @@ async fn lower_roles_cannot_mint_keys_or_submit() {
         StatusCode::FORBIDDEN,
         "POST /v1/admin/apikeys (role admin) with a submit key: {error:?}"
     );
-    let (status, _) = read
+    let (status, _, _) = read
         .send(
             "POST",
             "/v1/admin/apikeys",
@@ -276,13 +289,13 @@ async fn lower_roles_cannot_mint_keys_or_submit() {
     );
 
     let job = r#"{"kind":"general_query","prompt":"may I?"}"#;
-    let (status, error) = read.send("POST", "/v1/jobs", job).await;
+    let (status, error, _) = read.send("POST", "/v1/jobs", job).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
         "POST /v1/jobs with a read key: {error:?}"
     );
-    let (status, _) = read
+    let (status, _, _) = read
         .send("POST", "/v1/jobs/batch", &format!(r#"{{"jobs":[{job}]}}"#))
         .await;
     assert_eq!(
@@ -292,7 +305,7 @@ async fn lower_roles_cannot_mint_keys_or_submit() {
     );
     assert_eq!(job_count(&cluster), 0, "a read key's submit wrote a job");
     // The same read key may read.
-    let (status, _) = read.send("GET", "/v1/jobs", "").await;
+    let (status, _, _) = read.send("GET", "/v1/jobs", "").await;
     assert_eq!(status, StatusCode::OK, "GET /v1/jobs with a read key");
     assert!(
         denied_rows(&cluster, "auth./v1/%") >= 4,
@@ -309,7 +322,7 @@ async fn a_revoked_key_is_refused_on_its_next_request() {
         .await
         .expect("create key");
     let caller = Caller::plain(&cluster, Some(created.key.clone()));
-    let (status, _) = caller.send("GET", "/v1/jobs", "").await;
+    let (status, _, _) = caller.send("GET", "/v1/jobs", "").await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -331,7 +344,7 @@ async fn a_revoked_key_is_refused_on_its_next_request() {
         ),
         ("GET", "/healthz", ""),
     ] {
-        let (status, error) = caller.send(method, path, body).await;
+        let (status, error, _) = caller.send(method, path, body).await;
         assert_eq!(
             status,
             StatusCode::UNAUTHORIZED,
@@ -463,7 +476,7 @@ async fn submit_keys_cancel_only_their_own_jobs() {
 
     let before = denied_rows(&cluster, "job.cancel");
     let path = format!("/v1/jobs/{alice_job}/cancel");
-    let (status, error) = bob.send("POST", &path, "").await;
+    let (status, error, _) = bob.send("POST", &path, "").await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
@@ -485,7 +498,7 @@ async fn submit_keys_cancel_only_their_own_jobs() {
         "alice's job is untouched by bob's refused cancel"
     );
 
-    let (status, error) = alice.send("POST", &path, "").await;
+    let (status, error, _) = alice.send("POST", &path, "").await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -494,7 +507,7 @@ async fn submit_keys_cancel_only_their_own_jobs() {
     assert_eq!(admin.get_job(alice_job).await.state, JobState::Cancelled);
 
     let path = format!("/v1/jobs/{bob_job}/cancel");
-    let (status, error) = admin.send("POST", &path, "").await;
+    let (status, error, _) = admin.send("POST", &path, "").await;
     assert_eq!(
         status,
         StatusCode::OK,

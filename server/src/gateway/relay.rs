@@ -1,0 +1,351 @@
+//! One gateway request, start to end: check it, submit it as a job, wait in
+//! the queue for an agent's answer, and relay that answer — whole, or as the
+//! stream the backend produces (SSE for OpenAI, NDJSON for Ollama).
+//!
+//! A failure before the first byte reached the client is retried on another
+//! node by the queue and invisible here; a stream cut after bytes were sent
+//! ends with the API's own error event, never a clean end. A client that goes
+//! away cancels its job, which ends the agent's upload and its LLM call.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use kobo_protocol::{GatewayApi, JobId, JobState, JobView};
+use kobo_queue::Queue;
+use kobo_queue::access::Caller;
+use kobo_queue::streams::{Frame, Listener};
+use tokio::time::Instant;
+
+use super::errors::{Dialect, GatewayError};
+use super::{fields, hints, models};
+use crate::api::AppState;
+
+/// Longest one wait of the job's state lasts before it is asked again.
+const WAIT_SLICE: Duration = Duration::from_secs(60);
+
+fn dialect(api: GatewayApi) -> Dialect {
+    if api.is_ollama() {
+        Dialect::Ollama
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+/// Cancels the job when the request ends before its answer did (the client
+/// went away), and ends any upload of it.
+struct JobGuard {
+    queue: Queue,
+    caller: Caller,
+    job_id: JobId,
+    armed: bool,
+}
+
+impl JobGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.queue.streams().abandon(self.job_id);
+        let (queue, caller, job_id) = (self.queue.clone(), self.caller.clone(), self.job_id);
+        tokio::spawn(async move {
+            match queue.cancel(&caller, job_id).await {
+                Ok(_) => tracing::info!(job_id, "gateway client went away; job cancelled"),
+                Err(err) => {
+                    tracing::debug!(job_id, error = %err, "cancelling an abandoned gateway job")
+                }
+            }
+        });
+    }
+}
+
+/// What the request learned while waiting.
+enum Wait {
+    Frame(Frame),
+    Finished(Box<JobView>),
+    TooLong,
+}
+
+/// The next thing that happens to the job: a frame of its relay, its end,
+/// or the queue bound passing before any agent started.
+async fn next(
+    queue: &Queue,
+    caller: &Caller,
+    job_id: JobId,
+    listener: &mut Listener,
+    start_by: Option<Instant>,
+) -> Result<Wait, GatewayError> {
+    let far = Instant::now() + Duration::from_secs(24 * 3600);
+    loop {
+        tokio::select! {
+            biased;
+            frame = listener.receiver.recv() => {
+                return Ok(match frame {
+                    Some(frame) => Wait::Frame(frame),
+                    None => Wait::Frame(Frame::Broken { reason: "the relay closed".into() }),
+                });
+            }
+            job = queue.wait(caller, job_id, WAIT_SLICE) => {
+                let job = job.map_err(|err| {
+                    tracing::error!(job_id, error = %err, "waiting for a gateway job");
+                    GatewayError::new(Dialect::OpenAi, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                })?;
+                if job.state.is_terminal() {
+                    return Ok(Wait::Finished(Box::new(job)));
+                }
+            }
+            () = tokio::time::sleep_until(start_by.unwrap_or(far)), if start_by.is_some() => {
+                return Ok(Wait::TooLong);
+            }
+        }
+    }
+}
+
+/// The error a job that ended without an answer gives its client.
+fn ended_without_answer(dialect: Dialect, job: &JobView) -> GatewayError {
+    match job.state {
+        JobState::Cancelled => GatewayError::new(
+            dialect,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request was cancelled",
+        ),
+        _ => GatewayError::new(
+            dialect,
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the model failed: {}",
+                job.last_error.as_deref().unwrap_or("no node could answer")
+            ),
+        ),
+    }
+}
+
+fn with_kobo_headers(mut response: Response, job_id: JobId, node: Option<&str>) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&job_id.to_string()) {
+        headers.insert("x-kobo-job-id", value);
+    }
+    if let Some(node) = node
+        && let Ok(value) = HeaderValue::from_str(node)
+    {
+        headers.insert("x-kobo-node", value);
+    }
+    response
+}
+
+/// Handles one gateway request of `api`.
+pub(crate) async fn handle(
+    state: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+    api: GatewayApi,
+) -> Response {
+    match run(state, caller, headers, body, api).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn run(
+    state: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+    api: GatewayApi,
+) -> Result<Response, GatewayError> {
+    let d = dialect(api);
+    let checked = fields::check(api, &body)?;
+    let nodes = state.queue.nodes().await.map_err(|err| {
+        tracing::error!(error = %err, "reading nodes for a gateway request");
+        GatewayError::new(d, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })?;
+    if !models::is_served(&nodes, &checked.model, api.is_ollama()) {
+        return Err(GatewayError::model_not_found(d, &checked.model));
+    }
+    let job = hints::job_of(&headers, &checked.model, &state.gateway, api)?;
+    let model = checked.model.clone();
+    let stream = checked.call.stream;
+    let submitted = state
+        .queue
+        .submit_gateway(&caller, job, checked.call)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "submitting a gateway request");
+            GatewayError::new(d, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        })?;
+    let job_id = submitted.id;
+    let mut guard = JobGuard {
+        queue: state.queue.clone(),
+        caller: caller.clone(),
+        job_id,
+        armed: true,
+    };
+    let Some(mut listener) = state.queue.streams().listen(job_id) else {
+        return Err(GatewayError::new(
+            d,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "relay taken",
+        ));
+    };
+    let start_by = Some(Instant::now() + state.gateway.max_queue_wait);
+    let mut node: Option<String> = None;
+    let mut whole: Vec<u8> = Vec::new();
+    loop {
+        let waited = next(
+            &state.queue,
+            &caller,
+            job_id,
+            &mut listener,
+            start_by.filter(|_| node.is_none()),
+        )
+        .await?;
+        match waited {
+            Wait::TooLong => {
+                let mut err = GatewayError::new(
+                    d,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "every node that may serve `{}` stayed busy for {} ms; retry later",
+                        model,
+                        state.gateway.max_queue_wait.as_millis()
+                    ),
+                );
+                err.retry_after = Some(state.gateway.max_queue_wait.as_secs().max(1));
+                return Err(err);
+            }
+            Wait::Finished(job) if job.state == JobState::Succeeded => {
+                // The upload ended before the completion; take what is left.
+                while let Ok(frame) = listener.receiver.try_recv() {
+                    if let Frame::Data(bytes) = frame {
+                        whole.extend_from_slice(&bytes);
+                    }
+                }
+                guard.disarm();
+                return Ok(whole_answer(whole, job_id, node.as_deref(), api, stream));
+            }
+            Wait::Finished(job) => {
+                guard.disarm();
+                return Err(ended_without_answer(d, &job));
+            }
+            Wait::Frame(Frame::Start { node_id, .. }) => {
+                node = Some(node_id);
+                whole.clear();
+            }
+            Wait::Frame(Frame::Broken { .. }) => {
+                // Nothing reached the client yet: the queue retries the job
+                // elsewhere, and its next upload starts over.
+                whole.clear();
+            }
+            Wait::Frame(Frame::End) => {
+                guard.disarm();
+                return Ok(whole_answer(whole, job_id, node.as_deref(), api, stream));
+            }
+            Wait::Frame(Frame::Data(bytes)) if stream => {
+                let response = streamed(bytes, listener, guard, api);
+                return Ok(with_kobo_headers(response, job_id, node.as_deref()));
+            }
+            Wait::Frame(Frame::Data(bytes)) => whole.extend_from_slice(&bytes),
+        }
+    }
+}
+
+fn whole_answer(
+    bytes: Vec<u8>,
+    job_id: JobId,
+    node: Option<&str>,
+    api: GatewayApi,
+    stream: bool,
+) -> Response {
+    let content_type = if stream {
+        api.stream_content_type()
+    } else {
+        "application/json"
+    };
+    let mut response = Response::new(Body::from(bytes));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    with_kobo_headers(response, job_id, node)
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+struct Relay {
+    first: Option<Bytes>,
+    listener: Listener,
+    guard: JobGuard,
+    api: GatewayApi,
+    done: bool,
+}
+
+/// The streamed answer: the first bytes, then every frame as it comes. A
+/// restart or a break after bytes were sent ends the stream with the API's
+/// error event (and cancels the job, whose retry could not continue it).
+fn streamed(first: Bytes, listener: Listener, guard: JobGuard, api: GatewayApi) -> Response {
+    let relay = Relay {
+        first: Some(first),
+        listener,
+        guard,
+        api,
+        done: false,
+    };
+    let body: ByteStream = Box::pin(futures_util::stream::unfold(
+        relay,
+        |mut relay| async move {
+            if relay.done {
+                return None;
+            }
+            if let Some(first) = relay.first.take() {
+                return Some((Ok(first), relay));
+            }
+            let cut = |relay: &mut Relay, why: &str| {
+                relay.done = true;
+                let err = GatewayError::new(
+                    dialect(relay.api),
+                    StatusCode::BAD_GATEWAY,
+                    format!("the stream was cut: {why}"),
+                );
+                tracing::warn!(job_id = relay.guard.job_id, %why, "gateway stream cut");
+                Bytes::from(err.stream_event())
+            };
+            match relay.listener.receiver.recv().await {
+                Some(Frame::Data(bytes)) => Some((Ok(bytes), relay)),
+                Some(Frame::End) => {
+                    relay.guard.disarm();
+                    None
+                }
+                Some(Frame::Broken { reason }) => {
+                    let event = cut(&mut relay, &reason);
+                    Some((Ok(event), relay))
+                }
+                Some(Frame::Start { node_id, .. }) => {
+                    let event = cut(&mut relay, &format!("the answer restarted on {node_id}"));
+                    Some((Ok(event), relay))
+                }
+                None => {
+                    let event = cut(&mut relay, "the relay closed");
+                    Some((Ok(event), relay))
+                }
+            }
+        },
+    ));
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(api.stream_content_type()),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
