@@ -7,7 +7,7 @@ use std::time::Duration;
 use kobo_protocol::{
     CompleteBatchRequest, CompleteBatchResponse, CompleteRequest, CompleteResponse, ErrorBody,
     HeartbeatRequest, HeartbeatResponse, JobId, LeaseRequest, LeaseResponse, RegisterRequest,
-    RegisterResponse, RenewRequest, RenewResponse,
+    RegisterResponse, RenewRequest, RenewResponse, StreamQuery,
 };
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -43,6 +43,16 @@ pub enum CallError {
     Rejected(String),
 }
 
+/// How the coordinator answered a gateway stream upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamAnswer {
+    /// 2xx (204): it took the whole upload.
+    Taken,
+    /// 410: the client went away and the job is cancelled; nothing more is
+    /// wanted, not even a result.
+    Gone(String),
+}
+
 /// The agent's HTTPS client of the coordinator: trusts only the
 /// coordinator's CA and presents the node certificate (mutual TLS). The
 /// identity can be swapped after a renewal.
@@ -66,6 +76,23 @@ fn build_http(
         user_agent: concat!("kobo-agent/", env!("CARGO_PKG_VERSION")),
         ..kobo_client::HttpsOptions::default()
     })?)
+}
+
+/// The error of a non-2xx answer to a call on `path`.
+fn call_error(path: &str, status: StatusCode, bytes: &[u8]) -> CallError {
+    let message = serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|b| b.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned());
+    let message = format!("{path}: {status}: {message}");
+    match status {
+        StatusCode::CONFLICT if path.contains("/jobs/") => CallError::Stale(message),
+        StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Unregistered(message),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CallError::Refused(message),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            CallError::Unavailable(message)
+        }
+        _ => CallError::Rejected(message),
+    }
 }
 
 impl CoordinatorClient {
@@ -118,19 +145,47 @@ impl CoordinatorClient {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| CallError::Rejected(format!("undecodable answer to {path}: {e}")));
         }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.error.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        let message = format!("{path}: {status}: {message}");
-        Err(match status {
-            StatusCode::CONFLICT if path.contains("/jobs/") => CallError::Stale(message),
-            StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Unregistered(message),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CallError::Refused(message),
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                CallError::Unavailable(message)
-            }
-            _ => CallError::Rejected(message),
-        })
+        Err(call_error(path, status, &bytes))
+    }
+
+    /// `POST /v1/agent/jobs/{id}/stream`: uploads a gateway call's answer
+    /// as `body` yields it. Returns when the coordinator answers, which it
+    /// may do before the body ended (410, 409): the caller stops feeding
+    /// the body then. No overall timeout: a stream lasts as long as the
+    /// backend's answer does (the job's own limits bound it).
+    pub async fn stream(
+        &self,
+        job_id: JobId,
+        query: &StreamQuery,
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<StreamAnswer, CallError> {
+        let path = format!("/v1/agent/jobs/{job_id}/stream");
+        let response = self
+            .http()
+            .post(format!("{}{path}", self.base))
+            .query(query)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Unavailable(format!("{path}: {e:#}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(StreamAnswer::Taken);
+        }
+        // An error document is small; a coordinator that stalls sending it
+        // leaves the status to go by.
+        let bytes = tokio::time::timeout(CALL_TIMEOUT, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let error = call_error(&path, status, &bytes);
+        if status == StatusCode::GONE {
+            return Ok(StreamAnswer::Gone(error.to_string()));
+        }
+        Err(error)
     }
 
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, CallError> {

@@ -8,6 +8,7 @@
 //! - [`identity`]: the node key and certificate: join, keygen, renewal.
 //! - [`runner`]: the lease loop, job tasks, heartbeats and graceful drain.
 //! - [`llm`]: the LLM backends (Ollama, OpenAI-compatible, simulated).
+//! - [`gateway`]: gateway calls, their backend's answer uploaded to the coordinator as it streams.
 //! - [`metrics`]: system metrics for heartbeats.
 //! - [`report`]: results reported in coalesced batches.
 //! - [`signals`]: shutdown on SIGTERM or Ctrl-C.
@@ -17,6 +18,7 @@
 pub mod build;
 pub mod config;
 pub mod coordinator;
+pub mod gateway;
 pub mod identity;
 pub mod llm;
 pub mod metrics;

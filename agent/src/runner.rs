@@ -19,7 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
 use crate::coordinator::{CallError, CoordinatorClient};
-use crate::llm::{BackendKind, LlmClient};
+use crate::gateway::{Relayed, StreamTarget};
+use crate::llm::{BackendKind, LlmClient, LlmError};
 use crate::metrics::MetricsSampler;
 use crate::report::Reporter;
 
@@ -143,7 +144,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         node_id: shared.config.node_id.clone(),
         instance_id: shared.instance_id.clone(),
         region: shared.config.region.clone(),
-        capabilities: shared.config.capabilities.clone(),
+        capabilities: declared_capabilities(&shared.config.capabilities, shared.llm.kind()),
         max_workers: shared.config.max_workers,
         gpu: shared.config.gpu,
         backend: shared.llm.kind().as_str().to_string(),
@@ -345,23 +346,29 @@ async fn run_job(
 ) {
     let job_id = lease.job_id;
     let started = Instant::now();
-    let call = shared.llm.run(&lease.request);
+    let call = call_llm(&shared, &lease);
     let outcome = tokio::select! {
         _ = abort.cancelled() => None,
         result = with_timeout(lease.timeout_ms, call) => Some(match result {
-            Ok(Ok(output)) => Outcome::Succeeded { output },
-            Ok(Err(err)) => Outcome::Failed { error: err.message, retryable: err.retryable },
-            Err(limit) => Outcome::Failed {
+            Ok(Ok(Relayed::Done(output))) => Ok(Outcome::Succeeded { output }),
+            Ok(Ok(Relayed::Dropped(reason))) => Err(reason),
+            Ok(Err(err)) => Ok(Outcome::Failed { error: err.message, retryable: err.retryable }),
+            Err(limit) => Ok(Outcome::Failed {
                 error: format!("timed out after {} ms", limit.as_millis()),
                 retryable: true,
-            },
+            }),
         }),
     };
     // The worker is free as soon as the LLM call ends; reporting may take
     // longer when the coordinator is away.
     drop(permit);
     let outcome = match outcome {
-        Some(outcome) => outcome,
+        Some(Ok(outcome)) => outcome,
+        Some(Err(reason)) => {
+            tracing::info!(job_id, %reason, "gateway call stopped by the coordinator; nothing to report");
+            shared.held().remove(&job_id);
+            return;
+        }
         None if shared.held().contains_key(&job_id) => {
             // Aborted by the drain deadline, not by the coordinator: say so,
             // so the job is retried elsewhere at once.
@@ -382,6 +389,22 @@ async fn run_job(
     );
     report(&shared, job_id, lease.lease_token, outcome).await;
     shared.held().remove(&job_id);
+}
+
+/// A job's LLM call: a gateway call is relayed to the coordinator as the
+/// backend answers; any other runs on the backend to its end.
+async fn call_llm(shared: &Shared, lease: &Lease) -> Result<Relayed, LlmError> {
+    match &lease.request.gateway {
+        None => shared.llm.run(&lease.request).await.map(Relayed::Done),
+        Some(call) => {
+            let target = StreamTarget {
+                job_id: lease.job_id,
+                node_id: &shared.config.node_id,
+                lease_token: lease.lease_token,
+            };
+            crate::gateway::relay(&shared.llm, &shared.client, target, call).await
+        }
+    }
 }
 
 async fn with_timeout<F: std::future::Future>(
@@ -562,4 +585,16 @@ async fn renew_once(
     };
     shared.client.set_identity(&renewed)?;
     Ok(renewed)
+}
+
+/// The capabilities the node declares: the configured ones, plus
+/// `ollama_api` when the backend is Ollama (calls of Ollama's own API through
+/// the gateway need a node that serves it).
+fn declared_capabilities(configured: &[String], backend: crate::llm::BackendKind) -> Vec<String> {
+    let mut capabilities = configured.to_vec();
+    let ollama = kobo_protocol::gateway::OLLAMA_API_CAPABILITY;
+    if backend == crate::llm::BackendKind::Ollama && !capabilities.iter().any(|c| c == ollama) {
+        capabilities.push(ollama.to_owned());
+    }
+    capabilities
 }

@@ -2,13 +2,15 @@
 //! `kobo-coord` and `kobo-agent` processes.
 //!
 //! # Layout
-//! - [`fake_llm`]: an HTTP server speaking the Ollama and OpenAI wire formats,
-//!   streaming included, with knobs for latency, errors, hangs and cut streams.
+//! - [`fake_llm`]: the `kobo-fake-llm` crate, re-exported: an HTTP server
+//!   speaking the Ollama and OpenAI wire formats, streaming included, with
+//!   knobs for latency, errors, hangs and cut streams.
 //! - [`cluster`]: starts a real `kobo-coord` process and `kobo-agent`
 //!   processes on a temporary data directory, for end-to-end tests.
 //! - [`sshd`]: real OpenSSH servers (in network namespaces when possible)
 //!   as provisioning targets.
 
 pub mod cluster;
-pub mod fake_llm;
 pub mod sshd;
+
+pub use kobo_fake_llm as fake_llm;

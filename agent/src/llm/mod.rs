@@ -5,7 +5,13 @@
 //! [`LlmClient::run`] streams the reply and is cancel-safe: dropping its
 //! future drops the HTTP request, which closes the connection, so per-job
 //! timeouts and cancellation are the caller's `select!`/`timeout`.
+//!
+//! Gateway calls (an OpenAI or Ollama API request relayed by the
+//! coordinator) go through [`LlmClient::gateway_open`] instead: the client's
+//! own body, posted unchanged, its answer read chunk by chunk.
 
+mod gateway;
+mod gateway_output;
 mod ndjson;
 mod ollama;
 mod openai;
@@ -17,6 +23,8 @@ use std::time::Duration;
 
 use kobo_protocol::{LlmOutput, LlmRequest};
 use reqwest::StatusCode;
+
+pub use gateway::{GatewayReply, ReplyPiece};
 
 /// Connecting to the backend must succeed within this long; a backend that
 /// does not even accept the connection is down, not busy.
@@ -281,7 +289,7 @@ impl LlmClient {
     }
 
     /// Applies the configured overall timeout, if any.
-    async fn limited<T>(
+    pub(crate) async fn limited<T>(
         &self,
         call: impl Future<Output = Result<T, LlmError>>,
     ) -> Result<T, LlmError> {
@@ -397,13 +405,7 @@ impl Http {
         &self,
         response: &mut reqwest::Response,
     ) -> Result<Option<bytes::Bytes>, LlmError> {
-        response.chunk().await.map_err(|err| {
-            if err.is_timeout() {
-                LlmError::retryable(format!("{}: timed out reading the reply", self.name))
-            } else {
-                LlmError::retryable(format!("{}: stream cut: {}", self.name, chain(&err)))
-            }
-        })
+        read_chunk(self.name, response).await
     }
 
     /// Reads a body up to `limit` bytes.
@@ -468,6 +470,20 @@ impl Http {
             message,
         }
     }
+}
+
+/// The next chunk of a streamed body from backend `name`; `None` at its end.
+async fn read_chunk(
+    name: &str,
+    response: &mut reqwest::Response,
+) -> Result<Option<bytes::Bytes>, LlmError> {
+    response.chunk().await.map_err(|err| {
+        if err.is_timeout() {
+            LlmError::retryable(format!("{name}: timed out reading the reply"))
+        } else {
+            LlmError::retryable(format!("{name}: stream cut: {}", chain(&err)))
+        }
+    })
 }
 
 /// Overload and server faults pass; the request itself is fine.

@@ -149,7 +149,7 @@ pub(crate) async fn run(
 
 /// What the stream said so far.
 #[derive(Debug)]
-struct Reply {
+pub(crate) struct Reply {
     model: String,
     text: String,
     first_token: Option<Duration>,
@@ -157,7 +157,7 @@ struct Reply {
 }
 
 impl Reply {
-    fn new(requested_model: &str) -> Self {
+    pub(crate) fn new(requested_model: &str) -> Self {
         Reply {
             model: requested_model.to_owned(),
             text: String::new(),
@@ -167,7 +167,11 @@ impl Reply {
     }
 
     /// Takes one line; the output once the `done` line arrives.
-    fn line(&mut self, line: &str, elapsed: Duration) -> Result<Option<LlmOutput>, LlmError> {
+    pub(crate) fn line(
+        &mut self,
+        line: &str,
+        elapsed: Duration,
+    ) -> Result<Option<LlmOutput>, LlmError> {
         let parsed: Line = serde_json::from_str(line).map_err(|err| {
             LlmError::permanent(format!(
                 "{NAME}: cannot parse a reply line: {err}: {}",
@@ -216,7 +220,11 @@ impl Reply {
     }
 
     /// The body ended; `last` is an unterminated last line, if any.
-    fn end(mut self, last: Option<String>, elapsed: Duration) -> Result<LlmOutput, LlmError> {
+    pub(crate) fn end(
+        mut self,
+        last: Option<String>,
+        elapsed: Duration,
+    ) -> Result<LlmOutput, LlmError> {
         if let Some(last) = last {
             match self.line(&last, elapsed) {
                 Ok(Some(output)) => return Ok(output),

@@ -28,6 +28,8 @@ struct Chunk {
 #[serde(default)]
 struct Choice {
     delta: Option<Delta>,
+    /// `/v1/completions` text (the gateway's calls; chat has `delta`).
+    text: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,21 +143,12 @@ pub(crate) async fn run(
             }
         }
     }
-    if let Some(event) = decoder.finish().map_err(too_long)? {
-        // A last event without its blank line may be `[DONE]`, or cut.
-        match reply.event(&event, started.elapsed()) {
-            Ok(Some(output)) => return Ok(output),
-            Ok(None) => {}
-            Err(err) if !err.retryable => return Err(reply.cut(true)),
-            Err(err) => return Err(err),
-        }
-    }
-    Err(reply.cut(false))
+    reply.end(&mut decoder, started.elapsed())
 }
 
 /// What the stream said so far.
 #[derive(Debug)]
-struct Reply {
+pub(crate) struct Reply {
     model: Option<String>,
     requested_model: String,
     text: String,
@@ -166,7 +159,7 @@ struct Reply {
 }
 
 impl Reply {
-    fn new(requested_model: &str) -> Self {
+    pub(crate) fn new(requested_model: &str) -> Self {
         Reply {
             model: None,
             requested_model: requested_model.to_owned(),
@@ -179,7 +172,7 @@ impl Reply {
     }
 
     /// Takes one event; the output once `[DONE]` arrives.
-    fn event(
+    pub(crate) fn event(
         &mut self,
         event: &SseEvent,
         elapsed: Duration,
@@ -214,8 +207,7 @@ impl Reply {
             .choices
             .into_iter()
             .next()
-            .and_then(|c| c.delta)
-            .and_then(|d| d.content)
+            .and_then(|c| c.delta.and_then(|d| d.content).or(c.text))
             .unwrap_or_default();
         if !piece.is_empty() {
             self.first_token.get_or_insert(elapsed);
@@ -246,6 +238,28 @@ impl Reply {
                 load_ms: None,
             },
         }
+    }
+
+    /// The body ended: the output if its unterminated last event is
+    /// `[DONE]`, else the error of a stream cut before it.
+    pub(crate) fn end(
+        &mut self,
+        decoder: &mut SseDecoder,
+        elapsed: Duration,
+    ) -> Result<LlmOutput, LlmError> {
+        let last = decoder
+            .finish()
+            .map_err(|err| LlmError::permanent(format!("{NAME}: {err}")))?;
+        if let Some(event) = last {
+            // A last event without its blank line may be `[DONE]`, or cut.
+            match self.event(&event, elapsed) {
+                Ok(Some(output)) => return Ok(output),
+                Ok(None) => {}
+                Err(err) if !err.retryable => return Err(self.cut(true)),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(self.cut(false))
     }
 
     /// The stream ended without `[DONE]`.

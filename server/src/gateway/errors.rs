@@ -132,9 +132,14 @@ impl GatewayError {
     }
 }
 
+/// Marks an answer already in its API's shape, so [`api_shaped`] leaves it.
+#[derive(Debug, Clone, Copy)]
+struct Shaped;
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
+        response.extensions_mut().insert(Shaped);
         if let Some(seconds) = self.retry_after
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
         {
@@ -154,7 +159,10 @@ pub async fn api_shaped(request: Request, next: Next) -> Response {
         return next.run(request).await;
     };
     let response = next.run(request).await;
-    if response.status().is_success() || response.status().is_informational() {
+    if response.status().is_success()
+        || response.status().is_informational()
+        || response.extensions().get::<Shaped>().is_some()
+    {
         return response;
     }
     let is_json = response

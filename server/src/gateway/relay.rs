@@ -197,20 +197,26 @@ async fn run(
             "relay taken",
         ));
     };
-    let start_by = Some(Instant::now() + state.gateway.max_queue_wait);
+    // The queue bound counts while the job waits for a node; once leased,
+    // the answer takes as long as the model takes.
+    let mut start_by = Some(Instant::now() + state.gateway.max_queue_wait);
     let mut node: Option<String> = None;
     let mut whole: Vec<u8> = Vec::new();
     loop {
-        let waited = next(
-            &state.queue,
-            &caller,
-            job_id,
-            &mut listener,
-            start_by.filter(|_| node.is_none()),
-        )
-        .await?;
+        let bound = start_by.filter(|_| node.is_none());
+        let waited = next(&state.queue, &caller, job_id, &mut listener, bound).await?;
         match waited {
             Wait::TooLong => {
+                let queued = state
+                    .queue
+                    .get(&caller, job_id)
+                    .await
+                    .map(|job| matches!(job.state, JobState::Queued | JobState::Scheduled))
+                    .unwrap_or(true);
+                if !queued {
+                    start_by = None;
+                    continue;
+                }
                 let mut err = GatewayError::new(
                     d,
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -155,7 +155,7 @@ async fn ollama_chat_sends_system_first_and_accumulates_content() {
 
     assert_eq!(
         output.text,
-        reply_text("tell me a joke", DEFAULT_RESPONSE_TOKENS)
+        kobo_fake_llm::json_reply(None, &reply_text("tell me a joke", DEFAULT_RESPONSE_TOKENS))
     );
     assert_eq!(
         output.usage.prompt_tokens,
@@ -228,7 +228,7 @@ async fn openai_streams_text_and_usage_with_or_without_v1() {
 
         assert_eq!(
             output.text,
-            reply_text("write a haiku about rust", 12),
+            kobo_fake_llm::json_reply(None, &reply_text("write a haiku about rust", 12)),
             "{endpoint}"
         );
         assert_eq!(output.model, DEFAULT_MODELS[1]);

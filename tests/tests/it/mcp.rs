@@ -299,7 +299,10 @@ async fn every_tool_works_against_a_real_cluster() {
         .expect("london-01");
     assert_eq!(london["status"], "active");
     assert_eq!(london["region"], "eu-west-2");
-    assert_eq!(london["capabilities"], json!(["data_analysis"]));
+    assert_eq!(
+        london["capabilities"],
+        json!(["data_analysis", "ollama_api"])
+    );
     assert_eq!(london["max_workers"], 4);
     assert!(!london["models"].as_array().expect("models").is_empty());
 

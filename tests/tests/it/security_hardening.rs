@@ -375,9 +375,12 @@ async fn payload_barrage_at_every_route_is_refused_cleanly() {
                     status.is_client_error(),
                     "{method} {path} with {who}, body {what}: expected a 4xx, got {status} {text}"
                 );
-                let error: ErrorBody = error_body(path, &answer).unwrap_or_else(|| {
-                    panic!("{method} {path} with {who}, body {what}: not a JSON error body: {text}")
-                });
+                let error: ErrorBody =
+                    super::shapes::error_body(path, &answer).unwrap_or_else(|| {
+                        panic!(
+                            "{method} {path} with {who}, body {what}: not a JSON error body: {text}"
+                        )
+                    });
                 if what == "an unknown field" {
                     assert_eq!(
                         status,
@@ -789,22 +792,4 @@ async fn tls_1_2_and_1_3_are_served_and_1_1_is_refused() {
         detail.is_some(),
         "the refused TLS 1.1 handshake from {source} left a denied auth.tls audit row"
     );
-}
-
-/// The error of an answer in its route's shape: kobo's (and the OpenAI
-/// gateway's, which carries the same `code`), or Ollama's `{"error": "…"}`
-/// for the Ollama gateway routes.
-fn error_body(path: &str, answer: &[u8]) -> Option<ErrorBody> {
-    if path.starts_with("/api/") {
-        let value: Value = serde_json::from_slice(answer).ok()?;
-        let message = value.get("error")?.as_str()?.to_string();
-        return (value.as_object()?.len() == 1 && !message.is_empty()).then(|| ErrorBody {
-            error: kobo_protocol::ErrorDetail {
-                code: String::new(),
-                message,
-                field: None,
-            },
-        });
-    }
-    serde_json::from_slice(answer).ok()
 }

@@ -3,10 +3,11 @@
 //! Change its behavior at runtime with `POST /_fake/behavior`.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use kobo_tests::fake_llm::{self, FakeBehavior};
+use kobo_fake_llm::{DEFAULT_RESPONSE_TOKENS, FakeBehavior};
 
 #[derive(Debug, Parser)]
 #[command(about = "A fake LLM server speaking the Ollama and OpenAI APIs")]
@@ -24,7 +25,7 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     tokens_per_second: f64,
     /// Tokens in each reply.
-    #[arg(long, default_value_t = fake_llm::DEFAULT_RESPONSE_TOKENS)]
+    #[arg(long, default_value_t = DEFAULT_RESPONSE_TOKENS)]
     tokens: u32,
     /// The whole behavior as JSON (as `POST /_fake/behavior` takes it);
     /// overrides the flags above.
@@ -32,25 +33,37 @@ struct Args {
     behavior: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let behavior = match &args.behavior {
-        Some(json) => serde_json::from_str(json).context("bad --behavior")?,
-        None => {
-            let mut behavior = FakeBehavior {
-                latency_ms: args.latency_ms,
-                tokens_per_second: args.tokens_per_second,
-                response_tokens: args.tokens,
-                ..FakeBehavior::default()
-            };
-            if !args.models.is_empty() {
-                behavior.models = args.models.clone();
-            }
-            behavior
+impl Args {
+    fn behavior(&self) -> anyhow::Result<FakeBehavior> {
+        if let Some(json) = &self.behavior {
+            return serde_json::from_str(json).context("bad --behavior");
         }
-    };
-    let fake = fake_llm::start_on(args.listen, behavior)
+        let mut behavior = FakeBehavior {
+            latency_ms: self.latency_ms,
+            tokens_per_second: self.tokens_per_second,
+            response_tokens: self.tokens,
+            ..FakeBehavior::default()
+        };
+        if !self.models.is_empty() {
+            behavior.models = self.models.clone();
+        }
+        Ok(behavior)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fake-llm: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let fake = kobo_fake_llm::start_on(args.listen, args.behavior()?)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("fake-llm listening on {}", fake.url());

@@ -1,0 +1,407 @@
+//! The gateway driven by the official `openai` and `ollama` Python clients
+//! (tests/python, a virtualenv made by scripts/install-test-deps), against a
+//! real coordinator and real agents on the fake LLM: answers whole and
+//! streamed, errors in each API's shape, every request a job; and the
+//! failure paths: a retry before the first token is invisible, an agent
+//! killed mid-stream never looks like a success, a client that goes away
+//! cancels its job, a full queue answers 503 with Retry-After.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use kobo_protocol::{AccessRole, JobListQuery, JobState, JobView};
+use kobo_tests::cluster::{AgentSpec, Cluster, PATIENCE};
+use kobo_tests::fake_llm::FakeFailure;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const MODEL: &str = "qwen2.5:0.5b";
+
+fn python() -> PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: scripts/install-test-deps makes the virtualenv with the official clients",
+        venv.display()
+    );
+    venv
+}
+
+fn script() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/gateway_client.py")
+}
+
+/// A cluster with one agent and a submit key for the clients.
+async fn gateway_cluster(agents: &[&str]) -> (Cluster, String) {
+    let mut cluster = Cluster::builder().start().await;
+    for node in agents {
+        cluster
+            .agent(AgentSpec::new(node, &["general_query"]))
+            .await;
+    }
+    let key = cluster
+        .client()
+        .apikey_create("gateway-client", AccessRole::Submit)
+        .await
+        .expect("submit key")
+        .key;
+    (cluster, key)
+}
+
+fn client_command(
+    cluster: &Cluster,
+    key: &str,
+    model: &str,
+    scenario: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(python());
+    command
+        .arg(script())
+        .args(["--url", &cluster.url()])
+        .args(["--key", key])
+        .arg("--ca")
+        .arg(cluster.ca_path())
+        .args(["--model", model])
+        .args(["--scenario", scenario])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs one scenario of the Python client and returns what it observed.
+async fn run(cluster: &Cluster, key: &str, model: &str, scenario: &str) -> Value {
+    let output = client_command(cluster, key, model, scenario)
+        .output()
+        .await
+        .expect("run the python client");
+    assert!(
+        output.status.success(),
+        "{scenario}: the client failed\nstdout: {}\nstderr: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{scenario}: not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+async fn job(cluster: &Cluster, observed: &Value) -> JobView {
+    let id: i64 = observed["job_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no x-kobo-job-id in {observed}"));
+    cluster.wait_done(id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_get_answers_whole_and_streamed_and_each_is_a_job() {
+    let (cluster, key) = gateway_cluster(&["tokyo-01"]).await;
+
+    let whole = run(&cluster, &key, MODEL, "openai_chat").await;
+    assert_eq!(whole["finish_reason"], "stop", "{whole}");
+    assert_eq!(whole["node"], "tokyo-01", "{whole}");
+    let text = whole["text"].as_str().expect("text").to_string();
+    assert!(!text.is_empty(), "{whole}");
+    let done = job(&cluster, &whole).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    assert!(
+        done.route_reason.is_some(),
+        "every gateway job records its route"
+    );
+    let detail = cluster.client().job(done.id).await.expect("detail");
+    let output = detail
+        .job
+        .output
+        .clone()
+        .expect("the answer is stored once");
+    assert_eq!(output.text, text, "the stored text is what the client got");
+    assert_eq!(
+        (output.usage.prompt_tokens, output.usage.completion_tokens),
+        (
+            whole["prompt_tokens"].as_u64().expect("prompt"),
+            whole["completion_tokens"].as_u64().expect("completion")
+        ),
+        "usage as the client saw it"
+    );
+
+    let streamed = run(&cluster, &key, MODEL, "openai_chat_stream").await;
+    assert_eq!(streamed["error"], Value::Null, "{streamed}");
+    assert_eq!(streamed["finish_reason"], "stop", "{streamed}");
+    assert_eq!(streamed["text"], text.as_str(), "the same answer, streamed");
+    assert!(
+        streamed["chunks"].as_u64().expect("chunks") > 2,
+        "{streamed}"
+    );
+    assert!(streamed["usage"].is_object(), "include_usage: {streamed}");
+
+    for scenario in ["ollama_chat", "ollama_generate"] {
+        let answer = run(&cluster, &key, MODEL, scenario).await;
+        assert_eq!(answer["done"], true, "{scenario}: {answer}");
+        assert!(
+            !answer["text"].as_str().unwrap_or("").is_empty(),
+            "{scenario}: {answer}"
+        );
+    }
+    for scenario in ["ollama_chat_stream", "ollama_generate_stream"] {
+        let answer = run(&cluster, &key, MODEL, scenario).await;
+        assert_eq!(answer["error"], Value::Null, "{scenario}: {answer}");
+        assert_eq!(answer["done"], true, "{scenario}: {answer}");
+        assert!(
+            answer["chunks"].as_u64().expect("chunks") > 2,
+            "{scenario}: {answer}"
+        );
+    }
+
+    let models = run(&cluster, &key, MODEL, "openai_models").await;
+    assert!(
+        models["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .any(|m| m == MODEL),
+        "{models}"
+    );
+    let tags = run(&cluster, &key, MODEL, "ollama_tags").await;
+    assert!(
+        tags["names"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .any(|m| m == MODEL),
+        "{tags}"
+    );
+    let jobs = cluster
+        .client()
+        .jobs(&JobListQuery::default())
+        .await
+        .expect("jobs")
+        .jobs;
+    assert!(
+        jobs.iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .count()
+            >= 6,
+        "every request is a job: {jobs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_come_in_each_apis_shape() {
+    let (cluster, key) = gateway_cluster(&["tokyo-01"]).await;
+    let bad_key = run(&cluster, &key, MODEL, "openai_bad_key").await;
+    assert_eq!(bad_key["status"], 401, "{bad_key}");
+    assert_eq!(bad_key["exception"], "AuthenticationError", "{bad_key}");
+    let unknown = run(&cluster, &key, "no-such-model", "openai_unknown_model").await;
+    assert_eq!(unknown["status"], 404, "{unknown}");
+    assert_eq!(unknown["code"], "model_not_found", "{unknown}");
+    let bad_field = run(&cluster, &key, MODEL, "openai_bad_field").await;
+    assert_eq!(bad_field["status"], 400, "{bad_field}");
+    assert_eq!(bad_field["param"], "functions", "{bad_field}");
+    let ollama_key = run(&cluster, &key, MODEL, "ollama_bad_key").await;
+    assert_eq!(ollama_key["status"], 401, "{ollama_key}");
+    let ollama_unknown = run(&cluster, &key, "no-such-model", "ollama_unknown_model").await;
+    assert_eq!(ollama_unknown["status"], 404, "{ollama_unknown}");
+    assert!(
+        ollama_unknown["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not found"),
+        "{ollama_unknown}"
+    );
+    let jobs = cluster
+        .client()
+        .jobs(&JobListQuery::default())
+        .await
+        .expect("jobs")
+        .jobs;
+    assert!(jobs.is_empty(), "a refused request leaves no job: {jobs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_before_the_first_token_is_retried_invisibly() {
+    let (cluster, key) = gateway_cluster(&["tokyo-01"]).await;
+    cluster.fake.update_behavior(|b| {
+        b.fail = Some(FakeFailure {
+            first_n: Some(1),
+            ..FakeFailure::status(503)
+        })
+    });
+    let streamed = run(&cluster, &key, MODEL, "openai_chat_stream").await;
+    assert_eq!(streamed["error"], Value::Null, "{streamed}");
+    assert_eq!(streamed["finish_reason"], "stop", "{streamed}");
+    let done = job(&cluster, &streamed).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(
+        done.attempts, 2,
+        "the first attempt failed with 503, the second answered"
+    );
+}
+
+/// Starts a streaming client and returns once it has its first chunk.
+async fn stream_until_first_chunk(
+    cluster: &Cluster,
+    key: &str,
+    scenario: &str,
+) -> tokio::process::Child {
+    let mut child = client_command(cluster, key, MODEL, scenario)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the python client");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let first = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("FIRST_CHUNK") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(first, Ok(true), "no first chunk\n{}", cluster.logs());
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+async fn leased_job(cluster: &Cluster) -> JobView {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let jobs = cluster
+            .client()
+            .jobs(&JobListQuery::default())
+            .await
+            .expect("jobs")
+            .jobs;
+        if let Some(job) = jobs.into_iter().find(|j| j.state == JobState::Leased) {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leased job\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_stream_never_looks_like_a_success() {
+    let (cluster, key) = gateway_cluster(&["tokyo-01", "osaka-01"]).await;
+    cluster.fake.update_behavior(|b| {
+        b.tokens_per_second = 20.0;
+        b.response_tokens = 200;
+    });
+    let child = stream_until_first_chunk(&cluster, &key, "openai_chat_stream_slow").await;
+    let leased = leased_job(&cluster).await;
+    let holder = leased.node_id.clone().expect("holder");
+    let idx = cluster
+        .agents
+        .iter()
+        .position(|a| a.spec.node_id == holder)
+        .expect("the holder is ours");
+    cluster.agents[idx].signal(Signal::SIGKILL);
+    let output = child.wait_with_output().await.expect("client ends");
+    let observed: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    let clean_end = observed["error"].is_null() && observed["finish_reason"] == "stop";
+    assert!(!clean_end, "a cut stream looked like a success: {observed}");
+    assert!(
+        !observed["error"].is_null(),
+        "the client library raised: {observed}"
+    );
+    println!("mid-stream kill, as the openai client saw it: {observed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_job_and_the_llm_call() {
+    let (cluster, key) = gateway_cluster(&["tokyo-01"]).await;
+    cluster.fake.update_behavior(|b| {
+        b.tokens_per_second = 10.0;
+        b.response_tokens = 600;
+    });
+    let child = stream_until_first_chunk(&cluster, &key, "openai_chat_stream_abandon").await;
+    let jobs = cluster
+        .client()
+        .jobs(&JobListQuery::default())
+        .await
+        .expect("jobs")
+        .jobs;
+    let leased = jobs.first().cloned().expect("the request's job");
+    let output = child.wait_with_output().await.expect("client ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let done = cluster.wait_done(leased.id).await;
+    assert_eq!(done.state, JobState::Cancelled, "the job is cancelled");
+    cluster
+        .wait_until("the LLM call is aborted", || async {
+            cluster.fake.in_flight() == 0
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let mut cluster = Cluster::builder()
+        .serve_arg("--gateway-queue-wait=1s")
+        .start()
+        .await;
+    cluster
+        .agent(AgentSpec::new("tokyo-01", &["general_query"]).max_workers(1))
+        .await;
+    let key = cluster
+        .client()
+        .apikey_create("gateway-client", AccessRole::Submit)
+        .await
+        .expect("key")
+        .key;
+    cluster.fake.update_behavior(|b| b.hold = true);
+    let http = kobo_client::http_client(Some(&std::fs::read(cluster.ca_path()).expect("ca")))
+        .expect("http");
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
+    let url = format!("{}/v1/chat/completions", cluster.url());
+    let busy = {
+        let (http, url, key, body) = (http.clone(), url.clone(), key.clone(), body.clone());
+        tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await })
+    };
+    cluster
+        .wait_until("the first request holds the only worker", || async {
+            cluster.fake.in_flight() == 1
+        })
+        .await;
+    let refused = http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 503);
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        retry_after.is_some_and(|s| s >= 1),
+        "{:?}",
+        refused.headers()
+    );
+    let error: Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    cluster.fake.update_behavior(|b| b.hold = false);
+    let first = busy.await.expect("task").expect("first answer");
+    assert_eq!(first.status(), 200, "the waiting request was served");
+}
