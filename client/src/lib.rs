@@ -389,6 +389,31 @@ impl ApiClient {
             .await
     }
 
+    /// A gateway call (`/v1/chat/completions`, `/api/chat`, …) with kobo's
+    /// routing headers (`x-kobo-kind`, …); the answer, once its status is a
+    /// success, to be read as the stream it is.
+    pub async fn gateway(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, String)],
+    ) -> Result<reqwest::Response> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        Err(gateway_error(status, &bytes))
+    }
+
     /// A call whose success has no body (204).
     async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
@@ -419,6 +444,22 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
             message: String::from_utf8_lossy(body).trim().to_string(),
             field: None,
         },
+    }
+}
+
+/// An error of a gateway route: OpenAI's `{"error":{message,param,code}}` or
+/// Ollama's `{"error":"…"}`.
+fn gateway_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let error = &value["error"];
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    ClientError::Api {
+        status: status.as_u16(),
+        code: text(&error["code"]).unwrap_or_default(),
+        message: text(&error["message"])
+            .or_else(|| text(error))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string()),
+        field: text(&error["param"]),
     }
 }
 

@@ -60,6 +60,10 @@ pub struct SubmitArgs {
     /// Wait for the job to finish and print its result.
     #[arg(long)]
     pub wait: bool,
+    /// Print the answer's tokens as they arrive (through the gateway's
+    /// OpenAI route; needs --model).
+    #[arg(long, conflicts_with_all = ["file", "wait", "delay_ms", "idempotency_key"], requires = "model")]
+    pub stream: bool,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +96,9 @@ fn parse_state(s: &str) -> Result<JobState, String> {
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    if args.stream {
+        return submit_stream(&args).await;
+    }
     let job = match &args.file {
         Some(path) => {
             let text = if path.as_os_str() == "-" {
@@ -366,5 +373,92 @@ pub async fn cancel(args: JobArgs) -> anyhow::Result<()> {
         return print_json(&job);
     }
     println!("job {} {}", job.id, job.state);
+    Ok(())
+}
+
+/// `submit --stream`: the prompt as a streamed chat completion through the
+/// gateway, tokens printed as they arrive; a stream cut short is an error.
+async fn submit_stream(args: &SubmitArgs) -> anyhow::Result<()> {
+    let Some(prompt) = &args.prompt else {
+        bail!("give a prompt (or `-` for standard input)");
+    };
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": read_arg_or_stdin(prompt)?}));
+    let mut body = serde_json::json!({
+        "model": args.model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(t) = args.temperature {
+        body["temperature"] = t.into();
+    }
+    if let Some(n) = args.max_tokens {
+        body["max_tokens"] = n.into();
+    }
+    let mut headers = vec![
+        ("x-kobo-kind", args.kind.clone()),
+        ("x-kobo-priority", args.priority.to_string()),
+    ];
+    if args.gpu {
+        headers.push(("x-kobo-gpu", "true".into()));
+    }
+    if args.confidential {
+        headers.push(("x-kobo-confidential", "true".into()));
+    }
+    if let Some(area) = &args.data_location {
+        headers.push(("x-kobo-data-location", area.clone()));
+    }
+    if let Some(region) = &args.prefer_region {
+        headers.push(("x-kobo-prefer-region", region.clone()));
+    }
+    let client = args.client.client()?;
+    let mut response = client
+        .gateway("/v1/chat/completions", &body, &headers)
+        .await?;
+    let job_id = response
+        .headers()
+        .get("x-kobo-job-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let mut pending = String::new();
+    let mut out = std::io::stdout();
+    let mut finished = false;
+    while let Some(chunk) = response.chunk().await.context("reading the stream")? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let Some(data) = event.trim().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                finished = true;
+                continue;
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(data).context("an event of the stream is not JSON")?;
+            if let Some(error) = value.get("error") {
+                println!();
+                bail!(
+                    "job {job_id}: {}",
+                    error["message"].as_str().unwrap_or("the stream failed")
+                );
+            }
+            if let Some(text) = value["choices"][0]["delta"]["content"].as_str() {
+                use std::io::Write;
+                print!("{text}");
+                out.flush().ok();
+            }
+        }
+    }
+    println!();
+    if !finished {
+        bail!("job {job_id}: the stream ended before its end");
+    }
+    eprintln!("job {job_id}");
     Ok(())
 }

@@ -407,7 +407,13 @@ async fn a_batch_report_answers_each_job_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_running_jobs_then_exits_zero() {
-    let mut cluster = Cluster::builder().start().await;
+    // Heartbeats and leases far longer than a loaded machine's stalls: this
+    // test is about the drain, and a missed heartbeat would requeue the job.
+    let mut cluster = Cluster::builder()
+        .heartbeat_ms(1000)
+        .lease_ttl_ms(30_000)
+        .start()
+        .await;
     cluster.fake.update_behavior(|b| b.latency_ms = 1000);
     let alpha = cluster
         .agent(AgentSpec::new("alpha", &["general_query"]))

@@ -405,3 +405,184 @@ async fn a_full_queue_answers_503_with_retry_after() {
     let first = busy.await.expect("task").expect("first answer");
     assert_eq!(first.status(), 200, "the waiting request was served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_embeddings_tools_and_json_pass_through_both_apis() {
+    let (cluster, key) = gateway_cluster(&["tokyo-01"]).await;
+
+    let completion = run(&cluster, &key, MODEL, "openai_completions").await;
+    assert_eq!(completion["finish_reason"], "stop", "{completion}");
+    let streamed = run(&cluster, &key, MODEL, "openai_completions_stream").await;
+    assert_eq!(streamed["error"], Value::Null, "{streamed}");
+    assert_eq!(
+        streamed["text"], completion["text"],
+        "the same completion, streamed"
+    );
+
+    let embeddings = run(&cluster, &key, MODEL, "openai_embeddings").await;
+    assert_eq!(embeddings["n"], 2, "{embeddings}");
+    assert!(
+        embeddings["dims"].as_u64().expect("dims") > 0,
+        "{embeddings}"
+    );
+    let model = run(&cluster, &key, MODEL, "openai_model_get").await;
+    assert_eq!(model["id"], MODEL, "{model}");
+
+    for scenario in ["openai_tools", "openai_tools_stream"] {
+        let tools = run(&cluster, &key, MODEL, scenario).await;
+        assert_eq!(tools["finish_reason"], "tool_calls", "{scenario}: {tools}");
+        let call = &tools["tool_calls"][0];
+        assert_eq!(call["name"], "get_weather", "{scenario}: {tools}");
+        let arguments: Value = serde_json::from_str(call["arguments"].as_str().expect("arguments"))
+            .unwrap_or_else(|e| panic!("{scenario}: arguments are JSON ({e}): {tools}"));
+        assert!(arguments["city"].is_string(), "{scenario}: {tools}");
+    }
+    let json_answer = run(&cluster, &key, MODEL, "openai_json").await;
+    assert_eq!(json_answer["parsed_ok"], true, "{json_answer}");
+
+    let embed = run(&cluster, &key, MODEL, "ollama_embed").await;
+    assert!(embed["dims"].as_u64().expect("dims") > 0, "{embed}");
+    let embedding = run(&cluster, &key, MODEL, "ollama_embeddings").await;
+    assert_eq!(embedding["n"], 1, "{embedding}");
+    let tools = run(&cluster, &key, MODEL, "ollama_tools").await;
+    assert_eq!(tools["tool_calls"][0]["name"], "get_weather", "{tools}");
+    assert!(
+        tools["tool_calls"][0]["arguments"]["city"].is_string(),
+        "{tools}"
+    );
+    let json_answer = run(&cluster, &key, MODEL, "ollama_json").await;
+    assert_eq!(json_answer["parsed_ok"], true, "{json_answer}");
+    let show = run(&cluster, &key, MODEL, "ollama_show").await;
+    assert_eq!(show["ok"], true, "{show}");
+    let version = run(&cluster, &key, MODEL, "ollama_version").await;
+    assert!(version["version"].is_string(), "{version}");
+
+    let jobs = cluster
+        .client()
+        .jobs(&JobListQuery::default())
+        .await
+        .expect("jobs")
+        .jobs;
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "every call ran as a job and succeeded: {jobs:?}"
+    );
+}
+
+/// An answer's events with what differs per request (ids, times, durations)
+/// taken out; the framing (event separators, `data: ` prefixes, line ends)
+/// is kept as it is.
+fn normalized_events(body: &str, separator: &str) -> Vec<String> {
+    body.split(separator)
+        .map(|event| {
+            let (prefix, json) = match event.strip_prefix("data: ") {
+                Some(rest) => ("data: ", rest),
+                None => ("", event),
+            };
+            match serde_json::from_str::<Value>(json) {
+                Ok(Value::Object(mut map)) => {
+                    map.retain(|k, _| {
+                        !(k == "id"
+                            || k == "created"
+                            || k == "created_at"
+                            || k.ends_with("_duration"))
+                    });
+                    format!("{prefix}{}", Value::Object(map))
+                }
+                _ => event.to_string(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relayed_stream_is_the_backends_byte_for_byte() {
+    let (cluster, key) = gateway_cluster(&["tokyo-01"]).await;
+    let http = kobo_client::http_client(Some(&std::fs::read(cluster.ca_path()).expect("ca")))
+        .expect("http");
+    let direct = reqwest::Client::new();
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "stream": true, "stream_options": {"include_usage": true},
+                   "messages": [{"role": "user", "content": "Write fizzbuzz in Rust"}]}),
+            "\n\n",
+        ),
+        (
+            "/api/chat",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "Write fizzbuzz in Rust"}]}),
+            "\n",
+        ),
+        (
+            "/api/generate",
+            json!({"model": MODEL, "prompt": "Write fizzbuzz in Rust"}),
+            "\n",
+        ),
+    ];
+    for (path, body, separator) in cases {
+        let relayed = http
+            .post(format!("{}{path}", cluster.url()))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .expect("through kobo");
+        assert_eq!(relayed.status(), 200, "{path}");
+        let content_type = relayed.headers()[reqwest::header::CONTENT_TYPE].clone();
+        assert!(relayed.headers().contains_key("x-kobo-job-id"), "{path}");
+        let relayed = relayed.text().await.expect("relayed body");
+        let original = direct
+            .post(format!("{}{path}", cluster.fake.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("straight to the fake");
+        assert_eq!(
+            original.headers()[reqwest::header::CONTENT_TYPE],
+            content_type,
+            "{path}: the content type"
+        );
+        let original = original.text().await.expect("original body");
+        assert_eq!(
+            normalized_events(&relayed, separator),
+            normalized_events(&original, separator),
+            "{path}: the stream as relayed and as the backend sends it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_stream_prints_the_tokens_of_a_gateway_job() {
+    let (cluster, _key) = gateway_cluster(&["tokyo-01"]).await;
+    let output = tokio::process::Command::new(kobo_tests::cluster::binary("kobo-coord"))
+        .args([
+            "submit",
+            "--stream",
+            "--model",
+            MODEL,
+            "Write fizzbuzz in Rust",
+        ])
+        .arg("--data-dir")
+        .arg(&cluster.data_dir)
+        .output()
+        .await
+        .expect("run kobo-coord submit --stream");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let jobs = cluster
+        .client()
+        .jobs(&JobListQuery::default())
+        .await
+        .expect("jobs")
+        .jobs;
+    let job = jobs.first().expect("the stream was a job");
+    assert!(stderr.contains(&format!("job {}", job.id)), "{stderr}");
+    let detail = cluster.client().job(job.id).await.expect("detail");
+    let text = detail.job.output.expect("stored answer").text;
+    assert_eq!(
+        stdout.trim_end(),
+        text.trim_end(),
+        "printed as it was answered"
+    );
+}
