@@ -420,6 +420,13 @@ async fn sigterm_finishes_running_jobs_then_exits_zero() {
         .await;
     let id = cluster.submit_prompt("general_query", "finish me").await;
     cluster.wait_state(id, JobState::Leased).await;
+    // Running, not only leased: the lease answer may still be on its way to
+    // the agent when the coordinator says leased.
+    cluster
+        .wait_until("alpha's call reaches the LLM", || async {
+            generation_calls(&cluster) == 1
+        })
+        .await;
     cluster.agents[alpha].signal(Signal::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(20), cluster.agents[alpha].child.wait())
         .await
