@@ -110,6 +110,31 @@ async fn next(
     }
 }
 
+/// Longest `Retry-After` kobo suggests, in seconds.
+const MAX_RETRY_AFTER_SECS: u64 = 300;
+
+/// When a refused request may find a free node: the jobs of its kind queued
+/// ahead of it over the rate jobs finished in the recent window; the queue
+/// wait bound when nothing finished lately.
+async fn retry_after(state: &AppState, kind: &str) -> u64 {
+    let fallback = state.gateway.max_queue_wait.as_secs().max(1);
+    let Ok(status) = state.observe.status().await else {
+        return fallback;
+    };
+    let queued: u64 = status
+        .queue
+        .iter()
+        .filter(|row| row.state == JobState::Queued && row.kind == kind)
+        .map(|row| row.jobs)
+        .sum();
+    let window_secs = (status.recent.window_ms as f64 / 1000.0).max(1.0);
+    let per_sec = status.recent.succeeded as f64 / window_secs;
+    if per_sec <= 0.0 {
+        return fallback;
+    }
+    ((queued.max(1) as f64 / per_sec).ceil() as u64).clamp(1, MAX_RETRY_AFTER_SECS)
+}
+
 /// The error a job that ended without an answer gives its client.
 fn ended_without_answer(dialect: Dialect, job: &JobView) -> GatewayError {
     match job.state {
@@ -174,6 +199,7 @@ async fn run(
     }
     let job = hints::job_of(&headers, &checked.model, &state.gateway, api)?;
     let model = checked.model.clone();
+    let kind = job.kind.clone();
     let stream = checked.call.stream;
     let submitted = state
         .queue
@@ -226,7 +252,7 @@ async fn run(
                         state.gateway.max_queue_wait.as_millis()
                     ),
                 );
-                err.retry_after = Some(state.gateway.max_queue_wait.as_secs().max(1));
+                err.retry_after = Some(retry_after(&state, &kind).await);
                 return Err(err);
             }
             Wait::Finished(job) if job.state == JobState::Succeeded => {
