@@ -42,7 +42,7 @@ pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
         .join(name);
     if !path.exists() {
         bail!(
-            "{} is missing: build it next to kobo-bench (e.g. `cargo build --release -p kobo-bench -p kobo-coord -p kobo-agent`)",
+            "{} is missing: build it next to kobo-bench (e.g. `cargo build --release -p kobo-bench -p kobo-coord -p kobo-agent -p kobo-fake-llm`)",
             path.display()
         );
     }

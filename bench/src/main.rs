@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long)]
     repeat: Option<usize>,
     /// Only these figures (comma-separated): pickup, overhead, throughput,
-    /// scaling, depth, failover, footprint.
+    /// scaling, depth, failover, footprint, gateway.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON to this file.
@@ -160,6 +160,7 @@ async fn run_figures(env: &Env, only: &[String]) -> anyhow::Result<Vec<FigureRep
             "depth" => figures::depth::run(env).await,
             "failover" => figures::failover::run(env).await,
             "footprint" => figures::footprint::run(env).await,
+            "gateway" => figures::gateway::run(env).await,
             other => bail!("unknown figure {other}"),
         }
         .with_context(|| format!("figure {name}"))?;

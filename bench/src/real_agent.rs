@@ -31,6 +31,8 @@ pub(crate) struct RealAgentSpec<'a> {
     pub(crate) kind: &'a str,
     pub(crate) max_workers: u32,
     pub(crate) sim_latency: Duration,
+    /// Run on the `ollama` backend against this base URL instead of `sim`.
+    pub(crate) llm_endpoint: Option<&'a str>,
 }
 
 pub(crate) struct RealAgent {
@@ -53,15 +55,14 @@ impl RealAgent {
         let log = dir.join(format!("{}.log", spec.node_id));
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(binary("kobo-agent")?)
+        let mut command = Command::new(binary("kobo-agent")?);
+        command
             .arg("join")
             .arg(&coordinator.url)
             .args(["--node-id", spec.node_id])
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--region", "ap-northeast-1", "--capabilities", spec.kind])
-            .args(["--llm", "sim", "--sim-latency-ms"])
-            .arg(spec.sim_latency.as_millis().to_string())
             .arg("--max-workers")
             .arg(spec.max_workers.to_string())
             .env("KOBO_JOIN_TOKEN", token)
@@ -69,9 +70,14 @@ impl RealAgent {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting kobo-agent")?;
+            .kill_on_drop(true);
+        match spec.llm_endpoint {
+            Some(endpoint) => command.args(["--llm", "ollama", "--llm-endpoint", endpoint]),
+            None => command
+                .args(["--llm", "sim", "--sim-latency-ms"])
+                .arg(spec.sim_latency.as_millis().to_string()),
+        };
+        let child = command.spawn().context("starting kobo-agent")?;
         let mut agent = RealAgent {
             child: Some(child),
             log,

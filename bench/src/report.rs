@@ -279,7 +279,7 @@ impl Report {
         let _ = writeln!(out, "```sh");
         let _ = writeln!(
             out,
-            "cargo build --release -p kobo-bench -p kobo-coord -p kobo-agent"
+            "cargo build --release -p kobo-bench -p kobo-coord -p kobo-agent -p kobo-fake-llm"
         );
         let _ = writeln!(out, "{}", self.command);
         let _ = writeln!(out, "```\n");

@@ -59,6 +59,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 kind: &kind,
                 max_workers: HELD as u32,
                 sim_latency: VICTIM_LATENCY,
+                llm_endpoint: None,
             },
             &agents_dir,
         )
@@ -92,6 +93,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 kind: &kind,
                 max_workers: HELD as u32,
                 sim_latency: SURVIVOR_LATENCY,
+                llm_endpoint: None,
             },
             &agents_dir,
         )

@@ -53,6 +53,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             kind: "idle",
             max_workers: 4,
             sim_latency: Duration::from_millis(200),
+            llm_endpoint: None,
         },
         &env.dir("footprint-agents"),
     )

@@ -4,6 +4,7 @@
 pub(crate) mod depth;
 pub(crate) mod failover;
 pub(crate) mod footprint;
+pub(crate) mod gateway;
 pub(crate) mod overhead;
 pub(crate) mod pickup;
 pub(crate) mod scaling;
@@ -30,6 +31,7 @@ pub(crate) const ALL: &[&str] = &[
     "depth",
     "failover",
     "footprint",
+    "gateway",
 ];
 
 /// Jobs inserted per transaction when pre-filling a database directly.
