@@ -90,6 +90,16 @@ async fn run(cluster: &Cluster, key: &str, model: &str, scenario: &str) -> Value
     })
 }
 
+/// Every job, newest first.
+async fn all_jobs(cluster: &Cluster) -> Vec<JobView> {
+    cluster
+        .client()
+        .jobs(&JobListQuery::default())
+        .await
+        .expect("jobs")
+        .jobs
+}
+
 async fn job(cluster: &Cluster, observed: &Value) -> JobView {
     let id: i64 = observed["job_id"]
         .as_str()
@@ -175,12 +185,7 @@ async fn official_clients_get_answers_whole_and_streamed_and_each_is_a_job() {
             .any(|m| m == MODEL),
         "{tags}"
     );
-    let jobs = cluster
-        .client()
-        .jobs(&JobListQuery::default())
-        .await
-        .expect("jobs")
-        .jobs;
+    let jobs = all_jobs(&cluster).await;
     assert_eq!(jobs.len(), 6, "every answering request is a job: {jobs:?}");
     for job in &jobs {
         // A client has its answer a moment before the agent's report lands.
@@ -211,12 +216,7 @@ async fn errors_come_in_each_apis_shape() {
             .contains("not found"),
         "{ollama_unknown}"
     );
-    let jobs = cluster
-        .client()
-        .jobs(&JobListQuery::default())
-        .await
-        .expect("jobs")
-        .jobs;
+    let jobs = all_jobs(&cluster).await;
     assert!(jobs.is_empty(), "a refused request leaves no job: {jobs:?}");
 }
 
@@ -270,12 +270,7 @@ async fn stream_until_first_chunk(
 async fn leased_job(cluster: &Cluster) -> JobView {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let jobs = cluster
-            .client()
-            .jobs(&JobListQuery::default())
-            .await
-            .expect("jobs")
-            .jobs;
+        let jobs = all_jobs(cluster).await;
         if let Some(job) = jobs.into_iter().find(|j| j.state == JobState::Leased) {
             return job;
         }
@@ -328,12 +323,7 @@ async fn a_client_that_goes_away_cancels_its_job_and_the_llm_call() {
         b.response_tokens = 600;
     });
     let child = stream_until_first_chunk(&cluster, &key, "openai_chat_stream_abandon").await;
-    let jobs = cluster
-        .client()
-        .jobs(&JobListQuery::default())
-        .await
-        .expect("jobs")
-        .jobs;
+    let jobs = all_jobs(&cluster).await;
     let leased = jobs.first().cloned().expect("the request's job");
     let output = child.wait_with_output().await.expect("client ends");
     assert!(
@@ -455,12 +445,7 @@ async fn completions_embeddings_tools_and_json_pass_through_both_apis() {
     let version = run(&cluster, &key, MODEL, "ollama_version").await;
     assert!(version["version"].is_string(), "{version}");
 
-    let jobs = cluster
-        .client()
-        .jobs(&JobListQuery::default())
-        .await
-        .expect("jobs")
-        .jobs;
+    let jobs = all_jobs(&cluster).await;
     assert_eq!(jobs.len(), 10, "every answering call is a job: {jobs:?}");
     for job in &jobs {
         assert_eq!(cluster.wait_done(job.id).await.state, JobState::Succeeded);
@@ -568,12 +553,7 @@ async fn submit_stream_prints_the_tokens_of_a_gateway_job() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    let jobs = cluster
-        .client()
-        .jobs(&JobListQuery::default())
-        .await
-        .expect("jobs")
-        .jobs;
+    let jobs = all_jobs(&cluster).await;
     let job = jobs.first().expect("the stream was a job");
     assert!(stderr.contains(&format!("job {}", job.id)), "{stderr}");
     // The stream's end reaches the client before the agent's report lands.
