@@ -76,6 +76,10 @@ impl Default for QueueConfig {
 /// it is answered 503 with `Retry-After`.
 pub const DEFAULT_GATEWAY_QUEUE_WAIT: Duration = Duration::from_secs(60);
 
+/// Default bound on gateway requests in flight: each holds a connection and
+/// a relay; past it a client is told to come back rather than queued.
+pub const DEFAULT_GATEWAY_MAX_REQUESTS: usize = 10_000;
+
 /// How gateway requests (OpenAI and Ollama API calls) become jobs.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -88,6 +92,9 @@ pub struct GatewayConfig {
     pub priority: i32,
     /// Longest a request waits for a node before a 503.
     pub max_queue_wait: Duration,
+    /// Most gateway requests in flight (waiting or answering) at once; more
+    /// are answered 503 at once instead of queueing without bound.
+    pub max_requests: usize,
 }
 
 impl Default for GatewayConfig {
@@ -97,6 +104,7 @@ impl Default for GatewayConfig {
             model_kinds: Vec::new(),
             priority: 10,
             max_queue_wait: DEFAULT_GATEWAY_QUEUE_WAIT,
+            max_requests: DEFAULT_GATEWAY_MAX_REQUESTS,
         }
     }
 }

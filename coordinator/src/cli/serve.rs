@@ -140,6 +140,10 @@ pub struct GatewayArgs {
     /// Retry-After.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub gateway_queue_wait: Duration,
+    /// Most gateway requests in flight (waiting or answering); more get 503
+    /// with Retry-After at once.
+    #[arg(long, default_value_t = kobo_queue::config::DEFAULT_GATEWAY_MAX_REQUESTS)]
+    pub gateway_max_requests: usize,
 }
 
 fn parse_model_kind(text: &str) -> Result<(String, String), String> {
@@ -158,6 +162,7 @@ impl GatewayArgs {
             model_kinds: self.gateway_model_kinds.clone(),
             priority: self.gateway_priority,
             max_queue_wait: self.gateway_queue_wait,
+            max_requests: self.gateway_max_requests,
         }
     }
 }

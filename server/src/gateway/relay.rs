@@ -200,6 +200,18 @@ async fn run(
     let job = hints::job_of(&headers, &checked.model, &state.gateway, api)?;
     let model = checked.model.clone();
     let kind = job.kind.clone();
+    if state.queue.streams().len() >= state.gateway.max_requests {
+        let mut err = GatewayError::new(
+            d,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} gateway requests are already in flight (the bound); retry later",
+                state.gateway.max_requests
+            ),
+        );
+        err.retry_after = Some(retry_after(&state, &kind).await);
+        return Err(err);
+    }
     let stream = checked.call.stream;
     let submitted = state
         .queue

@@ -566,3 +566,56 @@ async fn submit_stream_prints_the_tokens_of_a_gateway_job() {
         "printed as it was answered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_bound_on_requests_in_flight_a_request_is_refused_at_once() {
+    let mut cluster = Cluster::builder()
+        .serve_arg("--gateway-max-requests=1")
+        .start()
+        .await;
+    cluster
+        .agent(AgentSpec::new("tokyo-01", &["general_query"]))
+        .await;
+    let key = cluster
+        .client()
+        .apikey_create("gateway-client", AccessRole::Submit)
+        .await
+        .expect("key")
+        .key;
+    cluster.fake.update_behavior(|b| b.hold = true);
+    let http = kobo_client::http_client(Some(&std::fs::read(cluster.ca_path()).expect("ca")))
+        .expect("http");
+    let body = json!({"model": MODEL, "prompt": "hi", "stream": false});
+    let url = format!("{}/api/generate", cluster.url());
+    let first = {
+        let (http, url, key, body) = (http.clone(), url.clone(), key.clone(), body.clone());
+        tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await })
+    };
+    cluster
+        .wait_until("the first request is in flight", || async {
+            cluster.fake.in_flight() == 1
+        })
+        .await;
+    let refused = http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let error: Value = refused.json().await.expect("json");
+    assert!(
+        error["error"].as_str().unwrap_or("").contains("in flight"),
+        "Ollama's shape, saying why: {error}"
+    );
+    assert_eq!(
+        all_jobs(&cluster).await.len(),
+        1,
+        "the refused request made no job"
+    );
+    cluster.fake.update_behavior(|b| b.hold = false);
+    let first = first.await.expect("task").expect("first answer");
+    assert_eq!(first.status(), 200, "the request in flight was served");
+}
