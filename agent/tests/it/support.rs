@@ -9,7 +9,7 @@ use kobo_protocol::{LlmOutput, LlmRequest, Usage};
 
 /// Longest a test waits for the fake to see a request arrive or go away;
 /// a bound on a wait for an event, not a guess at how long work takes.
-pub(crate) const EVENT_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const EVENT_WAIT: Duration = Duration::from_secs(60);
 
 /// How often [`wait_for_requests`] looks at the fake's counter.
 const POLL: Duration = Duration::from_millis(2);

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use super::{MODEL, fake, post, send};
 use crate::FakeBehavior;
 
-const WAIT: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_client_leaving_mid_stream_counts_as_aborted() {
