@@ -340,6 +340,31 @@ async fn a_client_that_goes_away_cancels_its_job_and_the_llm_call() {
         .await;
 }
 
+/// Holds the LLM and sends one request to `url`, which stays in flight
+/// (its call held at the fake) until the hold is released; returns the
+/// HTTPS client and that request.
+async fn occupy(
+    cluster: &Cluster,
+    key: &str,
+    url: &str,
+    body: &Value,
+) -> (
+    reqwest::Client,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    cluster.fake.update_behavior(|b| b.hold = true);
+    let http = kobo_client::http_client(Some(&std::fs::read(cluster.ca_path()).expect("ca")))
+        .expect("http");
+    let request = http.post(url).bearer_auth(key).json(body);
+    let held = tokio::spawn(request.send());
+    cluster
+        .wait_until("the first request's call is held at the LLM", || async {
+            cluster.fake.in_flight() == 1
+        })
+        .await;
+    (http, held)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_with_retry_after() {
     let mut cluster = Cluster::builder()
@@ -355,20 +380,9 @@ async fn a_full_queue_answers_503_with_retry_after() {
         .await
         .expect("key")
         .key;
-    cluster.fake.update_behavior(|b| b.hold = true);
-    let http = kobo_client::http_client(Some(&std::fs::read(cluster.ca_path()).expect("ca")))
-        .expect("http");
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
     let url = format!("{}/v1/chat/completions", cluster.url());
-    let busy = {
-        let (http, url, key, body) = (http.clone(), url.clone(), key.clone(), body.clone());
-        tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await })
-    };
-    cluster
-        .wait_until("the first request holds the only worker", || async {
-            cluster.fake.in_flight() == 1
-        })
-        .await;
+    let (http, busy) = occupy(&cluster, &key, &url, &body).await;
     let refused = http
         .post(&url)
         .bearer_auth(&key)
@@ -582,20 +596,9 @@ async fn past_the_bound_on_requests_in_flight_a_request_is_refused_at_once() {
         .await
         .expect("key")
         .key;
-    cluster.fake.update_behavior(|b| b.hold = true);
-    let http = kobo_client::http_client(Some(&std::fs::read(cluster.ca_path()).expect("ca")))
-        .expect("http");
     let body = json!({"model": MODEL, "prompt": "hi", "stream": false});
     let url = format!("{}/api/generate", cluster.url());
-    let first = {
-        let (http, url, key, body) = (http.clone(), url.clone(), key.clone(), body.clone());
-        tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await })
-    };
-    cluster
-        .wait_until("the first request is in flight", || async {
-            cluster.fake.in_flight() == 1
-        })
-        .await;
+    let (http, first) = occupy(&cluster, &key, &url, &body).await;
     let refused = http
         .post(&url)
         .bearer_auth(&key)
