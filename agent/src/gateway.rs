@@ -61,11 +61,21 @@ pub async fn relay(
     target: StreamTarget<'_>,
     call: &GatewayCall,
 ) -> Result<Relayed, LlmError> {
-    llm.limited(async {
-        let reply = llm.gateway_open(call).await?;
-        upload(coordinator, target, reply).await
+    let relayed = llm
+        .limited(async {
+            let reply = llm.gateway_open(call).await?;
+            upload(coordinator, target, reply).await
+        })
+        .await?;
+    Ok(match (relayed, &call.resume) {
+        // A continuation's answer is the whole answer's rest: the job's
+        // output is all of it.
+        (Relayed::Done(mut output), Some(resume)) => {
+            output.text.insert_str(0, &resume.text);
+            Relayed::Done(output)
+        }
+        (relayed, _) => relayed,
     })
-    .await
 }
 
 /// What the upload's body is fed with.

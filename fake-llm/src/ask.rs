@@ -18,6 +18,9 @@ pub(crate) struct Ask {
     pub(crate) stream: bool,
     /// The reply is derived from this.
     pub(crate) input: String,
+    /// A chat's last message when it is the assistant's: the start of the
+    /// reply, which the fake continues (as Ollama and llama.cpp do).
+    pub(crate) prefill: Option<String>,
     pub(crate) prompt_tokens: u64,
     /// The request's own token cap, if any.
     pub(crate) cap: Option<u32>,
@@ -51,6 +54,7 @@ impl Ask {
     pub(crate) fn from_request(value: &Value, api: Api) -> Ask {
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         let mut all = Vec::new();
+        let mut prefill = None;
         if let Some(system) = value.get("system").and_then(Value::as_str) {
             all.push(system.to_owned());
         }
@@ -61,10 +65,19 @@ impl Ask {
                 .cloned()
                 .unwrap_or_default();
             all.extend(messages.iter().map(|m| text(&m["content"])));
-            messages
-                .last()
-                .map(|m| text(&m["content"]))
-                .unwrap_or_default()
+            let (last, before) = match messages.split_last() {
+                Some((last, before)) => (Some(last), before),
+                None => (None, &[][..]),
+            };
+            if let Some(last) = last.filter(|m| m["role"] == "assistant") {
+                prefill = Some(text(&last["content"]));
+                before
+                    .last()
+                    .map(|m| text(&m["content"]))
+                    .unwrap_or_default()
+            } else {
+                last.map(|m| text(&m["content"])).unwrap_or_default()
+            }
         } else {
             // The legacy completions API also takes a list of prompts; the
             // fake answers the first.
@@ -97,6 +110,7 @@ impl Ask {
                 .map(|t| t.split_whitespace().count() as u64)
                 .sum(),
             input,
+            prefill,
             cap,
             include_usage: value
                 .pointer("/stream_options/include_usage")
@@ -114,11 +128,24 @@ impl Ask {
         let capped = n < wanted;
         let pieces = |text: &str, n: u32| split_pieces(text, usize::try_from(n).unwrap_or(1));
         match &self.shape {
-            Shape::Text => Body {
-                tokens: reply_tokens(&self.input, n),
-                capped,
-                call: None,
-            },
+            Shape::Text => {
+                let mut tokens = reply_tokens(&self.input, wanted);
+                let skip = self
+                    .prefill
+                    .as_deref()
+                    .map_or(0, |prefill| prefilled(&tokens, prefill));
+                tokens.drain(..skip);
+                let n = self
+                    .cap
+                    .map_or(tokens.len(), |cap| tokens.len().min(cap as usize));
+                let capped = n < tokens.len();
+                tokens.truncate(n);
+                Body {
+                    tokens,
+                    capped,
+                    call: None,
+                }
+            }
             Shape::Json(schema) => Body {
                 tokens: pieces(&json_reply(schema.as_ref(), &reply_text(&self.input, n)), n),
                 capped,
@@ -137,6 +164,26 @@ impl Ask {
                 }
             }
         }
+    }
+}
+
+/// How many of the reply's `tokens` a prefilled assistant message already
+/// holds: all it starts with, when it is a run of whole tokens.
+fn prefilled(tokens: &[String], prefill: &str) -> usize {
+    let mut covered = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        if covered == prefill.len() {
+            return i;
+        }
+        if !prefill[covered..].starts_with(token.as_str()) {
+            return 0;
+        }
+        covered += token.len();
+    }
+    if covered == prefill.len() {
+        tokens.len()
+    } else {
+        0
     }
 }
 
@@ -209,6 +256,30 @@ mod tests {
 
     fn shape(value: Value, api: Api) -> Shape {
         Ask::from_request(&value, api).shape
+    }
+
+    #[test]
+    fn a_prefilled_assistant_message_is_continued() {
+        let behavior = FakeBehavior {
+            response_tokens: 6,
+            ..FakeBehavior::default()
+        };
+        let full = reply_tokens("q", 6);
+        let user = json!({"role": "user", "content": "q"});
+        let prefix = full[..2].concat();
+        let continued = json!({"messages": [user, {"role": "assistant", "content": prefix}],
+            "max_tokens": 3});
+        let ask = Ask::from_request(&continued, Api::OpenAi);
+        let body = ask.body(&behavior, 1);
+        assert_eq!(body.tokens, full[2..5].to_vec(), "the rest, capped");
+        assert!(body.capped);
+        let unknown = json!({"messages": [user, {"role": "assistant", "content": "zzz"}]});
+        let body = Ask::from_request(&unknown, Api::OllamaChat).body(&behavior, 1);
+        assert_eq!(
+            body.tokens, full,
+            "a prefix it did not write: a whole reply"
+        );
+        assert_eq!(prefilled(&full, &full.concat()), 6);
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub struct GatewayCall {
     /// Whether the answer streams (the body's `stream`, with each API's
     /// default: Ollama streams unless told not to, OpenAI does not).
     pub stream: bool,
+    /// Set when an earlier attempt's stream broke after it reached the
+    /// client: what that stream had said, for this attempt to continue
+    /// from (see [`crate::resume`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<crate::resume::Resume>,
 }
 
 /// `POST /v1/agent/jobs/{id}/stream?node_id=&lease_token=`: the agent sends

@@ -17,6 +17,8 @@
 //! - [`data_dir`]: `DataDir`, the names of the coordinator's files; `ClientFile`.
 //! - [`files`]: `write_atomic`, the one writer of key and state files.
 //! - [`digest`]: the one `sha256_hex`, used by every crate.
+//! - [`framing`]: incremental SSE and NDJSON decoders.
+//! - [`resume`]: continuing a broken gateway stream on another node.
 
 pub mod admin;
 pub mod agent;
@@ -24,10 +26,12 @@ pub mod data_dir;
 pub mod digest;
 pub mod error;
 pub mod files;
+pub mod framing;
 pub mod gateway;
 pub mod job;
 pub mod node;
 pub mod observe;
+pub mod resume;
 pub mod route;
 pub mod validate;
 

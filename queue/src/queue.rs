@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kobo_protocol::resume::Resume;
 use kobo_protocol::{
     AccessRole, CompleteBatchRequest, CompleteRequest, CompleteResponse, ErrorDetail,
     HeartbeatRequest, HeartbeatResponse, JobId, JobState, JobView, Lease, LeaseRequest, NodeStatus,
@@ -219,6 +220,34 @@ impl Queue {
         }
     }
 
+    /// Takes a gateway job's lease `lease_token` away at once because its
+    /// stream broke (the answering agent or its upload died): the job goes
+    /// back to the queue (counting the attempt) for another node to answer
+    /// or continue, without waiting for the lease to run out. A lease no
+    /// longer current is left alone.
+    pub async fn release_broken_stream(
+        &self,
+        job_id: JobId,
+        lease_token: i64,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let hub = self.hub.clone();
+        self.store
+            .write(move |ctx| {
+                let mut changes = Changes::default();
+                store::release_leases(
+                    ctx.tx,
+                    ctx.now,
+                    &[(job_id, lease_token)],
+                    "stream_broken",
+                    &detail,
+                    &mut changes,
+                )?;
+                apply(&hub, ctx, changes)
+            })
+            .await
+    }
+
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, StoreError> {
         let hub = self.hub.clone();
         let config = self.hub.config.clone();
@@ -242,7 +271,43 @@ impl Queue {
     }
 
     /// Leases up to `max_jobs` jobs, parking up to `wait` when none is ready.
+    /// A streamed gateway job's new attempt is told where to continue from
+    /// when an earlier one's stream broke after reaching its client.
     pub async fn lease(&self, req: LeaseRequest) -> Result<Vec<Lease>, StoreError> {
+        let mut leases = self.lease_jobs(req).await?;
+        for lease in &mut leases {
+            if let Some(call) = lease.request.gateway.as_mut().filter(|call| call.stream) {
+                call.resume = self
+                    .streams
+                    .begin_attempt(lease.job_id, lease.lease_token, call);
+                if let Some(resume) = &call.resume {
+                    self.note_resume(lease.job_id, lease.lease_token, resume);
+                }
+            }
+        }
+        Ok(leases)
+    }
+
+    /// Records in the lease's event where its attempt continues from; in
+    /// the background, as the lease answer should not wait for it.
+    fn note_resume(&self, job_id: JobId, lease_token: i64, resume: &Resume) {
+        let note = format!(
+            "continues the broken stream from its first {} characters ({} tokens)",
+            resume.text.chars().count(),
+            resume.tokens
+        );
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let noted = store
+                .write(move |ctx| store::note_lease(ctx.tx, job_id, lease_token, &note))
+                .await;
+            if let Err(err) = noted {
+                tracing::warn!(job_id, error = %err, "noting where a stream resumes");
+            }
+        });
+    }
+
+    async fn lease_jobs(&self, req: LeaseRequest) -> Result<Vec<Lease>, StoreError> {
         let hub = self.hub.clone();
         let wait = Duration::from_millis(req.wait_ms.min(self.hub.config.long_poll_ms));
         let start = self

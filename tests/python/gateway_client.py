@@ -11,8 +11,9 @@ even when it observed the error the scenario provokes (that error is recorded
 in the JSON). Any other exception exits 1 with its traceback on stderr.
 `--list` prints the scenario names instead.
 
-The scenarios *_stream_slow and *_stream_abandon print a line FIRST_CHUNK on
-stderr as soon as the first chunk of the stream has arrived.
+The scenarios *_stream_slow print a line FIRST_CHUNK on stderr as soon as the
+first text of the stream has arrived, *_stream_abandon as soon as its first
+chunk has.
 """
 
 import argparse
@@ -161,14 +162,15 @@ def read_chat_stream(stream, on_first=None):
     try:
         for chunk in stream:
             out["chunks"] += 1
-            if out["chunks"] == 1 and on_first:
-                on_first()
             if chunk.usage is not None:
                 out["usage"] = usage_dict(chunk.usage)
             for choice in chunk.choices:
                 delta = choice.delta
                 if delta is not None:
                     out["text"] += delta.content or ""
+                    if on_first and out["text"]:
+                        on_first()
+                        on_first = None
                     for tc in delta.tool_calls or []:
                         call = calls.setdefault(tc.index, {"name": "", "arguments": ""})
                         if tc.function is not None:
@@ -326,7 +328,7 @@ def ollama_expect_error(call):
     return {"status": None, "message": None}
 
 
-def ollama_stream(parts, text_of):
+def ollama_stream(parts, text_of, on_first=None):
     """Reads an Ollama NDJSON stream; the last chunk tells done and counts."""
     out = {"text": "", "chunks": 0, "done": None, "done_reason": None,
            "eval_count": None, "prompt_eval_count": None, **NO_ERROR}
@@ -334,6 +336,9 @@ def ollama_stream(parts, text_of):
         for part in parts:
             out["chunks"] += 1
             out["text"] += text_of(part) or ""
+            if on_first and out["text"]:
+                on_first()
+                on_first = None
             out["done"] = part.done
             out["done_reason"] = part.done_reason
             out["eval_count"] = part.eval_count
@@ -364,6 +369,11 @@ def ollama_chat_stream(gw):
     return ollama_stream(parts, lambda p: p.message.content)
 
 
+def ollama_chat_stream_slow(gw):
+    parts = gw.ollama().chat(model=gw.model, messages=chat_messages(), stream=True)
+    return ollama_stream(parts, lambda p: p.message.content, on_first=first_chunk_seen)
+
+
 def ollama_generate(gw):
     resp = gw.ollama().generate(model=gw.model, prompt=PROMPT)
     return ollama_final(resp, resp.response)
@@ -372,6 +382,11 @@ def ollama_generate(gw):
 def ollama_generate_stream(gw):
     parts = gw.ollama().generate(model=gw.model, prompt=PROMPT, stream=True)
     return ollama_stream(parts, lambda p: p.response)
+
+
+def ollama_generate_stream_slow(gw):
+    parts = gw.ollama().generate(model=gw.model, prompt=PROMPT, stream=True)
+    return ollama_stream(parts, lambda p: p.response, on_first=first_chunk_seen)
 
 
 def ollama_embed(gw):
@@ -453,8 +468,10 @@ SCENARIOS = {f.__name__: f for f in (
     openai_bad_field,
     ollama_chat,
     ollama_chat_stream,
+    ollama_chat_stream_slow,
     ollama_generate,
     ollama_generate_stream,
+    ollama_generate_stream_slow,
     ollama_embed,
     ollama_embeddings,
     ollama_tags,

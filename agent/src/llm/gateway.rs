@@ -98,11 +98,15 @@ impl LlmClient {
         } else {
             "application/json"
         };
+        // A continued call carries the text its broken stream had sent.
+        let body = call
+            .backend_body()
+            .map_err(|why| LlmError::permanent(format!("this call cannot be continued: {why}")))?;
         let builder = http
             .client
             .post(&url)
             .header(ACCEPT, accept)
-            .json(&call.body);
+            .json(body.as_ref());
         let response = http.send(builder).await?;
         Ok(GatewayReply::new(http, response, call, stream))
     }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use kobo_protocol::{GatewayApi, LlmOutput, Usage};
 use serde_json::Value;
 
-use super::ndjson::LineDecoder;
-use super::sse::SseDecoder;
 use super::{LlmError, MAX_LINE_BYTES, MAX_REPLY_BYTES, clip, json_error_message, millis};
 use super::{ollama, openai};
+use kobo_protocol::framing::LineDecoder;
+use kobo_protocol::framing::SseDecoder;
 
 /// Reads an answer's output from its bytes, which the caller passes on
 /// untouched. Streams reuse the backends' own stream readers.

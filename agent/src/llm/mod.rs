@@ -12,11 +12,9 @@
 
 mod gateway;
 mod gateway_output;
-mod ndjson;
 mod ollama;
 mod openai;
 mod sim;
-mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,8 +7,8 @@ use kobo_protocol::{ChatMessage, GenerationOptions, LlmOutput, LlmRequest, Usage
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::ndjson::LineDecoder;
 use super::{Http, LlmError, MAX_LINE_BYTES, clip, millis};
+use kobo_protocol::framing::LineDecoder;
 
 /// Where Ollama listens unless told otherwise.
 pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:11434";

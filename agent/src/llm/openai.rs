@@ -7,8 +7,8 @@ use kobo_protocol::{LlmOutput, LlmRequest, Usage};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::sse::{SseDecoder, SseEvent};
 use super::{Http, LlmError, MAX_LINE_BYTES, clip, json_error_message, millis};
+use kobo_protocol::framing::{SseDecoder, SseEvent};
 
 /// Where vLLM listens unless told otherwise.
 pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8000";

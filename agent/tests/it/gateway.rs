@@ -148,7 +148,12 @@ fn chat(api: GatewayApi, stream: bool, text: &str) -> GatewayCall {
     if api == GatewayApi::OpenAiChat {
         body["stream_options"] = json!({"include_usage": true});
     }
-    GatewayCall { api, body, stream }
+    GatewayCall {
+        api,
+        body,
+        stream,
+        resume: None,
+    }
 }
 
 async fn run(

@@ -168,6 +168,21 @@ pub fn lease_for_node(
     Ok(leases)
 }
 
+/// Adds `note` to the event of `job_id`'s lease `lease_token` (what the
+/// lease was told beyond the job, such as where a broken stream resumes).
+pub fn note_lease(
+    tx: &Transaction<'_>,
+    job_id: JobId,
+    lease_token: i64,
+    note: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE job_events SET detail = detail || '; ' || ?3 WHERE job_id = ?1 AND to_state = 'leased' AND detail = 'lease ' || ?2",
+    )?
+    .execute(params![job_id, lease_token, note])?;
+    Ok(())
+}
+
 /// Starts, or ends, a job's wait for its preferred node or region.
 pub fn set_locality(tx: &Transaction<'_>, job_id: JobId, until: i64) -> Result<(), StoreError> {
     tx.prepare_cached("UPDATE jobs SET locality_until = ?2 WHERE id = ?1")?

@@ -189,6 +189,7 @@ pub(super) fn check(api: GatewayApi, body: &[u8]) -> Result<Checked, GatewayErro
             api,
             body: Value::Object(map),
             stream,
+            resume: None,
         },
     })
 }

@@ -3,9 +3,12 @@
 //! stream the backend produces (SSE for OpenAI, NDJSON for Ollama).
 //!
 //! A failure before the first byte reached the client is retried on another
-//! node by the queue and invisible here; a stream cut after bytes were sent
-//! ends with the API's own error event, never a clean end. A client that goes
-//! away cancels its job, which ends the agent's upload and its LLM call.
+//! node by the queue and invisible here. A stream cut after bytes were sent
+//! goes on from there on another node when the call allows it (the queue's
+//! relay hands the next attempt the text so far, see
+//! `kobo_queue::streams`); else it ends with the API's own error event,
+//! never a clean end. A client that goes away cancels its job, which ends
+//! the agent's upload and its LLM call.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -73,6 +76,9 @@ enum Wait {
     Frame(Frame),
     Finished(Box<JobView>),
     TooLong,
+    /// The relay's sending side is gone (it never is while the job's entry
+    /// lives).
+    Closed,
 }
 
 /// The next thing that happens to the job: a frame of its relay, its end,
@@ -91,7 +97,7 @@ async fn next(
             frame = listener.receiver.recv() => {
                 return Ok(match frame {
                     Some(frame) => Wait::Frame(frame),
-                    None => Wait::Frame(Frame::Broken { reason: "the relay closed".into() }),
+                    None => Wait::Closed,
                 });
             }
             job = queue.wait(caller, job_id, WAIT_SLICE) => {
@@ -213,6 +219,7 @@ async fn run(
         return Err(err);
     }
     let stream = checked.call.stream;
+    let call = checked.call.clone();
     let submitted = state
         .queue
         .submit_gateway(&caller, job, checked.call)
@@ -228,7 +235,7 @@ async fn run(
         job_id,
         armed: true,
     };
-    let Some(mut listener) = state.queue.streams().listen(job_id) else {
+    let Some(mut listener) = state.queue.streams().listen(job_id, call) else {
         return Err(GatewayError::new(
             d,
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -270,7 +277,9 @@ async fn run(
             Wait::Finished(job) if job.state == JobState::Succeeded => {
                 // The upload ended before the completion; take what is left.
                 while let Ok(frame) = listener.receiver.try_recv() {
-                    if let Frame::Data(bytes) = frame {
+                    if listener.admit(&frame)
+                        && let Frame::Data { bytes, .. } = frame
+                    {
                         whole.extend_from_slice(&bytes);
                     }
                 }
@@ -281,25 +290,61 @@ async fn run(
                 guard.disarm();
                 return Err(ended_without_answer(d, &job));
             }
+            Wait::Closed => {
+                return Err(GatewayError::new(
+                    d,
+                    StatusCode::BAD_GATEWAY,
+                    "the relay closed",
+                ));
+            }
+            Wait::Frame(frame) if !listener.admit(&frame) => {
+                tracing::debug!(job_id, "dropped a frame of a stale attempt");
+            }
             Wait::Frame(Frame::Start { node_id, .. }) => {
                 node = Some(node_id);
                 whole.clear();
             }
-            Wait::Frame(Frame::Broken { .. }) => {
-                // Nothing reached the client yet: the queue retries the job
-                // elsewhere, and its next upload starts over.
+            Wait::Frame(Frame::Broken {
+                lease_token,
+                reason,
+            }) => {
+                // Nothing reached the client yet: the job goes back to the
+                // queue at once, and its next upload starts over.
                 whole.clear();
+                let detail = format!("{reason}; retried before its first byte reached the client");
+                release(&state.queue, job_id, lease_token, detail).await;
             }
-            Wait::Frame(Frame::End) => {
+            Wait::Frame(Frame::End { .. }) => {
                 guard.disarm();
                 return Ok(whole_answer(whole, job_id, node.as_deref(), api, stream));
             }
-            Wait::Frame(Frame::Data(bytes)) if stream => {
-                let response = streamed(bytes, listener, guard, api);
-                return Ok(with_kobo_headers(response, job_id, node.as_deref()));
+            Wait::Frame(Frame::Data { bytes, .. }) if stream => {
+                let relay = Relay {
+                    first: Some(bytes),
+                    listener,
+                    guard,
+                    api,
+                    queue: state.queue.clone(),
+                    caller,
+                    continue_within: state.gateway.max_queue_wait,
+                    waiting: None,
+                    done: false,
+                };
+                return Ok(with_kobo_headers(streamed(relay), job_id, node.as_deref()));
             }
-            Wait::Frame(Frame::Data(bytes)) => whole.extend_from_slice(&bytes),
+            Wait::Frame(Frame::Data { bytes, .. }) => whole.extend_from_slice(&bytes),
         }
+    }
+}
+
+/// Puts a job whose stream broke back in the queue at once (its lease is
+/// of no use: the upload that served it is gone).
+async fn release(queue: &Queue, job_id: JobId, lease_token: i64, detail: String) {
+    if let Err(err) = queue
+        .release_broken_stream(job_id, lease_token, detail)
+        .await
+    {
+        tracing::error!(job_id, error = %err, "releasing the lease of a broken stream");
     }
 }
 
@@ -324,63 +369,139 @@ fn whole_answer(
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
+/// A streamed answer being relayed to its client.
 struct Relay {
     first: Option<Bytes>,
     listener: Listener,
     guard: JobGuard,
     api: GatewayApi,
+    queue: Queue,
+    caller: Caller,
+    /// How long a broken answer waits for a node to continue it.
+    continue_within: Duration,
+    /// Set while a broken answer waits for its next attempt: until when.
+    waiting: Option<Instant>,
     done: bool,
 }
 
-/// The streamed answer: the first bytes, then every frame as it comes. A
-/// restart or a break after bytes were sent ends the stream with the API's
-/// error event (and cancels the job, whose retry could not continue it).
-fn streamed(first: Bytes, listener: Listener, guard: JobGuard, api: GatewayApi) -> Response {
-    let relay = Relay {
-        first: Some(first),
-        listener,
-        guard,
-        api,
-        done: false,
-    };
+impl Relay {
+    /// Ends the stream with the API's error event; the job, which cannot
+    /// reach this client any more, is cancelled when the relay drops.
+    fn cut(&mut self, why: &str) -> Bytes {
+        self.done = true;
+        let err = GatewayError::new(
+            dialect(self.api),
+            StatusCode::BAD_GATEWAY,
+            format!("the stream was cut: {why}"),
+        );
+        tracing::warn!(job_id = self.guard.job_id, %why, "gateway stream cut");
+        Bytes::from(err.stream_event())
+    }
+
+    /// The next frame of the relay; while a broken answer waits for its
+    /// next attempt, the job ending or the wait's bound passing first.
+    async fn frame(&mut self) -> Result<Frame, Bytes> {
+        let job_id = self.guard.job_id;
+        loop {
+            let Some(until) = self.waiting else {
+                return match self.listener.receiver.recv().await {
+                    Some(frame) => Ok(frame),
+                    None => Err(self.cut("the relay closed")),
+                };
+            };
+            tokio::select! {
+                biased;
+                frame = self.listener.receiver.recv() => {
+                    return frame.ok_or_else(|| self.cut("the relay closed"));
+                }
+                job = self.queue.wait(&self.caller, job_id, WAIT_SLICE) => match job {
+                    Ok(job) if job.state.is_terminal() => {
+                        let why = format!(
+                            "the job ended {} before a node continued it: {}",
+                            job.state,
+                            job.last_error.as_deref().unwrap_or("no error recorded")
+                        );
+                        return Err(self.cut(&why));
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::error!(job_id, error = %err, "waiting for a broken gateway job");
+                        return Err(self.cut("internal error"));
+                    }
+                },
+                () = tokio::time::sleep_until(until) => {
+                    let why = format!(
+                        "no node continued the answer within {} ms",
+                        self.continue_within.as_millis()
+                    );
+                    return Err(self.cut(&why));
+                }
+            }
+        }
+    }
+
+    /// The next bytes for the client; `None` at the answer's proper end.
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        let job_id = self.guard.job_id;
+        loop {
+            let frame = match self.frame().await {
+                Ok(frame) => frame,
+                Err(event) => return Some(event),
+            };
+            if !self.listener.admit(&frame) {
+                tracing::debug!(job_id, "dropped a frame of a stale attempt");
+                continue;
+            }
+            match frame {
+                Frame::Data { bytes, .. } => return Some(bytes),
+                Frame::End { .. } => {
+                    self.guard.disarm();
+                    return None;
+                }
+                Frame::Broken {
+                    lease_token,
+                    reason,
+                } => {
+                    if let Err(why) = self.listener.continuable() {
+                        return Some(self.cut(&format!("{reason}; it cannot be continued: {why}")));
+                    }
+                    let chars = self.listener.sent_chars();
+                    tracing::warn!(job_id, %reason, chars, "gateway stream broke; continuing on another node");
+                    let detail =
+                        format!("{reason}; the stream goes on from its first {chars} characters");
+                    release(&self.queue, job_id, lease_token, detail).await;
+                    self.waiting = Some(Instant::now() + self.continue_within);
+                }
+                Frame::Start { node_id, .. } => {
+                    // A new attempt: after a break, or after the lease of a
+                    // silent one ran out.
+                    if let Err(why) = self.listener.continuable() {
+                        let why = format!("the answer restarted on {node_id}, and {why}");
+                        return Some(self.cut(&why));
+                    }
+                    tracing::info!(job_id, %node_id, "gateway stream continues");
+                    self.waiting = None;
+                }
+            }
+        }
+    }
+}
+
+/// The streamed answer: the first bytes, then every frame as it comes,
+/// continued on another node after a break where the call allows it.
+fn streamed(relay: Relay) -> Response {
+    let api = relay.api;
     let body: ByteStream = Box::pin(futures_util::stream::unfold(
         relay,
         |mut relay| async move {
-            if relay.done {
-                return None;
-            }
-            if let Some(first) = relay.first.take() {
-                return Some((Ok(first), relay));
-            }
-            let cut = |relay: &mut Relay, why: &str| {
-                relay.done = true;
-                let err = GatewayError::new(
-                    dialect(relay.api),
-                    StatusCode::BAD_GATEWAY,
-                    format!("the stream was cut: {why}"),
-                );
-                tracing::warn!(job_id = relay.guard.job_id, %why, "gateway stream cut");
-                Bytes::from(err.stream_event())
-            };
-            match relay.listener.receiver.recv().await {
-                Some(Frame::Data(bytes)) => Some((Ok(bytes), relay)),
-                Some(Frame::End) => {
-                    relay.guard.disarm();
-                    None
-                }
-                Some(Frame::Broken { reason }) => {
-                    let event = cut(&mut relay, &reason);
-                    Some((Ok(event), relay))
-                }
-                Some(Frame::Start { node_id, .. }) => {
-                    let event = cut(&mut relay, &format!("the answer restarted on {node_id}"));
-                    Some((Ok(event), relay))
-                }
-                None => {
-                    let event = cut(&mut relay, "the relay closed");
-                    Some((Ok(event), relay))
-                }
-            }
+            let bytes = relay.next_bytes().await?;
+            Some((Ok(bytes), relay))
         },
     ));
     let mut response = Response::new(Body::from_stream(body));

@@ -51,6 +51,7 @@ pub(crate) async fn agent_stream(
     if upload.sender.send(start).await.is_err() {
         return Ok(gone());
     }
+    let lease_token = query.lease_token;
     let mut chunks = body.into_data_stream();
     loop {
         let chunk = tokio::select! {
@@ -59,14 +60,20 @@ pub(crate) async fn agent_stream(
         };
         let frame = match chunk {
             Some(Ok(bytes)) if bytes.is_empty() => continue,
-            Some(Ok(bytes)) => Frame::Data(bytes),
+            Some(Ok(bytes)) => Frame::Data { lease_token, bytes },
             Some(Err(err)) => {
                 let reason = format!("the agent's upload broke off: {err}");
-                let _ = upload.sender.send(Frame::Broken { reason }).await;
+                let _ = upload
+                    .sender
+                    .send(Frame::Broken {
+                        lease_token,
+                        reason,
+                    })
+                    .await;
                 return Ok(StatusCode::BAD_REQUEST.into_response());
             }
             None => {
-                let _ = upload.sender.send(Frame::End).await;
+                let _ = upload.sender.send(Frame::End { lease_token }).await;
                 return Ok(StatusCode::NO_CONTENT.into_response());
             }
         };

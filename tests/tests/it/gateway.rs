@@ -2,9 +2,9 @@
 //! (tests/python, a virtualenv made by scripts/install-test-deps), against a
 //! real coordinator and real agents on the fake LLM: answers whole and
 //! streamed, errors in each API's shape, every request a job; and the
-//! failure paths: a retry before the first token is invisible, an agent
-//! killed mid-stream never looks like a success, a client that goes away
-//! cancels its job, a full queue answers 503 with Retry-After.
+//! failure paths: a retry before the first token is invisible, a client
+//! that goes away cancels its job, a full queue answers 503 with
+//! Retry-After. (An agent killed mid-stream: `gateway_midstream`.)
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,13 +12,12 @@ use std::process::Stdio;
 use kobo_protocol::{AccessRole, JobListQuery, JobState, JobView};
 use kobo_tests::cluster::{AgentSpec, Cluster, PATIENCE};
 use kobo_tests::fake_llm::FakeFailure;
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const MODEL: &str = "qwen2.5:0.5b";
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/.venv/bin/python");
     assert!(
         venv.exists(),
@@ -28,12 +27,12 @@ fn python() -> PathBuf {
     venv
 }
 
-fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/gateway_client.py")
 }
 
 /// A cluster with one agent and a submit key for the clients.
-async fn gateway_cluster(agents: &[&str]) -> (Cluster, String) {
+pub(crate) async fn gateway_cluster(agents: &[&str]) -> (Cluster, String) {
     let mut cluster = Cluster::builder().start().await;
     for node in agents {
         cluster
@@ -49,7 +48,7 @@ async fn gateway_cluster(agents: &[&str]) -> (Cluster, String) {
     (cluster, key)
 }
 
-fn client_command(
+pub(crate) fn client_command(
     cluster: &Cluster,
     key: &str,
     model: &str,
@@ -70,7 +69,7 @@ fn client_command(
 }
 
 /// Runs one scenario of the Python client and returns what it observed.
-async fn run(cluster: &Cluster, key: &str, model: &str, scenario: &str) -> Value {
+pub(crate) async fn run(cluster: &Cluster, key: &str, model: &str, scenario: &str) -> Value {
     let output = client_command(cluster, key, model, scenario)
         .output()
         .await
@@ -91,7 +90,7 @@ async fn run(cluster: &Cluster, key: &str, model: &str, scenario: &str) -> Value
 }
 
 /// Every job, newest first.
-async fn all_jobs(cluster: &Cluster) -> Vec<JobView> {
+pub(crate) async fn all_jobs(cluster: &Cluster) -> Vec<JobView> {
     cluster
         .client()
         .jobs(&JobListQuery::default())
@@ -100,7 +99,7 @@ async fn all_jobs(cluster: &Cluster) -> Vec<JobView> {
         .jobs
 }
 
-async fn job(cluster: &Cluster, observed: &Value) -> JobView {
+pub(crate) async fn job(cluster: &Cluster, observed: &Value) -> JobView {
     let id: i64 = observed["job_id"]
         .as_str()
         .and_then(|s| s.parse().ok())
@@ -241,7 +240,7 @@ async fn a_failure_before_the_first_token_is_retried_invisibly() {
 }
 
 /// Starts a streaming client and returns once it has its first chunk.
-async fn stream_until_first_chunk(
+pub(crate) async fn stream_until_first_chunk(
     cluster: &Cluster,
     key: &str,
     scenario: &str,
@@ -267,7 +266,7 @@ async fn stream_until_first_chunk(
     child
 }
 
-async fn leased_job(cluster: &Cluster) -> JobView {
+pub(crate) async fn leased_job(cluster: &Cluster) -> JobView {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let jobs = all_jobs(cluster).await;
@@ -281,38 +280,6 @@ async fn leased_job(cluster: &Cluster) -> JobView {
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_mid_stream_never_looks_like_a_success() {
-    let (cluster, key) = gateway_cluster(&["tokyo-01", "osaka-01"]).await;
-    cluster.fake.update_behavior(|b| {
-        b.tokens_per_second = 20.0;
-        b.response_tokens = 200;
-    });
-    let child = stream_until_first_chunk(&cluster, &key, "openai_chat_stream_slow").await;
-    let leased = leased_job(&cluster).await;
-    let holder = leased.node_id.clone().expect("holder");
-    let idx = cluster
-        .agents
-        .iter()
-        .position(|a| a.spec.node_id == holder)
-        .expect("the holder is ours");
-    cluster.agents[idx].signal(Signal::SIGKILL);
-    let output = child.wait_with_output().await.expect("client ends");
-    let observed: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
-    let clean_end = observed["error"].is_null() && observed["finish_reason"] == "stop";
-    assert!(!clean_end, "a cut stream looked like a success: {observed}");
-    assert!(
-        !observed["error"].is_null(),
-        "the client library raised: {observed}"
-    );
-    println!("mid-stream kill, as the openai client saw it: {observed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ mod crash;
 mod dashboard;
 mod failover;
 mod gateway;
+mod gateway_midstream;
 mod happy;
 mod idempotency;
 mod llm;

@@ -4,17 +4,17 @@
 /// A line (or an SSE event's data) grew past the limit, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a line of the reply is longer than {0} bytes")]
-pub(crate) struct LineTooLong(pub(crate) usize);
+pub struct LineTooLong(pub usize);
 
 /// Splits a byte stream into its non-blank lines (`\n` or `\r\n` ended).
 #[derive(Debug)]
-pub(crate) struct LineDecoder {
+pub struct LineDecoder {
     buf: Vec<u8>,
     max_line: usize,
 }
 
 impl LineDecoder {
-    pub(crate) fn new(max_line: usize) -> Self {
+    pub fn new(max_line: usize) -> Self {
         LineDecoder {
             buf: Vec::new(),
             max_line,
@@ -22,7 +22,7 @@ impl LineDecoder {
     }
 
     /// Feeds a chunk; returns the lines it completed, blank ones skipped.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, LineTooLong> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, LineTooLong> {
         let mut lines = Vec::new();
         let mut rest = chunk;
         while let Some(at) = rest.iter().position(|&b| b == b'\n') {
@@ -40,7 +40,7 @@ impl LineDecoder {
     }
 
     /// The stream ended: the unterminated last line, if it is not blank.
-    pub(crate) fn finish(&mut self) -> Option<String> {
+    pub fn finish(&mut self) -> Option<String> {
         take_line(&mut self.buf)
     }
 }

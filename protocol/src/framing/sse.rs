@@ -6,15 +6,15 @@ use super::ndjson::LineTooLong;
 /// One dispatched event: its `event:` type if any and its joined `data:`
 /// lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SseEvent {
-    pub(crate) event: Option<String>,
-    pub(crate) data: String,
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
 }
 
 /// Decoder state: bytes of an unfinished line plus the fields of the event
 /// being built. Lines end with `\n`, `\r\n` or a lone `\r`.
 #[derive(Debug)]
-pub(crate) struct SseDecoder {
+pub struct SseDecoder {
     buf: Vec<u8>,
     /// A line just ended with `\r`; a `\n` opening the next chunk belongs to it.
     skip_lf: bool,
@@ -27,7 +27,7 @@ pub(crate) struct SseDecoder {
 
 impl SseDecoder {
     /// `max_line` bounds both one line and the data of one event.
-    pub(crate) fn new(max_line: usize) -> Self {
+    pub fn new(max_line: usize) -> Self {
         SseDecoder {
             buf: Vec::new(),
             skip_lf: false,
@@ -39,7 +39,7 @@ impl SseDecoder {
     }
 
     /// Feeds a chunk; returns the events it completed.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, LineTooLong> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, LineTooLong> {
         let mut events = Vec::new();
         let mut chunk = chunk;
         if self.skip_lf && !chunk.is_empty() {
@@ -75,7 +75,7 @@ impl SseDecoder {
 
     /// The stream ended: processes an unterminated last line and dispatches
     /// an event still being built (lenient: the format would drop it).
-    pub(crate) fn finish(&mut self) -> Result<Option<SseEvent>, LineTooLong> {
+    pub fn finish(&mut self) -> Result<Option<SseEvent>, LineTooLong> {
         if !self.buf.is_empty() {
             let line = String::from_utf8_lossy(&self.buf).into_owned();
             self.buf.clear();
