@@ -276,6 +276,14 @@ pub struct JobView {
     pub last_error: Option<String>,
     /// Why a queued job is not running yet, when the coordinator knows.
     pub queue_reason: Option<String>,
+    /// A queued job's place in its kind's queue: how many jobs will be
+    /// leased before it (0: it is next). Only on `GET /v1/jobs/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+    /// When a queued job is expected to start: its place over the rate jobs
+    /// finished in the last minutes; none when nothing finished lately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_start_at: Option<UnixMillis>,
     pub idempotency_key: Option<String>,
     /// Only nodes declaring `confidential_processing` run it; its prompt and
     /// result are sealed at rest.

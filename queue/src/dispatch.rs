@@ -55,6 +55,8 @@ pub struct Hub {
     parked: Mutex<Vec<Waiter>>,
     next_waiter_id: AtomicU64,
     finished: Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>,
+    /// How fast jobs end now.
+    pub finish_rate: crate::rate::FinishRate,
     timer: Notify,
 }
 
@@ -68,6 +70,7 @@ impl Hub {
             parked: Mutex::new(Vec::new()),
             next_waiter_id: AtomicU64::new(1),
             finished: Mutex::new(HashMap::new()),
+            finish_rate: crate::rate::FinishRate::default(),
             timer: Notify::new(),
         }
     }
@@ -223,6 +226,7 @@ impl Hub {
     }
 
     fn job_finished(&self, job_id: JobId) {
+        self.finish_rate.record(std::time::Instant::now());
         let senders = self
             .finished
             .lock()

@@ -13,6 +13,7 @@
 //! - [`routing`]: hard constraints; [`regions`]: the one region table;
 //!   [`scoring`]: `select_best_node`.
 //! - [`streams`]: the in-memory relay of streamed answers (agent upload → gateway client).
+//! - [`rate`]: how fast jobs end now (expected starts, `Retry-After`).
 //! - [`recurring`]: schedules (create, list, pause, delete).
 //! - [`store`]: SQLite schema, the group-commit writer, queries.
 //! - [`access`]: principals, roles, the cache of keys and certificates.
@@ -31,6 +32,7 @@ pub mod init;
 pub mod observe;
 pub mod pki;
 pub mod queue;
+pub mod rate;
 mod reads;
 pub mod recurring;
 pub mod regions;

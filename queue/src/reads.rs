@@ -84,6 +84,20 @@ impl Queue {
         Ok(JobDetail { job, ..detail })
     }
 
+    /// How many queued jobs will be leased before `job_id`; `None` unless
+    /// it is queued.
+    pub async fn queue_position(&self, job_id: JobId) -> Result<Option<u64>, StoreError> {
+        self.store
+            .read(move |conn| store::queue_position(conn, job_id))
+            .await
+    }
+
+    /// Jobs ended (succeeded, dead or cancelled) per second of the last
+    /// [`crate::rate::RATE_WINDOW`]; `None` when none ended in it.
+    pub fn finish_rate(&self) -> Option<f64> {
+        self.hub.finish_rate.per_second(std::time::Instant::now())
+    }
+
     /// Every node as clients see it.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {
         self.store.read(store::list_nodes).await

@@ -267,6 +267,12 @@ fn print_job(detail: &JobDetail) {
     if let Some(reason) = &job.queue_reason {
         println!("  waiting: {reason}");
     }
+    if let Some(position) = job.queue_position {
+        println!(
+            "  queue position {position}  expected start {}",
+            format_time(job.estimated_start_at)
+        );
+    }
     if let Some(err) = &job.last_error {
         println!("  last error: {err}");
     }

@@ -77,6 +77,8 @@ fn job_view(r: &Row<'_>, reveal: &Reveal<'_>) -> Result<(JobView, JobNeeds), Sto
         finished_at: r.get(12)?,
         last_error: r.get(13)?,
         queue_reason: r.get(14)?,
+        queue_position: None,
+        estimated_start_at: None,
         idempotency_key: r.get(15)?,
         confidential,
         submitted_by,
@@ -264,4 +266,22 @@ pub fn lease_holder(
         .optional()?;
     row.map(|(state, node, token)| Ok((super::parse_state(&state)?, node, token)))
         .transpose()
+}
+
+/// How many queued jobs of `job_id`'s kind will be leased before it, in the
+/// lease path's order (priority, then readiness, then id); `None` unless
+/// it is queued.
+pub fn queue_position(conn: &Connection, job_id: JobId) -> Result<Option<u64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT (SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.kind = me.kind \
+           AND (j.priority > me.priority OR (j.priority = me.priority \
+             AND (j.ready_at < me.ready_at OR (j.ready_at = me.ready_at AND j.id < me.id))))) \
+         FROM jobs me WHERE me.id = ?1 AND me.state = 'queued'",
+    )?;
+    let mut rows = stmt.query([job_id])?;
+    Ok(rows
+        .next()?
+        .map(|r| r.get::<_, i64>(0))
+        .transpose()?
+        .map(|n| n as u64))
 }

@@ -71,7 +71,41 @@ pub(super) async fn jobs_get(
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<JobId>,
 ) -> Result<Json<JobDetail>, ApiError> {
-    Ok(Json(state.queue.job_detail(&caller, id).await?))
+    let mut detail = state.queue.job_detail(&caller, id).await?;
+    if let Some(place) = place_in_queue(&state, id).await {
+        detail.job.queue_position = Some(place.position);
+        detail.job.estimated_start_at = place.estimated_start_at;
+    }
+    Ok(Json(detail))
+}
+
+/// A queued job's place in its kind's queue and when it should start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Place {
+    pub position: u64,
+    pub estimated_start_at: Option<i64>,
+}
+
+/// Where job `id` stands in the queue, if it is queued: the jobs leased
+/// before it, and its expected start from the rate jobs finish at now
+/// (none when nothing finished lately). A failure to tell is logged and
+/// answered with nothing: it is a hint, not a state.
+pub(crate) async fn place_in_queue(state: &AppState, id: JobId) -> Option<Place> {
+    let position = match state.queue.queue_position(id).await {
+        Ok(position) => position?,
+        Err(err) => {
+            tracing::warn!(job_id = id, error = %err, "reading a job's place in the queue");
+            return None;
+        }
+    };
+    let estimated_start_at = state.queue.finish_rate().map(|per_sec| {
+        let wait_ms = (position + 1) as f64 / per_sec * 1000.0;
+        kobo_queue::unix_now_ms() + wait_ms.round() as i64
+    });
+    Some(Place {
+        position,
+        estimated_start_at,
+    })
 }
 
 pub(super) async fn jobs_wait(

@@ -16,7 +16,7 @@ mod admin;
 mod agent;
 pub(crate) mod auth;
 mod error;
-mod jobs;
+pub(crate) mod jobs;
 mod observe;
 mod schedules;
 

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use super::errors::{Dialect, GatewayError};
 use super::{fields, hints, models};
 use crate::api::AppState;
+use crate::api::jobs::{Place, place_in_queue};
 
 /// Longest one wait of the job's state lasts before it is asked again.
 const WAIT_SLICE: Duration = Duration::from_secs(60);
@@ -120,10 +121,13 @@ async fn next(
 const MAX_RETRY_AFTER_SECS: u64 = 300;
 
 /// When a refused request may find a free node: the jobs of its kind queued
-/// ahead of it over the rate jobs finished in the recent window; the queue
-/// wait bound when nothing finished lately.
+/// ahead of it over the rate jobs finish at now (`Queue::finish_rate`);
+/// the queue wait bound when nothing finished lately.
 async fn retry_after(state: &AppState, kind: &str) -> u64 {
     let fallback = state.gateway.max_queue_wait.as_secs().max(1);
+    let Some(per_sec) = state.queue.finish_rate() else {
+        return fallback;
+    };
     let Ok(status) = state.observe.status().await else {
         return fallback;
     };
@@ -133,11 +137,6 @@ async fn retry_after(state: &AppState, kind: &str) -> u64 {
         .filter(|row| row.state == JobState::Queued && row.kind == kind)
         .map(|row| row.jobs)
         .sum();
-    let window_secs = (status.recent.window_ms as f64 / 1000.0).max(1.0);
-    let per_sec = status.recent.succeeded as f64 / window_secs;
-    if per_sec <= 0.0 {
-        return fallback;
-    }
     ((queued.max(1) as f64 / per_sec).ceil() as u64).clamp(1, MAX_RETRY_AFTER_SECS)
 }
 
@@ -160,10 +159,30 @@ fn ended_without_answer(dialect: Dialect, job: &JobView) -> GatewayError {
     }
 }
 
-fn with_kobo_headers(mut response: Response, job_id: JobId, node: Option<&str>) -> Response {
+/// What the answer's headers say of the request's job: its id, the node
+/// that answered, and, when it had to wait, its place in the queue and the
+/// start expected when it was submitted.
+struct Told<'a> {
+    job_id: JobId,
+    node: Option<&'a str>,
+    place: Option<Place>,
+}
+
+fn with_kobo_headers(mut response: Response, told: Told<'_>) -> Response {
+    let Told {
+        job_id,
+        node,
+        place,
+    } = told;
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&job_id.to_string()) {
         headers.insert("x-kobo-job-id", value);
+    }
+    if let Some(place) = place {
+        headers.insert("x-kobo-queue-position", HeaderValue::from(place.position));
+        if let Some(at) = place.estimated_start_at {
+            headers.insert("x-kobo-estimated-start", HeaderValue::from(at));
+        }
     }
     if let Some(node) = node
         && let Ok(value) = HeaderValue::from_str(node)
@@ -229,6 +248,11 @@ async fn run(
             GatewayError::new(d, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         })?;
     let job_id = submitted.id;
+    let place = if submitted.state == JobState::Queued {
+        place_in_queue(&state, job_id).await
+    } else {
+        None
+    };
     let mut guard = JobGuard {
         queue: state.queue.clone(),
         caller: caller.clone(),
@@ -284,7 +308,7 @@ async fn run(
                     }
                 }
                 guard.disarm();
-                return Ok(whole_answer(whole, job_id, node.as_deref(), api, stream));
+                return Ok(whole_answer(whole, told(job_id, &node, place), api, stream));
             }
             Wait::Finished(job) => {
                 guard.disarm();
@@ -316,7 +340,7 @@ async fn run(
             }
             Wait::Frame(Frame::End { .. }) => {
                 guard.disarm();
-                return Ok(whole_answer(whole, job_id, node.as_deref(), api, stream));
+                return Ok(whole_answer(whole, told(job_id, &node, place), api, stream));
             }
             Wait::Frame(Frame::Data { bytes, .. }) if stream => {
                 let relay = Relay {
@@ -330,7 +354,8 @@ async fn run(
                     waiting: None,
                     done: false,
                 };
-                return Ok(with_kobo_headers(streamed(relay), job_id, node.as_deref()));
+                let told = told(job_id, &node, place);
+                return Ok(with_kobo_headers(streamed(relay), told));
             }
             Wait::Frame(Frame::Data { bytes, .. }) => whole.extend_from_slice(&bytes),
         }
@@ -348,13 +373,15 @@ async fn release(queue: &Queue, job_id: JobId, lease_token: i64, detail: String)
     }
 }
 
-fn whole_answer(
-    bytes: Vec<u8>,
-    job_id: JobId,
-    node: Option<&str>,
-    api: GatewayApi,
-    stream: bool,
-) -> Response {
+fn told(job_id: JobId, node: &Option<String>, place: Option<Place>) -> Told<'_> {
+    Told {
+        job_id,
+        node: node.as_deref(),
+        place,
+    }
+}
+
+fn whole_answer(bytes: Vec<u8>, told: Told<'_>, api: GatewayApi, stream: bool) -> Response {
     let content_type = if stream {
         api.stream_content_type()
     } else {
@@ -364,7 +391,7 @@ fn whole_answer(
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    with_kobo_headers(response, job_id, node)
+    with_kobo_headers(response, told)
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;

@@ -376,6 +376,74 @@ async fn a_full_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_sees_its_place_in_the_queue_and_its_expected_start() {
+    let mut cluster = Cluster::builder().start().await;
+    cluster
+        .agent(AgentSpec::new("tokyo-01", &["general_query"]).max_workers(1))
+        .await;
+    let key = cluster
+        .client()
+        .apikey_create("gateway-client", AccessRole::Submit)
+        .await
+        .expect("key")
+        .key;
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
+    let url = format!("{}/v1/chat/completions", cluster.url());
+    // One answered request, so that a finish rate exists.
+    let (http, first) = occupy(&cluster, &key, &url, &body).await;
+    cluster.fake.update_behavior(|b| b.hold = false);
+    assert_eq!(first.await.expect("task").expect("answer").status(), 200);
+    let (_, busy) = occupy(&cluster, &key, &url, &body).await;
+    let send = |http: &reqwest::Client| http.post(&url).bearer_auth(&key).json(&body).send();
+    let second = tokio::spawn(send(&http));
+    cluster
+        .wait_until("the second request is queued", || async {
+            all_jobs(&cluster)
+                .await
+                .iter()
+                .any(|j| j.state == JobState::Queued)
+        })
+        .await;
+    let third = tokio::spawn(send(&http));
+    cluster
+        .wait_until("the third request is queued", || async {
+            let jobs = all_jobs(&cluster).await;
+            jobs.iter().filter(|j| j.state == JobState::Queued).count() == 2
+        })
+        .await;
+    let queued: Vec<JobView> = all_jobs(&cluster)
+        .await
+        .into_iter()
+        .filter(|j| j.state == JobState::Queued)
+        .collect();
+    // Newest first: the third request's job, then the second's.
+    for (job, position) in queued.iter().zip([1, 0]) {
+        let seen = cluster.client().job(job.id).await.expect("job").job;
+        assert_eq!(seen.queue_position, Some(position), "{seen:?}");
+        let start = seen.estimated_start_at.expect("an expected start");
+        assert!(start >= seen.created_at, "{seen:?}");
+    }
+    cluster.fake.update_behavior(|b| b.hold = false);
+    assert_eq!(busy.await.expect("task").expect("answer").status(), 200);
+    for (answer, position) in [(second, "0"), (third, "1")] {
+        let answer = answer.await.expect("task").expect("answer");
+        assert_eq!(answer.status(), 200);
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(header("x-kobo-queue-position").as_deref(), Some(position));
+        let start: i64 = header("x-kobo-estimated-start")
+            .and_then(|v| v.parse().ok())
+            .expect("x-kobo-estimated-start, epoch milliseconds");
+        assert!(start > 1_700_000_000_000, "{start}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_embeddings_tools_and_json_pass_through_both_apis() {
     let (cluster, key) = gateway_cluster(&["tokyo-01"]).await;
 
