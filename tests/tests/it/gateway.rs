@@ -332,12 +332,14 @@ async fn occupy(
     (http, held)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_answers_503_with_retry_after() {
-    let mut cluster = Cluster::builder()
-        .serve_arg("--gateway-queue-wait=1s")
-        .start()
-        .await;
+/// A cluster of one agent with one slot, started with `serve_args`; its
+/// submit key, the chat route's URL and a chat body.
+async fn one_slot(serve_args: &[&str]) -> (Cluster, String, String, Value) {
+    let mut builder = Cluster::builder();
+    for arg in serve_args {
+        builder = builder.serve_arg(arg);
+    }
+    let mut cluster = builder.start().await;
     cluster
         .agent(AgentSpec::new("tokyo-01", &["general_query"]).max_workers(1))
         .await;
@@ -349,6 +351,12 @@ async fn a_full_queue_answers_503_with_retry_after() {
         .key;
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
     let url = format!("{}/v1/chat/completions", cluster.url());
+    (cluster, key, url, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let (cluster, key, url, body) = one_slot(&["--gateway-queue-wait=1s"]).await;
     let (http, busy) = occupy(&cluster, &key, &url, &body).await;
     let refused = http
         .post(&url)
@@ -377,18 +385,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_request_sees_its_place_in_the_queue_and_its_expected_start() {
-    let mut cluster = Cluster::builder().start().await;
-    cluster
-        .agent(AgentSpec::new("tokyo-01", &["general_query"]).max_workers(1))
-        .await;
-    let key = cluster
-        .client()
-        .apikey_create("gateway-client", AccessRole::Submit)
-        .await
-        .expect("key")
-        .key;
-    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
-    let url = format!("{}/v1/chat/completions", cluster.url());
+    let (cluster, key, url, body) = one_slot(&[]).await;
     // One answered request, so that a finish rate exists.
     let (http, first) = occupy(&cluster, &key, &url, &body).await;
     cluster.fake.update_behavior(|b| b.hold = false);
