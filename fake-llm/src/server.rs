@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -91,6 +92,12 @@ pub async fn start_on(addr: SocketAddr, behavior: FakeBehavior) -> io::Result<Fa
     let app = router(shared.clone());
     let token = shared.shutdown.clone();
     let task = tokio::spawn(async move {
+        // As Ollama (Go's net/http) and llama.cpp do: streamed frames are
+        // small writes, which Nagle's algorithm would hold back behind the
+        // peer's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(token.cancelled_owned())
             .await
