@@ -523,10 +523,12 @@ async fn the_heartbeat_round_trip_leaves_out_time_queued_in_the_coordinator() {
         .agent(AgentSpec::new("tokyo-01", &["general_query"]))
         .await;
     let db = rusqlite::Connection::open(cluster.db_path()).expect("open the database");
-    db.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    db.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
     // Heartbeats go every 300 ms: those sent now wait in the coordinator.
     tokio::time::sleep(HOLD).await;
-    db.execute_batch("ROLLBACK").expect("release the write lock");
+    db.execute_batch("ROLLBACK")
+        .expect("release the write lock");
     let slow = "the coordinator was slow to answer a heartbeat";
     cluster
         .wait_until("a heartbeat answered slowly", || async {
