@@ -164,8 +164,8 @@ const KoboPlots = (() => {
       figure('run', 'Run time (leased → reported)', [['p50', 'p50'], ['p95', 'p95']],
         linePlot(win, [{ name: 'p95', cls: 'p95', values: win.run_p95_ms }, { name: 'p50', cls: 'p50', values: win.run_p50_ms }], 'ms'),
         points(measured, win.run_p50_ms)),
-      figure('tokens', 'Tokens/s', [['total', 'all nodes'], ...nodeLegend(win)],
-        linePlot(win, [{ name: 'all nodes', cls: 'total', values: win.tokens_per_s, area: true }, ...tokens], ''), points(nonZero, win.tokens_per_s)),
+      figure('tokens', 'Tokens/s', [['all', 'all nodes'], ...nodeLegend(win)],
+        linePlot(win, [{ name: 'all nodes', cls: 'all', values: win.tokens_per_s, area: true }, ...tokens], ''), points(nonZero, win.tokens_per_s)),
       figure('cpu', 'CPU per node', nodeLegend(win), linePlot(win, cpu, '%', 100), points(measured, ...cpu.map((l) => l.values))),
       figure('memory', 'Memory per node', nodeLegend(win), linePlot(win, mem, '%', 100), points(measured, ...mem.map((l) => l.values))),
     );
