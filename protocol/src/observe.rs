@@ -98,7 +98,7 @@ pub struct Recent {
     pub window_ms: u64,
     /// Jobs that reached `succeeded`.
     pub succeeded: u64,
-    /// Jobs that reached `dead` (seen by this coordinator process).
+    /// Jobs that reached `dead`.
     pub dead: u64,
     /// Attempts that ended without success (retried or not).
     pub failed_attempts: u64,
@@ -137,7 +137,8 @@ pub struct SeriesWindow {
     pub run_p50_ms: Vec<Option<f64>>,
     pub run_p95_ms: Vec<Option<f64>>,
     /// Completion tokens of the jobs that succeeded in the bucket, per
-    /// second of the bucket (throughput of the whole cluster).
+    /// second of the bucket (throughput of the whole cluster; the last
+    /// bucket fills up as its time passes).
     pub tokens_per_s: Vec<f64>,
     pub nodes: Vec<NodeSeries>,
 }

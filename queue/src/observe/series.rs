@@ -210,12 +210,10 @@ impl Minutes {
             queued[idx] = (at_start + buckets[idx].queued_peak).max(0) as u64;
             depth = at_start;
         }
-        // Seconds each bucket covers (the last one only up to now).
-        let seconds = |idx: usize| {
-            let from = start + idx as i64 * step;
-            ((now - from).clamp(1_000, step)) as f64 / 1000.0
-        };
-        let per_s = |tokens: u64, idx: usize| tokens as f64 / seconds(idx);
+        // Per second of the whole bucket, the last one too (it fills up as
+        // its time passes): a value that does not move with the clock alone,
+        // so an idle cluster sends the dashboard nothing new.
+        let per_s = |tokens: u64| tokens as f64 / (step_ms as f64 / 1000.0);
         let mut node_series: Vec<NodeSeries> = nodes
             .iter()
             .map(|node_id| NodeSeries {
@@ -225,7 +223,7 @@ impl Minutes {
                 tokens_per_s: (0..n_buckets)
                     .map(|idx| {
                         let tokens = buckets[idx].node_tokens.get(node_id).copied();
-                        per_s(tokens.unwrap_or(0), idx)
+                        per_s(tokens.unwrap_or(0))
                     })
                     .collect(),
             })
@@ -258,11 +256,7 @@ impl Minutes {
             pickup_p95_ms: buckets.iter().map(|b| b.pickup.quantile(0.95)).collect(),
             run_p50_ms: buckets.iter().map(|b| b.run.quantile(0.5)).collect(),
             run_p95_ms: buckets.iter().map(|b| b.run.quantile(0.95)).collect(),
-            tokens_per_s: buckets
-                .iter()
-                .enumerate()
-                .map(|(idx, b)| per_s(b.tokens, idx))
-                .collect(),
+            tokens_per_s: buckets.iter().map(|b| per_s(b.tokens)).collect(),
             nodes: node_series,
         }
     }
@@ -337,12 +331,12 @@ mod tests {
         assert!(window.pickup_p50_ms[0].is_some_and(|ms| (36.0..=44.0).contains(&ms)));
         assert_eq!(window.pickup_p50_ms[1], None);
         assert!(window.run_p95_ms[2].is_some_and(|ms| (1800.0..=2200.0).contains(&ms)));
-        // 120 tokens in the 30 s of the last bucket so far.
-        assert_eq!(window.tokens_per_s, [0.0, 0.0, 4.0]);
+        // 120 tokens in the last minute's bucket.
+        assert_eq!(window.tokens_per_s, [0.0, 0.0, 2.0]);
         let node = &window.nodes[0];
         assert_eq!(node.cpu_percent, [None, Some(50.0), None]);
         assert_eq!(node.mem_percent[1], Some(10.0));
-        assert_eq!(node.tokens_per_s[2], 4.0);
+        assert_eq!(node.tokens_per_s[2], 2.0);
         // The sum since minute 1 holds minute 2 only.
         let sum = minutes.sum_since(base + MINUTE_MS + 5);
         assert_eq!((sum.succeeded, sum.cancelled, sum.pickups), (1, 1, 0));
