@@ -42,6 +42,7 @@ enum Command {
     },
     /// Make the node key (if missing) and print a certificate signing request.
     Keygen {
+        /// The node's id, as the CSR's common name (e.g. tokyo-01).
         #[arg(long, env = "KOBO_NODE_ID")]
         node_id: String,
         /// Where the node key lives.
@@ -125,6 +126,7 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     latitude: Option<f64>,
+    /// Where the node is, with --latitude, e.g. 139.69.
     #[arg(
         long,
         env = "KOBO_LONGITUDE",

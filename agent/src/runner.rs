@@ -463,6 +463,18 @@ async fn report(shared: &Shared, job_id: JobId, lease_token: i64, outcome: Outco
     }
 }
 
+/// A heartbeat answer that took the coordinator this long is logged: the
+/// coordinator is overloaded or its disk is slow.
+const SLOW_COORDINATOR_MS: u32 = 1000;
+
+/// The network round trip of a call that took `took` in all, of which the
+/// coordinator spent `coordinator_ms` handling it (its store write waiting
+/// its turn included): what is left is the network, TLS and HTTP framing.
+fn network_rtt_ms(took: Duration, coordinator_ms: u32) -> u32 {
+    let took_ms = took.as_millis().min(u32::MAX as u128) as u32;
+    took_ms.saturating_sub(coordinator_ms)
+}
+
 async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut sampler = MetricsSampler::new();
     let mut rtt_ms = None;
@@ -495,7 +507,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
         let sent = Instant::now();
         match shared.client.heartbeat(&req).await {
             Ok(answer) => {
-                rtt_ms = Some(sent.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                let took = sent.elapsed();
+                rtt_ms = Some(network_rtt_ms(took, answer.coordinator_ms));
+                if answer.coordinator_ms >= SLOW_COORDINATOR_MS {
+                    tracing::info!(
+                        took_ms = took.as_millis() as u64,
+                        coordinator_ms = answer.coordinator_ms,
+                        rtt_ms = rtt_ms.unwrap_or_default(),
+                        "the coordinator was slow to answer a heartbeat"
+                    );
+                }
                 if let Ok(mut timings) = shared.timings.lock() {
                     timings.heartbeat_interval_ms = answer.heartbeat_interval_ms;
                     timings.lease_ttl_ms = answer.lease_ttl_ms;
@@ -597,4 +618,18 @@ fn declared_capabilities(configured: &[String], backend: crate::llm::BackendKind
         capabilities.push(ollama.to_owned());
     }
     capabilities
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_round_trip_leaves_out_the_coordinators_own_time() {
+        // 320 ms in all, 300 of them waiting in the coordinator: 20 ms of network.
+        assert_eq!(network_rtt_ms(Duration::from_millis(320), 300), 20);
+        assert_eq!(network_rtt_ms(Duration::from_millis(4), 0), 4);
+        // Clocks of different resolution never make it negative.
+        assert_eq!(network_rtt_ms(Duration::from_millis(3), 5), 0);
+    }
 }

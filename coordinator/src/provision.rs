@@ -102,6 +102,8 @@ pub enum HostsCommand {
 pub struct TrustArgs {
     /// The inventory (YAML).
     pub inventory: PathBuf,
+    /// Only these hosts: host names, group names, globs (`tokyo-*`), labels
+    /// (`tier=gpu`), comma-separated; `!x` excludes.
     #[arg(long)]
     pub limit: Option<String>,
     /// Trust new keys without asking.
@@ -110,6 +112,7 @@ pub struct TrustArgs {
     /// Replace a trusted key that changed (after you checked why).
     #[arg(long)]
     pub replace: bool,
+    /// SSH connect timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
     #[command(flatten)]

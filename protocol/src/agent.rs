@@ -90,7 +90,8 @@ pub struct HeartbeatRequest {
     pub running: Vec<HeldLease>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<NodeMetrics>,
-    /// Round trip of the previous heartbeat, as the agent measured it.
+    /// Network round trip of the previous heartbeat, as the agent measured
+    /// it: the call's time less the answer's `coordinator_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<u32>,
     /// Models currently loaded in memory (Ollama `/api/ps`).
@@ -109,6 +110,12 @@ pub struct HeartbeatResponse {
     pub drain: bool,
     pub lease_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// Time the coordinator spent on the heartbeat, from the moment its
+    /// handler had the request to the answer (the store write waits its
+    /// turn here): the agent takes it off the call's time, so `rtt_ms`
+    /// measures the network and TLS, not the coordinator's queue.
+    #[serde(default)]
+    pub coordinator_ms: u32,
 }
 
 /// How an attempt ended, as the agent reports it.

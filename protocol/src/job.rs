@@ -349,14 +349,22 @@ pub struct JobListQuery {
     /// At most this many, newest first (default 100, at most 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-    /// Only jobs with an id below this (for paging).
+    /// The paging cursor: only jobs listed after this one, i.e. with a
+    /// smaller id (pass the previous page's `next_after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before_id: Option<JobId>,
+    pub after: Option<JobId>,
 }
 
+/// `GET /v1/jobs`: a page of jobs, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
+    /// Jobs matching the filters (state, kind, node), on every page.
+    #[serde(default)]
+    pub total: u64,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<JobId>,
 }
 
 /// `GET /v1/jobs/{id}/wait` query: block until the job is terminal or the

@@ -28,6 +28,15 @@ pub struct NodeRecent {
     pub mean_response_ms: Option<f64>,
     /// Completion tokens per second of LLM time.
     pub tokens_per_s: Option<f64>,
+    /// Gateway requests (jobs of the OpenAI- and Ollama-compatible routes)
+    /// among the attempts that ended in the window.
+    #[serde(default)]
+    pub gateway_requests: u64,
+    /// Completion tokens per second of the gateway requests that
+    /// succeeded, over their time from lease to report (what a client of
+    /// the gateway waits, less its time in the queue).
+    #[serde(default)]
+    pub gateway_tokens_per_s: Option<f64>,
 }
 
 /// A node with its place on the map and its recent work.
@@ -89,14 +98,62 @@ pub struct Recent {
     pub window_ms: u64,
     /// Jobs that reached `succeeded`.
     pub succeeded: u64,
-    /// Jobs that reached `dead` (seen by this coordinator process).
+    /// Jobs that reached `dead`.
     pub dead: u64,
     /// Attempts that ended without success (retried or not).
     pub failed_attempts: u64,
     /// Mean time from lease to report of the successful attempts.
     pub mean_run_ms: Option<f64>,
-    /// Mean time from ready to leased (seen by this coordinator process).
+    /// Mean time from ready to leased.
     pub mean_pickup_ms: Option<f64>,
+}
+
+/// The cluster over time, for the dashboard's plots: the last hour in
+/// minutes and the last day in quarter hours.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Series {
+    pub hour: SeriesWindow,
+    pub day: SeriesWindow,
+}
+
+/// Equal buckets of time: bucket `i` covers `[start + i·step_ms, start +
+/// (i+1)·step_ms)`; the last one holds the server's now. Every list has one
+/// value per bucket (`None`: nothing to measure in that bucket).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SeriesWindow {
+    pub start: UnixMillis,
+    pub step_ms: u64,
+    /// Jobs that finished in the bucket, by final state.
+    pub succeeded: Vec<u64>,
+    pub dead: Vec<u64>,
+    pub cancelled: Vec<u64>,
+    /// The most jobs queued (ready, waiting for a worker) at once in the
+    /// bucket.
+    pub queued: Vec<u64>,
+    /// Ready → leased, of the leases granted in the bucket.
+    pub pickup_p50_ms: Vec<Option<f64>>,
+    pub pickup_p95_ms: Vec<Option<f64>>,
+    /// Leased → reported, of the attempts that ended in the bucket.
+    pub run_p50_ms: Vec<Option<f64>>,
+    pub run_p95_ms: Vec<Option<f64>>,
+    /// Completion tokens of the jobs that succeeded in the bucket, per
+    /// second of the bucket (throughput of the whole cluster; the last
+    /// bucket fills up as its time passes).
+    pub tokens_per_s: Vec<f64>,
+    pub nodes: Vec<NodeSeries>,
+}
+
+/// One node over time, bucket by bucket as in its [`SeriesWindow`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeSeries {
+    pub node_id: String,
+    /// Mean CPU use of the heartbeats in the bucket.
+    pub cpu_percent: Vec<Option<f64>>,
+    /// Mean memory in use, as a percentage of the node's memory.
+    pub mem_percent: Vec<Option<f64>>,
+    /// Completion tokens of the node's jobs that succeeded in the bucket,
+    /// per second of the bucket.
+    pub tokens_per_s: Vec<f64>,
 }
 
 /// `GET /v1/status`: the cluster at a glance; also each message of
@@ -111,6 +168,9 @@ pub struct ClusterStatus {
     pub queue: Vec<QueueRow>,
     pub totals: JobTotals,
     pub recent: Recent,
+    /// The cluster over time (the dashboard's plots).
+    #[serde(default)]
+    pub series: Series,
     /// The newest jobs, newest first.
     pub latest_jobs: Vec<JobSummary>,
 }

@@ -410,6 +410,8 @@ impl Queue {
                     drain: matches!(node.status, NodeStatus::Draining | NodeStatus::Drained),
                     lease_ttl_ms: config.lease_ttl_ms,
                     heartbeat_interval_ms: config.heartbeat_interval_ms,
+                    // The HTTP handler, which sees the whole call, sets it.
+                    coordinator_ms: 0,
                 })
             })
             .await

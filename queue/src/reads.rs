@@ -3,7 +3,7 @@
 //! and explains why queued jobs wait.
 
 use kobo_protocol::{
-    AccessRole, JobDetail, JobId, JobListQuery, JobState, JobView, NodeStatus, NodeView,
+    AccessRole, JobDetail, JobId, JobList, JobListQuery, JobState, JobView, NodeStatus, NodeView,
 };
 
 use crate::access::Caller;
@@ -51,20 +51,24 @@ impl Queue {
         .await
     }
 
-    /// Jobs matching `query`, newest first, queued ones with the reason
-    /// they wait.
+    /// A page of the jobs matching `query`, newest first, queued ones with
+    /// the reason they wait; with the total and the next page's cursor.
     pub async fn list_jobs(
         &self,
         caller: &Caller,
         query: JobListQuery,
-    ) -> Result<Vec<JobView>, StoreError> {
-        let mut jobs = self
+    ) -> Result<JobList, StoreError> {
+        let mut page = self
             .reveal(caller, move |conn, reveal| {
                 store::list_jobs(conn, &query, reveal)
             })
             .await?;
-        self.explain_queued(&mut jobs).await?;
-        Ok(jobs.into_iter().map(|(job, _)| job).collect())
+        self.explain_queued(&mut page.jobs).await?;
+        Ok(JobList {
+            jobs: page.jobs.into_iter().map(|(job, _)| job).collect(),
+            total: page.total,
+            next_after: page.next_after,
+        })
     }
 
     /// A job with its attempts and events.

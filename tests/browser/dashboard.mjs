@@ -2,9 +2,12 @@
 //   node tests/browser/dashboard.mjs <url> <api-key> <screenshot.png>
 // Logs in with the API key, waits for the nodes on the map, prints READY,
 // waits for a job to appear and succeed live (the test submits it after
-// READY), checks that the page never reloaded, and saves screenshots
-// (<screenshot.png> light, <screenshot>-dark.png dark). Prints one line per
-// finding; exits non-zero on failure.
+// READY, then a gateway request and a job no node runs), checks that the
+// page never reloaded, reads the KPI chips, waits for every plot over time
+// to have data (last hour, then last day) and for the gateway request on
+// its node, and saves full-page screenshots (<screenshot.png> light,
+// <screenshot>-dark.png dark). Prints one line per finding; exits non-zero
+// on failure.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +18,8 @@ if (!url || !apiKey || !shot) {
   console.error('usage: node dashboard.mjs <url> <api-key> <screenshot.png>');
   process.exit(2);
 }
-const WAIT = 45_000;
+const WAIT = 60_000;
+const PLOTS = ['finished', 'queue', 'pickup', 'run', 'tokens', 'cpu', 'memory'];
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'kobo-chromium-'));
 const say = (line) => console.log(line);
@@ -60,15 +64,40 @@ try {
   say('COOKIE ' + (session ? [session.httpOnly && 'HttpOnly', session.secure && 'Secure', session.sameSite].filter(Boolean).join(',') : 'missing'));
   await page.evaluate(() => { window.__koboSamePage = true; });
   const navigationsBefore = navigations;
+  // Jobs ran before the page opened: the one the test submits next is newer.
+  const newestBefore = await page.$$eval('#jobs tr[data-job-id]', (rows) => Math.max(0, ...rows.map((r) => Number(r.dataset.jobId))));
   say('READY');
 
   // The test submits a job now; it must appear and finish without a reload.
-  const row = page.locator('#jobs tr[data-job-id][data-state="succeeded"]').first();
-  await row.waitFor({ state: 'attached', timeout: WAIT });
+  const firstNew = await page.waitForFunction((before) => {
+    const ids = [...document.querySelectorAll('#jobs tr[data-job-id]')].map((r) => Number(r.dataset.jobId)).filter((id) => id > before);
+    if (!ids.length) return null;
+    const first = document.querySelector('#jobs tr[data-job-id="' + Math.min(...ids) + '"]');
+    return first.dataset.state === 'succeeded' ? first.dataset.jobId : null;
+  }, newestBefore, { timeout: WAIT });
+  const row = page.locator('#jobs tr[data-job-id="' + (await firstNew.jsonValue()) + '"]');
   const job = await row.evaluate((tr) => [tr.dataset.jobId, tr.dataset.state, tr.dataset.node].join(' '));
   say('JOB ' + job);
   const same = await page.evaluate(() => window.__koboSamePage === true);
   say(same && navigations === navigationsBefore ? 'NO_RELOAD' : 'RELOADED');
+
+  // The KPIs: the mean pickup counts the jobs run before the page opened.
+  await page.waitForFunction(() => /\d/.test(document.querySelector('[data-kpi="mean pickup"] b')?.textContent || ''), null, { timeout: WAIT });
+  say('KPI mean pickup ' + (await page.$eval('[data-kpi="mean pickup"] b', (el) => el.textContent)));
+
+  // Every plot gets data (the job no node runs fills the queue's), and the
+  // gateway request shows on its node.
+  const plotsReady = (names) => names.every((n) => Number(document.querySelector('[data-plot="' + n + '"]')?.dataset.points || 0) > 0);
+  const plotPoints = () => page.$$eval('[data-plot]', (els) => els.map((e) => e.dataset.plot + ':' + e.dataset.points).join(','));
+  await page.waitForFunction(plotsReady, PLOTS, { timeout: WAIT });
+  say('PLOTS_HOUR ' + (await plotPoints()));
+  await page.waitForFunction(() => Number(document.querySelector('#nodes tr[data-node-id="osaka-01"] .gateway')?.dataset.requests || 0) > 0, null, { timeout: WAIT });
+  const gateway = await page.$$eval('#nodes tr[data-node-id]', (rows) => rows.map((r) => r.dataset.nodeId + '=' + r.querySelector('.gateway').textContent).sort().join(','));
+  say('GATEWAY ' + gateway);
+  await page.click('#span-day');
+  await page.waitForFunction(plotsReady, PLOTS, { timeout: WAIT });
+  say('PLOTS_DAY ' + (await plotPoints()));
+  await page.click('#span-hour');
 
   // Open the job's events, then the node card, for the screenshot.
   await row.click();
@@ -83,11 +112,11 @@ try {
   say('TOOLTIP ' + (await page.$eval('#tooltip h3', (el) => el.textContent)));
   await page.waitForTimeout(300);
   fs.mkdirSync(path.dirname(path.resolve(shot)), { recursive: true });
-  await page.screenshot({ path: shot });
+  await page.screenshot({ path: shot, fullPage: true });
   await page.emulateMedia({ colorScheme: 'dark' });
   await page.waitForTimeout(300);
   const dark = shot.replace(/\.png$/, '') + '-dark.png';
-  await page.screenshot({ path: dark });
+  await page.screenshot({ path: dark, fullPage: true });
   say('SCREENSHOT ' + shot + ' ' + dark);
   say('CONSOLE_ERRORS ' + problems.length);
   for (const p of problems) say('  ' + p);

@@ -11,6 +11,7 @@ pub enum ApikeyCommand {
         /// read, submit or admin (cumulative).
         #[arg(long, value_parser = parse_role)]
         role: AccessRole,
+        /// A name saying who or what uses the key, e.g. dashboard.
         #[arg(long)]
         name: String,
     },
@@ -23,6 +24,7 @@ pub enum ApikeyCommand {
     Revoke {
         #[command(flatten)]
         client: ClientArgs,
+        /// The key's id (the part after `kobo_`, as `apikey list` shows it).
         id: String,
     },
 }
@@ -49,6 +51,7 @@ pub struct AuditArgs {
     /// Only entries newer than this: a duration ago (`1h`) or an RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
+    /// Most entries to print, newest last.
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
     /// `verify`: check the hash chain instead of printing.

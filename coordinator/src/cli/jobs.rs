@@ -24,6 +24,7 @@ pub struct SubmitArgs {
     /// Higher runs first.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub priority: i32,
+    /// Attempts before the job is dead (default: the coordinator's, 3).
     #[arg(long)]
     pub max_attempts: Option<u32>,
     /// Per-attempt time limit of the LLM call (ms).
@@ -53,8 +54,10 @@ pub struct SubmitArgs {
     /// Prefer this node (soft; waited for a bounded time when busy).
     #[arg(long)]
     pub prefer_node: Option<String>,
+    /// Sampling temperature passed to the model.
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Most tokens the model may generate.
     #[arg(long)]
     pub max_tokens: Option<u32>,
     /// Wait for the job to finish and print its result.
@@ -70,14 +73,22 @@ pub struct SubmitArgs {
 pub struct JobsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Only jobs in this state: scheduled, queued, leased, succeeded, dead or cancelled.
     #[arg(long, value_parser = parse_state)]
     pub state: Option<JobState>,
+    /// Only jobs of this kind, e.g. code_generation.
     #[arg(long)]
     pub kind: Option<String>,
+    /// Only jobs run (or running) on this node, e.g. tokyo-01.
     #[arg(long)]
     pub node: Option<String>,
+    /// Jobs per page, newest first (at most 10,000).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// The next page: only jobs listed after this id (older ones); the
+    /// footer of a page names the id to pass.
+    #[arg(long, value_name = "ID")]
+    pub after: Option<JobId>,
 }
 
 #[derive(Debug, Args)]
@@ -184,12 +195,13 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
         kind: args.kind.clone(),
         node_id: args.node.clone(),
         limit: Some(args.limit),
-        before_id: None,
+        after: args.after,
     };
     let list = args.client.client()?.jobs(&query).await?;
     if args.client.json {
         return print_json(&list);
     }
+    let footer = page_footer(list.jobs.len(), list.total, list.next_after);
     let mut t = table(&[
         "id",
         "state",
@@ -213,7 +225,34 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
         ]);
     }
     println!("{t}");
+    println!("{footer}");
     Ok(())
+}
+
+/// What a page shows of the whole: `50 of 1,234 (use --limit / --after 1184
+/// for more)`, or `3 of 3` when nothing is left out.
+fn page_footer(shown: usize, total: u64, next_after: Option<JobId>) -> String {
+    match next_after {
+        Some(id) => format!(
+            "{} of {} (use --limit / --after {id} for more)",
+            thousands(shown as u64),
+            thousands(total)
+        ),
+        None => format!("{} of {}", thousands(shown as u64), thousands(total)),
+    }
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn summary(job: &JobView) -> String {
@@ -467,4 +506,22 @@ async fn submit_stream(args: &SubmitArgs) -> anyhow::Result<()> {
     }
     eprintln!("job {job_id}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_says_how_much_it_leaves_out_and_how_to_get_it() {
+        assert_eq!(
+            page_footer(50, 1234, Some(1184)),
+            "50 of 1,234 (use --limit / --after 1184 for more)"
+        );
+        assert_eq!(page_footer(3, 3, None), "3 of 3");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+    }
 }

@@ -6,6 +6,7 @@ use super::*;
 pub struct NodeArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// The node's id, e.g. tokyo-01.
     pub node: String,
 }
 
@@ -15,6 +16,7 @@ pub enum NodeCommand {
     Revoke {
         #[command(flatten)]
         client: ClientArgs,
+        /// The node's id, e.g. tokyo-01.
         id: String,
     },
 }

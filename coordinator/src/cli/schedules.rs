@@ -8,6 +8,7 @@ pub enum ScheduleCommand {
     Add {
         #[command(flatten)]
         client: ClientArgs,
+        /// The schedule's name.
         name: String,
         /// e.g. "0 */15 * * * *" (sec min hour day month weekday), UTC.
         cron: String,
@@ -25,16 +26,19 @@ pub enum ScheduleCommand {
     Remove {
         #[command(flatten)]
         client: ClientArgs,
+        /// The schedule's name.
         name: String,
     },
     Pause {
         #[command(flatten)]
         client: ClientArgs,
+        /// The schedule's name.
         name: String,
     },
     Resume {
         #[command(flatten)]
         client: ClientArgs,
+        /// The schedule's name.
         name: String,
     },
 }

@@ -261,9 +261,9 @@ pub struct ListJobsArgs {
     /// Only jobs run (or running) on this node, e.g. tokyo-01.
     #[serde(default)]
     pub node_id: Option<String>,
-    /// Only jobs with an id below this: pass the previous page's next_before_id to get the next page.
+    /// The paging cursor: only jobs listed after this one (older, smaller ids); pass the previous page's next_after to get the next page.
     #[serde(default)]
-    pub before_id: Option<JobId>,
+    pub after: Option<JobId>,
     /// Jobs per page: default 50, at most 500.
     #[serde(default)]
     pub limit: Option<u32>,
@@ -274,7 +274,7 @@ impl ListJobsArgs {
         let limit = self.limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if limit == 0 || limit > MAX_LIST_LIMIT {
             return Err(format!(
-                "`limit` must be 1..={MAX_LIST_LIMIT} (got {limit}); page with `before_id` for more"
+                "`limit` must be 1..={MAX_LIST_LIMIT} (got {limit}); page with `after` for more"
             ));
         }
         Ok(JobListQuery {
@@ -282,7 +282,7 @@ impl ListJobsArgs {
             kind: self.kind.clone(),
             node_id: self.node_id.clone(),
             limit: Some(limit),
-            before_id: self.before_id,
+            after: self.after,
         })
     }
 }

@@ -397,9 +397,11 @@ impl From<&JobView> for JobSummary {
 pub struct JobList {
     /// Newest first.
     pub jobs: Vec<JobSummary>,
-    /// Pass as `before_id` for the next page; absent on the last page.
+    /// Jobs matching the filters, on every page.
+    pub total: u64,
+    /// Pass as `after` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_before_id: Option<JobId>,
+    pub next_after: Option<JobId>,
 }
 
 /// The result of `cancel_job`.

@@ -211,8 +211,8 @@ impl KoboMcp {
 
     #[tool(
         description = "List jobs, newest first, optionally only those of one state, kind or node: each with \
-            its state, node, attempts, why it waits or failed, and the start of its result. For the \
-            next page pass the answer's next_before_id as `before_id`.",
+            its state, node, attempts, why it waits or failed, and the start of its result. The answer \
+            says how many jobs match (`total`); for the next page pass its `next_after` as `after`.",
         input_schema = input_schema::<ListJobsArgs>(),
         annotations(
             title = "List jobs",
@@ -230,11 +230,9 @@ impl KoboMcp {
             .jobs(&query)
             .await
             .map_err(|err| failed("listing jobs", err))?;
-        let full_page = query
-            .limit
-            .is_some_and(|limit| list.jobs.len() >= limit as usize);
         Ok(Json(JobList {
-            next_before_id: list.jobs.last().map(|job| job.id).filter(|_| full_page),
+            total: list.total,
+            next_after: list.next_after,
             jobs: list.jobs.iter().map(JobSummary::from).collect(),
         }))
     }

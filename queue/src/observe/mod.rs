@@ -9,15 +9,21 @@
 //! every path that changes a job (lease, hand-off, report, reaper, cancel)
 //! writes its event, so nothing is missed, and the cost is paid only when
 //! someone looks (a scrape, or a dashboard connected). Job totals are seeded
-//! from one `GROUP BY` over `jobs` at the first look.
+//! from one `GROUP BY` over `jobs` at the first look; the per-minute activity
+//! (the "last hour" figures and the plots, [`series`]) is seeded then by
+//! replaying the events of the last day, so it does not depend on when this
+//! process first looked.
 
 mod metrics;
+mod series;
 
-use std::collections::{BTreeMap, HashMap};
+pub use series::{DAY_STEP_MS, HOUR_STEP_MS, SERIES_SPAN};
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kobo_protocol::{ClusterStatus, JobState, JobTotals, NodeCard, Recent};
+use kobo_protocol::{ClusterStatus, JobState, JobTotals, NodeCard, Recent, Series};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -37,9 +43,15 @@ pub const RECENT_WINDOW: Duration = Duration::from_secs(3600);
 pub const LATEST_JOBS: u32 = 50;
 /// Events read per query when tailing `job_events`.
 const TAIL_BATCH: u32 = 5000;
+/// Most past events replayed into the per-minute activity at the first
+/// look: bounds that first look's time on a busy database (about a second);
+/// older minutes of the day then show less than happened.
+const MAX_REPLAY_EVENTS: i64 = 500_000;
 /// Status updates buffered per dashboard; a slower one skips to the newest.
 const UPDATES_BUFFER: usize = 16;
-const MINUTE_MS: i64 = 60_000;
+/// Buckets of the hour plot (minutes) and of the day plot (quarter hours).
+const HOUR_BUCKETS: usize = 60;
+const DAY_BUCKETS: usize = 96;
 
 type Labels = Vec<(String, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -59,18 +71,6 @@ fn pickup_histogram() -> Histogram {
     ])
 }
 
-/// One minute of recent activity.
-#[derive(Debug, Default, Clone)]
-struct Minute {
-    succeeded: u64,
-    dead: u64,
-    failed_attempts: u64,
-    run_ms_sum: f64,
-    runs: u64,
-    pickup_ms_sum: f64,
-    pickups: u64,
-}
-
 /// What tailing `job_events` has counted so far.
 #[derive(Default)]
 struct Tail {
@@ -79,21 +79,8 @@ struct Tail {
     /// Jobs in a final state by kind and state (since the database began).
     finished: HashMap<(String, JobState), u64>,
     submitted: u64,
-    /// Minute (ms) → activity, the last [`RECENT_WINDOW`] of it.
-    minutes: BTreeMap<i64, Minute>,
-}
-
-impl Tail {
-    /// The activity of the minute of `at`; minutes older than
-    /// [`RECENT_WINDOW`] are dropped.
-    fn minute(&mut self, at: i64) -> &mut Minute {
-        let start = at - at.rem_euclid(MINUTE_MS);
-        let keep_from = start - RECENT_WINDOW.as_millis() as i64;
-        if !self.minutes.contains_key(&start) {
-            self.minutes.retain(|minute, _| *minute >= keep_from);
-        }
-        self.minutes.entry(start).or_default()
-    }
+    /// Activity by minute, the last [`SERIES_SPAN`] of it.
+    minutes: series::Minutes,
 }
 
 /// Counters and histograms fed by the tail (they live as long as the
@@ -188,6 +175,21 @@ impl Observer {
                         .inc_by(n);
                 }
             }
+            // The per-minute activity of the last day, from its events
+            // (totals and Prometheus counters are seeded above already).
+            let since = store::unix_now_ms() - SERIES_SPAN.as_millis() as i64;
+            let mut after =
+                (store::first_event_since(conn, since)? - 1).max(last_event_id - MAX_REPLAY_EVENTS);
+            while after < last_event_id {
+                let events = store::events_after(conn, after, TAIL_BATCH)?;
+                for event in events.iter().take_while(|e| e.id <= last_event_id) {
+                    tail.minutes.count(event);
+                }
+                match events.last() {
+                    Some(last) if events.len() == TAIL_BATCH as usize => after = last.id,
+                    _ => break,
+                }
+            }
             tail.last_event_id = last_event_id;
             tail.seeded = true;
         }
@@ -204,6 +206,7 @@ impl Observer {
     }
 
     fn count(&self, tail: &mut Tail, event: &TailEvent) {
+        tail.minutes.count(event);
         let kind = event.kind.as_str();
         if event.from.is_none() {
             tail.submitted += 1;
@@ -221,12 +224,6 @@ impl Observer {
                 .finished
                 .get_or_create(&labels(&[("kind", kind), ("state", event.to.as_str())]))
                 .inc();
-            let minute = tail.minute(event.at);
-            match event.to {
-                JobState::Succeeded => minute.succeeded += 1,
-                JobState::Dead => minute.dead += 1,
-                _ => {}
-            }
         }
         let Some(since) = event.since else { return };
         let ms = (event.at - since).max(0) as f64;
@@ -235,9 +232,6 @@ impl Observer {
                 .pickup
                 .get_or_create(&labels(&[("kind", kind)]))
                 .observe(ms / 1000.0);
-            let minute = tail.minute(event.at);
-            minute.pickups += 1;
-            minute.pickup_ms_sum += ms;
         } else if event.from == Some(JobState::Leased) {
             let outcome = match event.to {
                 JobState::Succeeded => "succeeded",
@@ -248,12 +242,6 @@ impl Observer {
                 .duration
                 .get_or_create(&labels(&[("kind", kind), ("outcome", outcome)]))
                 .observe(ms / 1000.0);
-            let minute = tail.minute(event.at);
-            minute.runs += 1;
-            minute.run_ms_sum += ms;
-            if outcome == "failed" {
-                minute.failed_attempts += 1;
-            }
         }
     }
 
@@ -263,7 +251,9 @@ impl Observer {
         self.catch_up().await?;
         let now = store::unix_now_ms();
         let window_ms = RECENT_WINDOW.as_millis() as u64;
-        let (nodes, queue, latest_jobs) = self
+        let hour_start = series::window_start(now, HOUR_STEP_MS, HOUR_BUCKETS);
+        let day_start = series::window_start(now, DAY_STEP_MS, DAY_BUCKETS);
+        let (nodes, queue, latest_jobs, hour_usage, day_usage) = self
             .store
             .read(move |conn| {
                 let since = now - window_ms as i64;
@@ -279,7 +269,9 @@ impl Observer {
                     .collect::<Result<Vec<_>, StoreError>>()?;
                 let queue = store::queue_summary(conn)?;
                 let latest = store::latest_jobs(conn, LATEST_JOBS)?;
-                Ok((nodes, queue, latest))
+                let hour_usage = store::node_usage(conn, hour_start, HOUR_STEP_MS)?;
+                let day_usage = store::node_usage(conn, day_start, DAY_STEP_MS)?;
+                Ok((nodes, queue, latest, hour_usage, day_usage))
             })
             .await?;
         let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
@@ -306,20 +298,29 @@ impl Observer {
             dead: finished(JobState::Dead),
             cancelled: finished(JobState::Cancelled),
         };
-        let from = now - window_ms as i64;
-        let mut sum = Minute::default();
-        for m in tail.minutes.range(from..).map(|(_, m)| m) {
-            sum.succeeded += m.succeeded;
-            sum.dead += m.dead;
-            sum.failed_attempts += m.failed_attempts;
-            sum.run_ms_sum += m.run_ms_sum;
-            sum.runs += m.runs;
-            sum.pickup_ms_sum += m.pickup_ms_sum;
-            sum.pickups += m.pickups;
-        }
+        let sum = tail.minutes.sum_since(now - window_ms as i64);
+        let node_ids: Vec<String> = nodes.iter().map(|c| c.node.node_id.clone()).collect();
+        let series = Series {
+            hour: tail.minutes.window(
+                now,
+                HOUR_STEP_MS,
+                HOUR_BUCKETS,
+                totals.queued,
+                &node_ids,
+                &hour_usage,
+            ),
+            day: tail.minutes.window(
+                now,
+                DAY_STEP_MS,
+                DAY_BUCKETS,
+                totals.queued,
+                &node_ids,
+                &day_usage,
+            ),
+        };
         let mean = |total: f64, n: u64| (n > 0).then(|| total / n as f64);
-        // Attempts come from the database (the whole window, across
-        // restarts); dead jobs and pickups from the events this process saw.
+        // Attempts come from the database; dead jobs and pickups from the
+        // events (the window's replayed at the first look, then tailed).
         let attempts_ok: u64 = nodes.iter().map(|c| c.recent.succeeded).sum();
         let attempts_failed: u64 = nodes.iter().map(|c| c.recent.failed).sum();
         let response_sum: f64 = nodes
@@ -342,6 +343,7 @@ impl Observer {
             queue,
             totals,
             recent,
+            series,
             latest_jobs,
         })
     }

@@ -12,7 +12,7 @@ use crate::routing::JobNeeds;
 use crate::scoring::JobRoute;
 use crate::security::Sealer;
 
-pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18)";
+pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by, gateway) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18, ?19)";
 pub const FIND_BY_IDEMPOTENCY_KEY: &str = "SELECT id, state FROM jobs WHERE idempotency_key = ?1";
 pub const INSERT_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, lease_token, node_id, started_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, 'running')";
 pub const FINISH_ATTEMPT: &str = "UPDATE job_attempts SET finished_at = ?3, outcome = ?4, error = ?5, prompt_tokens = ?6, completion_tokens = ?7, duration_ms = ?8 WHERE job_id = ?1 AND lease_token = ?2";
@@ -173,6 +173,7 @@ pub fn insert_request(
     } else {
         JobState::Queued
     };
+    let gateway = request.gateway.as_ref().map(|call| call.api.path());
     let request =
         serde_json::to_string(request).map_err(|e| StoreError::Corrupt(format!("request: {e}")))?;
     // A confidential prompt never reaches the database in the clear.
@@ -203,6 +204,7 @@ pub fn insert_request(
         (state == JobState::Queued).then_some(now),
         now,
         submitted_by,
+        gateway,
     ])?;
     let id = tx.last_insert_rowid();
     insert_event(

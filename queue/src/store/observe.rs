@@ -16,10 +16,16 @@ pub const ROLLUP_METRICS: &str = "INSERT OR REPLACE INTO node_metrics_minute (no
 pub const PRUNE_METRICS_MINUTE: &str = "DELETE FROM node_metrics_minute WHERE (node_id, minute) IN (SELECT node_id, minute FROM node_metrics_minute WHERE minute < ?1 LIMIT 5000)";
 pub const SELECT_QUEUE_SUMMARY: &str = "SELECT state, kind, count(*), min(CASE state WHEN 'queued' THEN ready_at WHEN 'scheduled' THEN created_at ELSE updated_at END) FROM jobs WHERE state IN ('scheduled', 'queued', 'leased') GROUP BY state, kind ORDER BY state, kind";
 pub const SELECT_LATEST_JOBS: &str = "SELECT id, state, kind, model, priority, node_id, attempts, max_attempts, created_at, updated_at, finished_at, last_error, queue_reason, route_reason, confidential FROM jobs ORDER BY id DESC LIMIT ?1";
-pub const SELECT_NODE_RECENT: &str = "SELECT count(*), coalesce(sum(outcome = 'succeeded'), 0), coalesce(sum(outcome NOT IN ('running', 'succeeded', 'cancelled')), 0), avg(CASE WHEN outcome = 'succeeded' THEN finished_at - started_at END), sum(CASE WHEN outcome = 'succeeded' THEN completion_tokens END), sum(CASE WHEN outcome = 'succeeded' THEN duration_ms END) FROM job_attempts WHERE node_id = ?1 AND started_at >= ?2 AND outcome <> 'running'";
+pub const SELECT_NODE_RECENT: &str = "SELECT count(*), coalesce(sum(a.outcome = 'succeeded'), 0), coalesce(sum(a.outcome NOT IN ('running', 'succeeded', 'cancelled')), 0), avg(CASE WHEN a.outcome = 'succeeded' THEN a.finished_at - a.started_at END), sum(CASE WHEN a.outcome = 'succeeded' THEN a.completion_tokens END), sum(CASE WHEN a.outcome = 'succeeded' THEN a.duration_ms END), coalesce(sum(j.gateway IS NOT NULL), 0), sum(CASE WHEN a.outcome = 'succeeded' AND j.gateway IS NOT NULL THEN a.completion_tokens END), sum(CASE WHEN a.outcome = 'succeeded' AND j.gateway IS NOT NULL THEN a.finished_at - a.started_at END) FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE a.node_id = ?1 AND a.started_at >= ?2 AND a.outcome <> 'running'";
 pub const SELECT_JOB_COUNTS: &str = "SELECT kind, state, count(*) FROM jobs GROUP BY kind, state";
 pub const SELECT_LAST_EVENT_ID: &str = "SELECT coalesce(max(id), 0) FROM job_events";
-pub const SELECT_EVENTS_AFTER: &str = "SELECT e.id, e.at, e.from_state, e.to_state, j.kind, CASE WHEN e.to_state = 'leased' THEN (SELECT max(q.at) FROM job_events q WHERE q.job_id = e.job_id AND q.id < e.id AND q.to_state = 'queued') WHEN e.from_state = 'leased' THEN (SELECT max(q.at) FROM job_events q WHERE q.job_id = e.job_id AND q.id < e.id AND q.to_state = 'leased') END FROM job_events e JOIN jobs j ON j.id = e.job_id WHERE e.id > ?1 ORDER BY e.id LIMIT ?2";
+pub const SELECT_EVENTS_AFTER: &str = "SELECT e.id, e.at, e.from_state, e.to_state, j.kind, CASE WHEN e.to_state = 'leased' THEN (SELECT max(q.at) FROM job_events q WHERE q.job_id = e.job_id AND q.id < e.id AND q.to_state = 'queued') WHEN e.from_state = 'leased' THEN (SELECT max(q.at) FROM job_events q WHERE q.job_id = e.job_id AND q.id < e.id AND q.to_state = 'leased') END, e.node_id, CASE WHEN e.to_state = 'succeeded' THEN (SELECT a.completion_tokens FROM job_attempts a WHERE a.job_id = e.job_id AND a.outcome = 'succeeded') END FROM job_events e JOIN jobs j ON j.id = e.job_id WHERE e.id > ?1 ORDER BY e.id LIMIT ?2";
+pub const SELECT_EVENT_AT_FROM: &str =
+    "SELECT id, at FROM job_events WHERE id >= ?1 ORDER BY id LIMIT 1";
+pub const SELECT_EVENT_ID_RANGE: &str =
+    "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM job_events";
+pub const SELECT_USAGE_MINUTES: &str = "SELECT node_id, (minute - ?1) / ?2, sum(cpu_percent_avg * samples), sum(samples * mem_used_bytes_avg * 100.0 / nullif(mem_total_bytes, 0)), sum(samples) FROM node_metrics_minute WHERE minute >= ?1 AND minute < ?3 GROUP BY 1, 2";
+pub const SELECT_USAGE_RAW: &str = "SELECT node_id, (at - ?1) / ?2, sum(cpu_percent), sum(mem_used_bytes * 100.0 / nullif(mem_total_bytes, 0)), count(*) FROM node_metrics WHERE at >= ?3 GROUP BY 1, 2";
 
 const MINUTE_MS: i64 = 60_000;
 /// Most minutes one upkeep folds: bounds the writer's time per tick when a
@@ -129,20 +135,19 @@ pub fn node_recent(
     let recent =
         conn.prepare_cached(SELECT_NODE_RECENT)?
             .query_row(params![node_id, since], |r| {
-                let tokens: Option<i64> = r.get(4)?;
-                let llm_ms: Option<i64> = r.get(5)?;
+                let per_s = |tokens: Option<i64>, llm_ms: Option<i64>| match (tokens, llm_ms) {
+                    (Some(tokens), Some(ms)) if ms > 0 => Some(1000.0 * tokens as f64 / ms as f64),
+                    _ => None,
+                };
                 Ok(NodeRecent {
                     window_ms,
                     attempts: r.get::<_, i64>(0)?.max(0) as u64,
                     succeeded: r.get::<_, i64>(1)?.max(0) as u64,
                     failed: r.get::<_, i64>(2)?.max(0) as u64,
                     mean_response_ms: r.get(3)?,
-                    tokens_per_s: match (tokens, llm_ms) {
-                        (Some(tokens), Some(ms)) if ms > 0 => {
-                            Some(1000.0 * tokens as f64 / ms as f64)
-                        }
-                        _ => None,
-                    },
+                    tokens_per_s: per_s(r.get(4)?, r.get(5)?),
+                    gateway_requests: r.get::<_, i64>(6)?.max(0) as u64,
+                    gateway_tokens_per_s: per_s(r.get(7)?, r.get(8)?),
                 })
             })?;
     Ok(recent)
@@ -185,6 +190,10 @@ pub struct TailEvent {
     /// Into `leased`: when the job last became queued (pickup latency).
     /// Out of `leased`: when it was leased (run time of the attempt).
     pub since: Option<i64>,
+    /// The node the event names (the lease holder, for leases and reports).
+    pub node_id: Option<String>,
+    /// Into `succeeded`: the completion tokens of the successful attempt.
+    pub tokens: Option<u64>,
 }
 
 /// Up to `limit` events after `after_id`, oldest first.
@@ -207,8 +216,83 @@ pub fn events_after(
             to: parse_state(&r.get::<_, String>(3)?)?,
             kind: r.get(4)?,
             since: r.get(5)?,
+            node_id: r.get(6)?,
+            tokens: r.get::<_, Option<i64>>(7)?.map(|t| t.max(0) as u64),
         });
     }
+    Ok(out)
+}
+
+/// The first event at or after `since` (its id; past the newest event when
+/// none is). `job_events` has no index on `at`, and needs none: the one
+/// writer appends events with its clock, so `at` grows with `id`, and a
+/// binary search over ids takes a few dozen primary-key lookups.
+pub fn first_event_since(conn: &Connection, since: i64) -> Result<i64, StoreError> {
+    let (min, max): (i64, i64) = conn
+        .prepare_cached(SELECT_EVENT_ID_RANGE)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut stmt = conn.prepare_cached(SELECT_EVENT_AT_FROM)?;
+    let (mut lo, mut hi) = (min, max + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let found: Option<(i64, i64)> = stmt
+            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match found {
+            // No event in [mid, found) exists: the answer is at most mid.
+            Some((_, at)) if at >= since => hi = mid,
+            Some((id, _)) => lo = id + 1,
+            None => hi = mid,
+        }
+    }
+    // `lo` bounds it from below; the event itself is the next one there.
+    let found: Option<i64> = stmt.query_row([lo], |r| r.get(0)).optional()?;
+    Ok(found.unwrap_or(max + 1))
+}
+
+/// CPU and memory use of a node over a bucket of time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageBucket {
+    pub node_id: String,
+    /// The bucket's index from the window's start.
+    pub bucket: usize,
+    pub cpu_percent_sum: f64,
+    pub mem_percent_sum: f64,
+    pub samples: u64,
+}
+
+/// Node CPU and memory from `start` on, in buckets of `step_ms`: the
+/// per-minute rows where minutes are folded, the raw heartbeats after the
+/// last folded minute (so the current minute counts too). Index ranges on
+/// `node_metrics_minute (minute)` and `node_metrics (at)`.
+pub fn node_usage(
+    conn: &Connection,
+    start: i64,
+    step_ms: u64,
+) -> Result<Vec<UsageBucket>, StoreError> {
+    let step = step_ms.max(1) as i64;
+    let folded_until = conn
+        .prepare_cached(SELECT_LAST_ROLLUP)?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))?
+        .map_or(start, |last| (last + MINUTE_MS).max(start));
+    let mut out = Vec::new();
+    let mut read = |sql: &str, args: &[i64]| -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            out.push(UsageBucket {
+                node_id: r.get(0)?,
+                bucket: r.get::<_, i64>(1)?.max(0) as usize,
+                cpu_percent_sum: r.get::<_, Option<f64>>(2)?.unwrap_or(0.0),
+                mem_percent_sum: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                samples: r.get::<_, i64>(4)?.max(0) as u64,
+            });
+        }
+        Ok(())
+    };
+    // Folded minutes before `folded_until` only: the raw rows after it.
+    read(SELECT_USAGE_MINUTES, &[start, step, folded_until])?;
+    read(SELECT_USAGE_RAW, &[start, step, folded_until])?;
     Ok(out)
 }
 
@@ -319,5 +403,73 @@ mod tests {
         maintain(&mut conn, base + 11 * HOUR_MS, &retention);
         maintain(&mut conn, base + 11 * HOUR_MS, &retention);
         assert_eq!(count(&conn, "node_metrics_minute"), 2);
+    }
+
+    #[test]
+    fn the_first_event_of_a_window_is_found_by_its_time() {
+        let (_dir, conn) = db();
+        assert_eq!(
+            first_event_since(&conn, 0).expect("empty"),
+            1,
+            "past the newest: none"
+        );
+        conn.execute_batch("INSERT INTO jobs (id, state, kind, request, max_attempts, run_at, created_at, updated_at) VALUES (1, 'queued', 'k', '{}', 3, 0, 0, 0)")
+            .expect("job");
+        // Ids with gaps, times growing with them.
+        for (id, at) in [(3, 100), (4, 200), (9, 200), (10, 350), (17, 900)] {
+            conn.execute(
+                "INSERT INTO job_events (id, job_id, at, to_state, attempt) VALUES (?1, 1, ?2, 'queued', 0)",
+                params![id, at],
+            )
+            .expect("event");
+        }
+        for (since, first) in [
+            (0, 3),
+            (100, 3),
+            (101, 4),
+            (200, 4),
+            (201, 10),
+            (900, 17),
+            (901, 18),
+        ] {
+            assert_eq!(
+                first_event_since(&conn, since).expect("search"),
+                first,
+                "since {since}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_usage_reads_folded_minutes_then_raw_heartbeats() {
+        let (_dir, mut conn) = db();
+        let retention = MetricsRetention {
+            raw: Duration::from_secs(24 * 3600),
+            minute: Duration::from_secs(30 * 24 * 3600),
+        };
+        let base = 100 * HOUR_MS;
+        raw(&conn, base, 10.0, 0);
+        raw(&conn, base + 30_000, 30.0, 0);
+        maintain(&mut conn, base + 61_000, &retention);
+        // This minute's heartbeat is not folded yet: read raw.
+        raw(&conn, base + 62_000, 80.0, 0);
+        let usage = node_usage(&conn, base, 60_000).expect("usage");
+        let mean = |bucket: usize| {
+            let rows: Vec<_> = usage.iter().filter(|u| u.bucket == bucket).collect();
+            let n: u64 = rows.iter().map(|u| u.samples).sum();
+            rows.iter().map(|u| u.cpu_percent_sum).sum::<f64>() / n as f64
+        };
+        assert_eq!(mean(0), 20.0, "the folded minute, weighted by its samples");
+        assert_eq!(mean(1), 80.0, "the current minute, from raw rows");
+        assert_eq!(
+            usage.iter().map(|u| u.samples).sum::<u64>(),
+            3,
+            "nothing twice"
+        );
+        assert!(
+            usage
+                .iter()
+                .all(|u| (u.mem_percent_sum / u.samples as f64 - 10.0).abs() < 1e-9)
+        );
     }
 }

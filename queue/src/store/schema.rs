@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/migrations/0003_security.sql"),
     include_str!("../../../sql/migrations/0004_observability.sql"),
     include_str!("../../../sql/migrations/0005_routing.sql"),
+    include_str!("../../../sql/migrations/0006_gateway_mark.sql"),
 ];
 
 /// The schema version a migrated database has.
@@ -75,6 +76,10 @@ pub const QUERIES: &[&str] = &[
     super::observe::SELECT_JOB_COUNTS,
     super::observe::SELECT_LAST_EVENT_ID,
     super::observe::SELECT_EVENTS_AFTER,
+    super::observe::SELECT_EVENT_AT_FROM,
+    super::observe::SELECT_EVENT_ID_RANGE,
+    super::observe::SELECT_USAGE_MINUTES,
+    super::observe::SELECT_USAGE_RAW,
     super::views::SELECT_JOB,
     super::views::SELECT_ATTEMPTS,
     super::views::SELECT_EVENTS,

@@ -196,7 +196,7 @@ pub fn list_jobs(
     conn: &Connection,
     query: &JobListQuery,
     reveal: &Reveal<'_>,
-) -> Result<Vec<(JobView, JobNeeds)>, StoreError> {
+) -> Result<JobPage, StoreError> {
     let mut clauses = Vec::new();
     let mut args: Vec<Value> = Vec::new();
     if let Some(state) = query.state {
@@ -211,24 +211,50 @@ pub fn list_jobs(
         args.push(Value::Text(node.clone()));
         clauses.push(format!("node_id = ?{}", args.len()));
     }
-    if let Some(before) = query.before_id {
-        args.push(Value::Integer(before));
+    let where_of = |clauses: &[String]| {
+        if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        }
+    };
+    // The total counts every page's jobs: the filters, not the cursor.
+    let total: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM jobs {}", where_of(&clauses)))?
+        .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
+    if let Some(after) = query.after {
+        args.push(Value::Integer(after));
         clauses.push(format!("id < ?{}", args.len()));
     }
     let limit = query.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id DESC LIMIT {limit}");
+    // One row more than the page tells whether a next page exists.
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs {} ORDER BY id DESC LIMIT {}",
+        where_of(&clauses),
+        limit + 1
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     let mut jobs = Vec::new();
     while let Some(r) = rows.next()? {
         jobs.push(job_view(r, reveal)?);
     }
-    Ok(jobs)
+    let more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    Ok(JobPage {
+        next_after: jobs.last().map(|(job, _)| job.id).filter(|_| more),
+        jobs,
+        total: total.max(0) as u64,
+    })
+}
+
+/// One page of a listing, with the reads of what queued jobs need.
+pub struct JobPage {
+    pub jobs: Vec<(JobView, JobNeeds)>,
+    /// Jobs matching the filters, on every page.
+    pub total: u64,
+    /// The cursor of the next page, if there is one.
+    pub next_after: Option<JobId>,
 }
 
 /// Who submitted a job (`None`: no such job).

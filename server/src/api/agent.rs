@@ -44,11 +44,17 @@ pub(super) async fn agent_heartbeat(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
+    // From here the time is the coordinator's (the request has arrived
+    // whole): the agent subtracts it from the call's time to measure the
+    // network alone.
+    let received = std::time::Instant::now();
     validate::heartbeat(&req)?;
     if let Err(denied) = ensure_node(&state, &caller, &req.node_id).await {
         return Ok(denied);
     }
-    Ok(Json(state.queue.heartbeat(req).await?).into_response())
+    let mut answer = state.queue.heartbeat(req).await?;
+    answer.coordinator_ms = received.elapsed().as_millis().min(u32::MAX as u128) as u32;
+    Ok(Json(answer).into_response())
 }
 
 pub(super) async fn agent_complete(

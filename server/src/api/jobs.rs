@@ -62,8 +62,7 @@ pub(super) async fn jobs_list(
     if let Some(node) = &query.node_id {
         validate::name("node_id", node)?;
     }
-    let jobs = state.queue.list_jobs(&caller, query).await?;
-    Ok(Json(JobList { jobs }))
+    Ok(Json(state.queue.list_jobs(&caller, query).await?))
 }
 
 pub(super) async fn jobs_get(

@@ -2,7 +2,8 @@
 //! files to install. `index.html` loads `app.css` and `app.js`; `app.js`
 //! draws `world.json` (land outlines from Natural Earth, public domain,
 //! pre-projected to an equirectangular 1000×500 SVG path) and talks to
-//! `/v1/session`, `/v1/status`, `/v1/events` and `/v1/jobs/{id}`.
+//! `/v1/session`, `/v1/status`, `/v1/events` and `/v1/jobs/{id}`; `plots.js`
+//! draws the status's `series` (the plots over time) as SVG.
 
 /// The page served at `/`.
 pub const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -18,6 +19,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "app.js",
         "text/javascript; charset=utf-8",
         include_bytes!("assets/app.js"),
+    ),
+    (
+        "plots.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/plots.js"),
     ),
     (
         "world.json",
@@ -60,6 +66,7 @@ mod tests {
         }
         assert!(INDEX_HTML.contains("/assets/app.js"));
         assert!(INDEX_HTML.contains("/assets/app.css"));
+        assert!(INDEX_HTML.contains("/assets/plots.js"));
         assert!(asset("../Cargo.toml").is_none());
     }
 

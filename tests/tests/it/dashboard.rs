@@ -1,7 +1,11 @@
 //! The dashboard: a real headless Chromium (Debian's `chromium`, driven by
 //! `playwright-core` from `tests/browser/dashboard.mjs`) logs in against a
 //! running cluster, sees the three demo nodes on the map and a job appear
-//! live without a reload, and saves a screenshot; and the dashboard's login
+//! live without a reload, the KPIs with numbers (mean pickup of jobs run
+//! before the page first looked), every plot over time with data, and a
+//! gateway request counted on its node; it saves the screenshots
+//! (`KOBO_DASHBOARD_SCREENSHOT=docs/dashboard.png` regenerates the README's);
+//! and the dashboard's login
 //! (session cookies, the one-time URL `serve` prints) is read only, strict
 //! and audited.
 
@@ -9,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use kobo_fake_llm::FakeBehavior;
 use kobo_protocol::{AccessRole, JobState};
 use kobo_tests::cluster::{AgentSpec, Cluster};
 use reqwest::StatusCode;
@@ -16,7 +21,13 @@ use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// How long the browser script may take in all.
-const BROWSER_PATIENCE: Duration = Duration::from_secs(120);
+const BROWSER_PATIENCE: Duration = Duration::from_secs(180);
+/// A model the fake LLM serves (for the gateway request).
+const MODEL: &str = "qwen2.5:0.5b";
+/// The plots of `plots.js`, as the browser script names them.
+const PLOTS: [&str; 7] = [
+    "finished", "queue", "pickup", "run", "tokens", "cpu", "memory",
+];
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
@@ -38,7 +49,14 @@ fn check_browser_tools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_nodes_on_the_map_and_a_job_live() {
     check_browser_tools();
-    let mut cluster = Cluster::builder().start().await;
+    // Calls take a measurable time, so tokens/s has a value.
+    let mut cluster = Cluster::builder()
+        .fake(FakeBehavior {
+            latency_ms: 40,
+            ..FakeBehavior::default()
+        })
+        .start()
+        .await;
     for (node, region, kind) in [
         ("tokyo-01", "ap-northeast-1", "code_generation"),
         ("osaka-01", "ap-northeast-3", "general_query"),
@@ -49,11 +67,33 @@ async fn the_dashboard_shows_the_nodes_on_the_map_and_a_job_live() {
             .await;
     }
     let (_, read_key) = cluster.client_with_role(AccessRole::Read).await;
+    let (_, submit_key) = cluster.client_with_role(AccessRole::Submit).await;
+    // Jobs that ran before anything looked at the status: the dashboard's
+    // "last hour" figures must count them all the same (the mean pickup
+    // used to show "–" then).
+    let mut before = Vec::new();
+    for (idx, kind) in ["code_generation", "general_query", "data_analysis"]
+        .iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        before.push(
+            cluster
+                .submit_prompt(kind, &format!("Job {idx} before the page opened"))
+                .await,
+        );
+    }
+    for id in before {
+        assert_eq!(cluster.wait_done(id).await.state, JobState::Succeeded);
+    }
     let shots = tempfile::tempdir().expect("screenshot dir");
     let shot = std::env::var_os("KOBO_DASHBOARD_SCREENSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| shots.path().join("dashboard.png"));
 
+    let http = kobo_client::http_client(Some(&std::fs::read(cluster.ca_path()).expect("ca")))
+        .expect("http client");
     let mut child = tokio::process::Command::new("node")
         .arg(browser_dir().join("dashboard.mjs"))
         .arg(format!("{}/", cluster.url()))
@@ -76,6 +116,22 @@ async fn the_dashboard_shows_the_nodes_on_the_map_and_a_job_live() {
                     .await;
                 assert_eq!(cluster.wait_done(id).await.state, JobState::Succeeded);
                 seen.push(format!("SUBMITTED {id}"));
+                // A gateway request (kind general_query: osaka-01's).
+                let answer = http
+                    .post(format!("{}/v1/chat/completions", cluster.url()))
+                    .bearer_auth(&submit_key)
+                    .json(&serde_json::json!({
+                        "model": MODEL,
+                        "messages": [{"role": "user", "content": "Hello through the gateway"}],
+                    }))
+                    .send()
+                    .await
+                    .expect("gateway answer");
+                assert_eq!(answer.status(), StatusCode::OK);
+                // A job no node may run waits in the queue: the depth plot.
+                cluster
+                    .submit_prompt("translation", "Nobody translates")
+                    .await;
             }
         }
         child.wait().await.expect("browser script exit")
@@ -107,6 +163,44 @@ async fn the_dashboard_shows_the_nodes_on_the_map_and_a_job_live() {
     ] {
         assert!(seen.contains(&expected), "{expected:?} missing:\n{out}");
     }
+    // The KPIs are numbers, the mean pickup included.
+    let pickup = line_after(&seen, "KPI mean pickup ");
+    assert!(
+        pickup.ends_with(" ms") || pickup.ends_with(" s"),
+        "mean pickup shows a time, not {pickup:?}:\n{out}"
+    );
+    assert!(pickup.chars().next().is_some_and(|c| c.is_ascii_digit()));
+    // Every plot has data, over the hour and over the day.
+    for span in ["PLOTS_HOUR ", "PLOTS_DAY "] {
+        let plots = line_after(&seen, span);
+        for plot in PLOTS {
+            let points: u32 = plots
+                .split(',')
+                .find_map(|p| p.strip_prefix(&format!("{plot}:")))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{span}has no {plot}: {plots}"));
+            assert!(points > 0, "{span}{plot} has no data: {plots}");
+        }
+    }
+    // The gateway request is counted on the node that served it, with its
+    // tokens/s; the others served none.
+    let gateway = line_after(&seen, "GATEWAY ");
+    let stored: Vec<String> = cluster
+        .db()
+        .prepare("SELECT a.node_id || ' ' || coalesce(a.completion_tokens, '-') || ' tokens ' || coalesce(a.finished_at - a.started_at, '-') || ' ms ' || j.gateway FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE j.gateway IS NOT NULL")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(
+        gateway.contains("osaka-01=1 · ") && gateway.contains(" tok/s"),
+        "{gateway}; the gateway attempts stored: {stored:?}"
+    );
+    assert!(
+        gateway.contains("tokyo-01=–") && gateway.contains("london-01=–"),
+        "{gateway}"
+    );
     let events = seen
         .iter()
         .find(|l| l.starts_with("EVENTS "))
@@ -133,6 +227,13 @@ async fn the_dashboard_shows_the_nodes_on_the_map_and_a_job_live() {
             .unwrap_or("dashboard")
     ));
     assert!(dark.exists(), "dark screenshot {}", dark.display());
+}
+
+/// The rest of the first line of the browser's output starting with `prefix`.
+fn line_after<'a>(seen: &'a [String], prefix: &str) -> &'a str {
+    seen.iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", seen.join("\n")))
 }
 
 fn cookie_of(response: &reqwest::Response) -> String {

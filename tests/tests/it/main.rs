@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cancel;
+mod cli;
 mod crash;
 mod dashboard;
 mod failover;

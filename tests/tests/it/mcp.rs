@@ -365,7 +365,7 @@ async fn every_tool_works_against_a_real_cluster() {
     let events = first["events"].as_array().expect("events");
     assert_eq!(events.last().expect("an event")["to"], "succeeded");
 
-    // list_jobs pages with before_id.
+    // list_jobs pages with after (the cursor), counting every match.
     let page = ok(
         &client,
         "list_jobs",
@@ -379,15 +379,17 @@ async fn every_tool_works_against_a_real_cluster() {
         .map(|j| j["job_id"].as_i64().expect("id"))
         .collect();
     assert_eq!(listed, [ids[5], ids[4], ids[3], ids[2]], "newest first");
-    assert_eq!(page["next_before_id"], ids[2]);
+    assert_eq!(page["next_after"], ids[2]);
+    assert_eq!(page["total"], 6, "every page counts all matching jobs");
     let next = ok(
         &client,
         "list_jobs",
-        json!({"state": "succeeded", "before_id": ids[2], "limit": 4}),
+        json!({"state": "succeeded", "kind": "code_generation", "after": ids[2], "limit": 4}),
     )
     .await;
     assert_eq!(next["jobs"].as_array().expect("jobs").len(), 2);
-    assert!(next["next_before_id"].is_null());
+    assert!(next["next_after"].is_null(), "the last page has no cursor");
+    assert_eq!(next["total"], 6);
     let by_node = ok(&client, "list_jobs", json!({"node_id": "london-01"})).await;
     assert!(by_node["jobs"].as_array().expect("jobs").is_empty());
 

@@ -499,3 +499,63 @@ async fn status_command_prints_the_cluster_on_one_screen() {
     assert_eq!(status.latest_jobs[0].id, id);
     assert!(status.nodes.iter().all(|n| n.place.is_some()));
 }
+
+/// The number after `field=` in a log line.
+fn log_field(line: &str, field: &str) -> u64 {
+    line.split(&format!("{field}="))
+        .nth(1)
+        .and_then(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_round_trip_leaves_out_time_queued_in_the_coordinator() {
+    /// How long the test holds the database's write lock: every write of
+    /// the coordinator, heartbeats' included, waits that long (well within
+    /// the store's busy timeout of 5 s).
+    const HOLD: std::time::Duration = std::time::Duration::from_millis(1500);
+    let mut cluster = Cluster::builder().start().await;
+    let agent = cluster
+        .agent(AgentSpec::new("tokyo-01", &["general_query"]))
+        .await;
+    let db = rusqlite::Connection::open(cluster.db_path()).expect("open the database");
+    db.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    // Heartbeats go every 300 ms: those sent now wait in the coordinator.
+    tokio::time::sleep(HOLD).await;
+    db.execute_batch("ROLLBACK")
+        .expect("release the write lock");
+    let slow = "the coordinator was slow to answer a heartbeat";
+    cluster
+        .wait_until("a heartbeat answered slowly", || async {
+            cluster.agents[agent].log_text().contains(slow)
+        })
+        .await;
+    let log = cluster.agents[agent].log_text();
+    let line = log.lines().find(|l| l.contains(slow)).expect("the line");
+    let (took, inside, rtt) = (
+        log_field(line, "took_ms"),
+        log_field(line, "coordinator_ms"),
+        log_field(line, "rtt_ms"),
+    );
+    // The figures, for whoever runs this with --nocapture.
+    println!("stalled heartbeat: took {took} ms, {inside} ms in the coordinator, rtt {rtt} ms");
+    assert!(took >= 1000 && inside >= 1000, "{line}");
+    assert_eq!(rtt, took - inside, "{line}");
+    assert!(rtt < 1000, "the queue inside is not counted: {line}");
+    // The next heartbeat carries that figure to the nodes table, and none
+    // since counts the wait either.
+    cluster
+        .wait_until("the round trip reported", || async {
+            cluster.client().nodes().await.is_ok_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n.node_id == "tokyo-01" && n.rtt_ms.is_some_and(|ms| ms < 1000))
+            })
+        })
+        .await;
+}

@@ -435,7 +435,7 @@ async fn payload_barrage_at_every_route_is_refused_cleanly() {
         ("/v1/jobs?limit=-1", true),
         ("/v1/jobs?limit=99999999999999999999", true),
         ("/v1/jobs?state=queued&state=leased", true),
-        ("/v1/jobs?before_id=1e3", true),
+        ("/v1/jobs?after=1e3", true),
         ("/v1/jobs?node_id=%00", true),
         ("/v1/jobs?colour=blue", true),
         ("/v1/jobs?kind=%27%3B%20DROP%20TABLE%20jobs%3B%20--", false),

@@ -13,6 +13,7 @@ let events = null;
 let seenJobs = new Set();
 let openJob = null;
 let clockSkew = 0;
+let plotSpan = 'hour';
 
 // ---- DOM helpers ---------------------------------------------------------
 
@@ -186,11 +187,29 @@ function render(status) {
   renderNodes(status.nodes);
   renderQueue(status);
   renderJobs(status.latest_jobs);
+  renderPlots(status);
   applyBarWidths(document);
 }
 
+function renderPlots(st) {
+  const win = st.series && st.series[plotSpan];
+  if (!win || !win.succeeded) return;
+  KoboPlots.render($('plots'), win);
+}
+
+function chooseSpan(span) {
+  plotSpan = span;
+  for (const b of document.querySelectorAll('.span-switch button')) b.setAttribute('aria-pressed', String(b.dataset.span === span));
+  if (last) renderPlots(last);
+}
+
+function gateway(r) {
+  if (!r.gateway_requests) return '–';
+  return r.gateway_requests + (r.gateway_tokens_per_s === null || r.gateway_tokens_per_s === undefined ? '' : ' · ' + r.gateway_tokens_per_s.toFixed(0) + ' tok/s');
+}
+
 function chip(value, label) {
-  return h('span', { class: 'chip' }, h('b', {}, value), h('span', {}, label));
+  return h('span', { class: 'chip', dataset: { kpi: label } }, h('b', {}, value), h('span', {}, label));
 }
 
 function renderChips(st) {
@@ -350,6 +369,7 @@ function showTip(nodeId) {
       h('dt', {}, 'round trip'), h('dd', {}, n.rtt_ms === null ? '–' : n.rtt_ms + ' ms'),
       h('dt', {}, 'jobs'), h('dd', {}, n.jobs_succeeded + ' done · ' + n.jobs_failed + ' failed · ' + pct(n.jobs_succeeded, done) + ' ok'),
       h('dt', {}, 'last hour'), h('dd', {}, 'mean ' + ms(n.recent.mean_response_ms) + ' · ' + (n.recent.tokens_per_s === null ? '–' : n.recent.tokens_per_s.toFixed(0)) + ' tok/s'),
+      h('dt', {}, 'gateway'), h('dd', {}, n.recent.gateway_requests ? n.recent.gateway_requests + ' requests' + (n.recent.gateway_tokens_per_s === null ? '' : ' · ' + n.recent.gateway_tokens_per_s.toFixed(0) + ' tok/s') : 'no requests'),
       h('dt', {}, 'seen'), h('dd', {}, age(now() - n.last_heartbeat_at) + ' ago'),
     ),
   );
@@ -387,6 +407,7 @@ function renderNodes(nodes) {
       h('td', { class: 'num' }, pct(n.recent.succeeded, done)),
       h('td', { class: 'num' }, ms(n.recent.mean_response_ms)),
       h('td', { class: 'num' }, n.recent.tokens_per_s === null ? '–' : n.recent.tokens_per_s.toFixed(0)),
+      h('td', { class: 'num gateway', dataset: { requests: n.recent.gateway_requests || 0 } }, gateway(n.recent)),
       h('td', { class: 'num', dataset: { at: n.last_heartbeat_at } }, age(now() - n.last_heartbeat_at)),
     );
   }));
@@ -577,6 +598,7 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('login-form').addEventListener('submit', login);
   $('logout').addEventListener('click', logout);
   $('drawer-close').addEventListener('click', closeDrawer);
+  for (const b of document.querySelectorAll('.span-switch button')) b.addEventListener('click', () => chooseSpan(b.dataset.span));
   document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawer(); });
   // Ages tick between updates.
   setInterval(tickAges, 1000);
