@@ -107,13 +107,22 @@ impl LlmClient {
             .post(&url)
             .header(ACCEPT, accept)
             .json(body.as_ref());
+        // The LLM's time counts from the call: a whole answer's headers
+        // come only once it is all generated.
+        let started = Instant::now();
         let response = http.send(builder).await?;
-        Ok(GatewayReply::new(http, response, call, stream))
+        Ok(GatewayReply::new(http, response, call, stream, started))
     }
 }
 
 impl GatewayReply {
-    fn new(http: &Http, response: reqwest::Response, call: &GatewayCall, stream: bool) -> Self {
+    fn new(
+        http: &Http,
+        response: reqwest::Response,
+        call: &GatewayCall,
+        stream: bool,
+        started: Instant,
+    ) -> Self {
         let default_type = if stream {
             call.api.stream_content_type()
         } else {
@@ -142,7 +151,7 @@ impl GatewayReply {
                 stream,
                 requested_model,
             )),
-            started: Instant::now(),
+            started,
         }
     }
 

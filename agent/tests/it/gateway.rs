@@ -175,8 +175,15 @@ fn done(relayed: Result<Relayed, LlmError>) -> LlmOutput {
 
 /// Relays `call` to a coordinator that takes it; checks what it saw and
 /// returns the output and the uploaded bytes.
+/// The fake's delay before its answer in [`relay_whole`].
+const LATENCY_MS: u64 = 50;
+
 async fn relay_whole(kind: BackendKind, call: &GatewayCall) -> (LlmOutput, String, String) {
-    let fake = fake(FakeBehavior::default()).await;
+    let fake = fake(FakeBehavior {
+        latency_ms: LATENCY_MS,
+        ..FakeBehavior::default()
+    })
+    .await;
     let (coordinator, mut events) = coordinator(Answer::Take).await;
     let output = done(run(&client(kind, &fake), &coordinator, call).await);
     let Seen::Opened {
@@ -248,6 +255,11 @@ async fn whole_json_answers_are_uploaded_as_sent() {
         let (output, content_type, bytes) = relay_whole(BackendKind::Ollama, &call).await;
         assert_fake_reply(&output, input);
         assert_eq!(output.usage.first_token_ms, None, "{api:?}");
+        assert!(
+            output.usage.duration_ms >= LATENCY_MS,
+            "the LLM's time counts from the call, not from the answer's headers: {api:?} {:?}",
+            output.usage
+        );
         assert!(
             content_type.starts_with("application/json"),
             "{content_type}"
