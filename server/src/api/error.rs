@@ -122,7 +122,16 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if crate::body_rate::is_slow_body(&rejection) {
+                ApiError {
+                    field: Some("body".into()),
+                    ..ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "slow_body",
+                        format!("body: {}", rejection.body_text()),
+                    )
+                }
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",

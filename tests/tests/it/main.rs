@@ -19,6 +19,7 @@ mod routing;
 mod security_audit;
 mod security_data;
 mod security_hardening;
+mod security_limits;
 mod security_roles;
 mod security_tls;
 mod shapes;
