@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cancel;
+mod chaos;
 mod crash;
 mod dashboard;
 mod failover;

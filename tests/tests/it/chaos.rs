@@ -1,0 +1,171 @@
+//! Chaos, checked by the ledger (`kobo_tests::ledger`): a job ten times
+//! longer than the lease TTL is never reassigned while its agent
+//! heartbeats; the coordinator SIGKILLed at random points ten times under a
+//! stream of submits loses nothing acknowledged, completes nothing twice,
+//! keeps its database intact and serves within 5 s of each start.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kobo_protocol::JobState;
+use kobo_tests::cluster::{AgentSpec, Cluster, job};
+use kobo_tests::ledger::{Expect, Ledger};
+
+/// A submit waits this long for a restarting coordinator.
+const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits for every acknowledged job of `ledger` to end.
+async fn settle(cluster: &Cluster, ledger: &Ledger) {
+    for id in ledger.acknowledged_ids() {
+        cluster.wait_done(id).await;
+    }
+}
+
+fn integrity(cluster: &Cluster) -> String {
+    cluster
+        .db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_ten_times_the_lease_ttl_is_never_reassigned_while_heartbeating() {
+    let mut cluster = Cluster::builder()
+        .heartbeat_ms(300)
+        .lease_ttl_ms(1500)
+        .start()
+        .await;
+    let ttl = Duration::from_millis(cluster.settings.lease_ttl_ms);
+    let long = ttl * 10;
+    cluster
+        .fake
+        .update_behavior(|b| b.latency_ms = long.as_millis() as u64);
+    cluster
+        .agent(AgentSpec::new("tokyo-01", &["general_query"]))
+        .await;
+    cluster
+        .agent(AgentSpec::new("osaka-01", &["general_query"]))
+        .await;
+    let mut ledger = Ledger::new();
+    let id = ledger
+        .submit(
+            cluster.client(),
+            job("general_query", "a long one"),
+            Expect::Succeeded,
+            SUBMIT_PATIENCE,
+        )
+        .await
+        .expect("submit");
+    let leased = cluster.wait_state(id, JobState::Leased).await;
+    let started = Instant::now();
+    let done = cluster.wait_done(id).await;
+    let took = started.elapsed();
+    assert_eq!(done.state, JobState::Succeeded, "{}", cluster.logs());
+    assert!(
+        took >= long - ttl,
+        "the job ran about {long:?} (it took {took:?} from its lease)"
+    );
+    assert_eq!(done.attempts, 1, "one attempt, never reassigned");
+    assert_eq!(
+        done.node_id, leased.node_id,
+        "it finished on the node that leased it"
+    );
+    let (attempts, releases): (i64, i64) = cluster
+        .db()
+        .query_row(
+            "SELECT (SELECT count(*) FROM job_attempts WHERE job_id = ?1),
+                    (SELECT count(*) FROM job_events WHERE job_id = ?1 AND from_state = 'leased'
+                        AND to_state <> 'succeeded')",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("attempts");
+    assert_eq!(
+        (attempts, releases),
+        (1, 0),
+        "one attempt row, no lease released"
+    );
+    assert_eq!(
+        cluster.fake.requests_to("/api/generate"),
+        1,
+        "the LLM was called once"
+    );
+    ledger.check(&cluster.db_path()).assert_ok(&cluster.logs());
+    eprintln!(
+        "long job: {took:?} ({}x the {ttl:?} lease TTL) on one lease, 1 attempt",
+        took.as_millis() / ttl.as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_coordinator_kills_at_random_points_lose_nothing_and_serve_within_5_s() {
+    const KILLS: usize = 10;
+    const SERVE_WITHIN: Duration = Duration::from_secs(5);
+    let mut cluster = Cluster::builder().start().await;
+    cluster.fake.update_behavior(|b| b.latency_ms = 100);
+    for node in ["tokyo-01", "osaka-01"] {
+        cluster
+            .agent(AgentSpec::new(node, &["general_query"]).max_workers(3))
+            .await;
+    }
+    // Submits run on through the kills; each waits out a restart.
+    let client = cluster.client().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let submitter = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut ledger = Ledger::new();
+            let mut idx = 0;
+            while !stop.load(Ordering::SeqCst) {
+                idx += 1;
+                let job = job("general_query", &format!("through the kills {idx}"));
+                if let Err(err) = ledger
+                    .submit(&client, job, Expect::Succeeded, SUBMIT_PATIENCE)
+                    .await
+                {
+                    panic!("submit {idx} failed for good: {err}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ledger
+        }
+    });
+    let mut serving_after = Vec::new();
+    for _ in 0..KILLS {
+        // A random point: anywhere in a run of leases, reports and submits.
+        let pause = Duration::from_millis(150 + rand_below(600));
+        tokio::time::sleep(pause).await;
+        cluster.kill_coordinator().await;
+        let started = Instant::now();
+        cluster.start_coordinator().await;
+        serving_after.push(started.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let ledger = submitter.await.expect("submitter");
+    settle(&cluster, &ledger).await;
+    let verdict = ledger.check(&cluster.db_path());
+    verdict.assert_ok(&cluster.logs());
+    assert_eq!(integrity(&cluster), "ok", "PRAGMA integrity_check");
+    let slowest = serving_after.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest < SERVE_WITHIN,
+        "serving within {SERVE_WITHIN:?} of each start: {serving_after:?}"
+    );
+    eprintln!(
+        "kill loop: {KILLS} SIGKILLs; {} jobs acknowledged ({} more in the database unacknowledged), states {:?}; \
+         integrity ok; serving {:?}..{slowest:?} after each start",
+        verdict.acknowledged,
+        verdict.unacknowledged_in_db,
+        verdict.by_state,
+        serving_after.iter().min().copied().unwrap_or_default(),
+    );
+}
+
+/// A random number below `n` (the kill points).
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish() % n
+}
