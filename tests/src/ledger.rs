@@ -117,8 +117,9 @@ impl Ledger {
     }
 
     /// Submits `job` under a fresh idempotency key, retrying the same key
-    /// while the coordinator is unreachable (a restart) until `patience` is
-    /// used up; records the attempt and, if answered, the acknowledgement.
+    /// while the coordinator is unreachable (a restart) or answers 503 until
+    /// `patience` is used up; records the attempt and, if answered, the
+    /// acknowledgement.
     pub async fn submit(
         &mut self,
         client: &ApiClient,
@@ -137,7 +138,7 @@ impl Ledger {
                     return Ok(answer.id);
                 }
                 Err(err)
-                    if (err.is_unreachable() || err.status().is_some_and(|s| s >= 500))
+                    if (err.is_unreachable() || err.status() == Some(503))
                         && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -53,6 +53,14 @@ impl From<FieldError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
+        if err.is_disk_full() {
+            tracing::warn!(error = %err, "a write was refused: the disk is full");
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the coordinator's disk is full: nothing was written; writes resume once space is freed in its data directory, then retry",
+            );
+        }
         match err {
             StoreError::JobNotFound(_) | StoreError::NodeNotFound(_) | StoreError::NotFound(_) => {
                 ApiError::not_found(err.to_string())

@@ -22,13 +22,6 @@ async fn settle(cluster: &Cluster, ledger: &Ledger) {
     }
 }
 
-fn integrity(cluster: &Cluster) -> String {
-    cluster
-        .db()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity check")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_ten_times_the_lease_ttl_is_never_reassigned_while_heartbeating() {
     let mut cluster = Cluster::builder()
@@ -146,7 +139,7 @@ async fn ten_coordinator_kills_at_random_points_lose_nothing_and_serve_within_5_
     settle(&cluster, &ledger).await;
     let verdict = ledger.check(&cluster.db_path());
     verdict.assert_ok(&cluster.logs());
-    assert_eq!(integrity(&cluster), "ok", "PRAGMA integrity_check");
+    assert_eq!(cluster.integrity_check(), "ok", "PRAGMA integrity_check");
     let slowest = serving_after.iter().max().copied().unwrap_or_default();
     assert!(
         slowest < SERVE_WITHIN,

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cancel;
 mod chaos;
+mod chaos_disk;
 mod crash;
 mod dashboard;
 mod failover;
