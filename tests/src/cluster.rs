@@ -202,6 +202,9 @@ pub struct AgentSpec {
     pub backend: String,
     pub max_workers: u32,
     pub extra_args: Vec<String>,
+    /// Run the agent in this network namespace (`ip netns exec`), dialing
+    /// the coordinator at `coordinator_url`.
+    pub netns: Option<(String, String)>,
 }
 
 impl AgentSpec {
@@ -213,7 +216,15 @@ impl AgentSpec {
             backend: "ollama".to_string(),
             max_workers: 4,
             extra_args: Vec::new(),
+            netns: None,
         }
+    }
+
+    /// Runs the agent inside network namespace `netns`, dialing the
+    /// coordinator at `url` (an address reachable from there, in its SANs).
+    pub fn in_netns(mut self, netns: &str, url: &str) -> Self {
+        self.netns = Some((netns.to_string(), url.to_string()));
+        self
     }
 
     pub fn backend(mut self, backend: &str) -> Self {
@@ -398,10 +409,19 @@ impl Cluster {
             .data_dir
             .join("agents")
             .join(format!("{}-{idx}", spec.node_id));
-        let mut command = Command::new(binary("kobo-agent"));
+        let (mut command, url) = match &spec.netns {
+            Some((netns, url)) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", netns])
+                    .arg(binary("kobo-agent"));
+                (command, url.clone())
+            }
+            None => (Command::new(binary("kobo-agent")), self.url()),
+        };
         command
             .arg("join")
-            .arg(self.url())
+            .arg(url)
             .args(["--token", &token])
             .arg("--state-dir")
             .arg(&state_dir)
