@@ -1,8 +1,10 @@
 //! Chaos, checked by the ledger (`kobo_tests::ledger`): a job ten times
 //! longer than the lease TTL is never reassigned while its agent
-//! heartbeats; the coordinator SIGKILLed at random points ten times under a
-//! stream of submits loses nothing acknowledged, completes nothing twice,
-//! keeps its database intact and serves within 5 s of each start.
+//! heartbeats; a poison job that kills its agent every time ends `dead`
+//! after its attempts, each retry backed off, while other jobs flow; the
+//! coordinator SIGKILLed at random points ten times under a stream of
+//! submits loses nothing acknowledged, completes nothing twice, keeps its
+//! database intact and serves within 5 s of each start.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,4 +163,134 @@ fn rand_below(n: u64) -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     hasher.finish() % n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_job_ends_dead_after_its_attempts_backed_off_while_others_flow() {
+    const POISON: &str = "POISON-PILL";
+    const OTHERS: usize = 12;
+    const RETRY_BASE_MS: i64 = 400;
+    let mut cluster = Cluster::builder()
+        .retry_base_ms(RETRY_BASE_MS as u64)
+        .max_attempts(3)
+        .start()
+        .await;
+    cluster.fake.update_behavior(|b| {
+        b.kill_caller_on = Some(POISON.to_string());
+        b.latency_ms = 100;
+    });
+    // One job at a time per agent: the poison never takes a healthy job down.
+    let spec =
+        |idx: usize| AgentSpec::new(&format!("worker-{idx}"), &["general_query"]).max_workers(1);
+    for idx in 0..3 {
+        cluster.agent(spec(idx)).await;
+    }
+    let mut ledger = Ledger::new();
+    let poison = ledger
+        .submit(
+            cluster.client(),
+            job("general_query", &format!("{POISON}: take the agent down")),
+            Expect::Dead,
+            SUBMIT_PATIENCE,
+        )
+        .await
+        .expect("submit the poison");
+    for idx in 0..OTHERS {
+        let job = job("general_query", &format!("a healthy job {idx}"));
+        ledger
+            .submit(cluster.client(), job, Expect::Succeeded, SUBMIT_PATIENCE)
+            .await
+            .expect("submit");
+    }
+    // A supervisor's part: each dead agent is started again (a new instance
+    // of the same node), until the poison job has ended.
+    let mut restarted = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + kobo_tests::cluster::PATIENCE * 2;
+    loop {
+        let state = cluster
+            .client()
+            .job(poison)
+            .await
+            .expect("poison job")
+            .job
+            .state;
+        if state.is_terminal() {
+            break;
+        }
+        for idx in 0..cluster.agents.len() {
+            let dead = matches!(cluster.agents[idx].child.try_wait(), Ok(Some(_)));
+            if dead && restarted.insert(idx) {
+                let again = cluster.agents[idx].spec.clone();
+                cluster.agent(again).await;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the poison job is still {state}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    settle(&cluster, &ledger).await;
+    let done = cluster.wait_done(poison).await;
+    assert_eq!(done.state, JobState::Dead, "{}", cluster.logs());
+    assert_eq!(done.attempts, 3, "dead after max attempts");
+    assert_eq!(
+        cluster.fake.poison_kills(),
+        3,
+        "each attempt killed its agent"
+    );
+    // Backoff: each released attempt waited at least half of base * 2^(n-1).
+    let events: Vec<(i64, String, String, i64)> = cluster
+        .db()
+        .prepare(
+            "SELECT at, coalesce(from_state, ''), to_state, attempt FROM job_events
+             WHERE job_id = ?1 ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map([poison], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+        })
+        .expect("events");
+    let mut waits = Vec::new();
+    for pair in events.windows(2) {
+        let ((released, from, to, attempt), (queued, next_from, next_to, _)) = (&pair[0], &pair[1]);
+        if from == "leased" && to == "scheduled" {
+            assert_eq!(
+                (next_from.as_str(), next_to.as_str()),
+                ("scheduled", "queued"),
+                "{events:?}"
+            );
+            let least = RETRY_BASE_MS * (1 << (attempt - 1)) / 2;
+            let waited = queued - released;
+            assert!(
+                waited >= least,
+                "attempt {attempt} was retried after {waited} ms, under its backoff of {least} ms: {events:?}"
+            );
+            waits.push(waited);
+        }
+    }
+    assert_eq!(
+        waits.len(),
+        2,
+        "two backed-off retries before the end: {events:?}"
+    );
+    let flowed: i64 = cluster
+        .db()
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE id <> ?1 AND state = 'succeeded'",
+            [poison],
+            |r| r.get(0),
+        )
+        .expect("others");
+    assert_eq!(flowed, OTHERS as i64, "the other jobs all succeeded");
+    ledger.check(&cluster.db_path()).assert_ok(&cluster.logs());
+    eprintln!(
+        "poison job: dead after {} attempts, {} agents killed and restarted, retries backed off {waits:?} ms \
+         (base {RETRY_BASE_MS} ms); {OTHERS} other jobs succeeded",
+        done.attempts,
+        cluster.fake.poison_kills()
+    );
 }
