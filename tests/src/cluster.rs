@@ -202,9 +202,11 @@ pub struct AgentSpec {
     pub backend: String,
     pub max_workers: u32,
     pub extra_args: Vec<String>,
-    /// Run the agent in this network namespace (`ip netns exec`), dialing
-    /// the coordinator at `coordinator_url`.
-    pub netns: Option<(String, String)>,
+    /// Run the agent in this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// The coordinator's URL as this agent dials it (a namespace's view, a
+    /// proxy); the cluster's URL when `None`.
+    pub coordinator_url: Option<String>,
 }
 
 impl AgentSpec {
@@ -217,13 +219,20 @@ impl AgentSpec {
             max_workers: 4,
             extra_args: Vec::new(),
             netns: None,
+            coordinator_url: None,
         }
     }
 
     /// Runs the agent inside network namespace `netns`, dialing the
     /// coordinator at `url` (an address reachable from there, in its SANs).
     pub fn in_netns(mut self, netns: &str, url: &str) -> Self {
-        self.netns = Some((netns.to_string(), url.to_string()));
+        self.netns = Some(netns.to_string());
+        self.via(url)
+    }
+
+    /// Dials the coordinator at `url` (a proxy in front of it, say).
+    pub fn via(mut self, url: &str) -> Self {
+        self.coordinator_url = Some(url.to_string());
         self
     }
 
@@ -409,16 +418,17 @@ impl Cluster {
             .data_dir
             .join("agents")
             .join(format!("{}-{idx}", spec.node_id));
-        let (mut command, url) = match &spec.netns {
-            Some((netns, url)) => {
+        let mut command = match &spec.netns {
+            Some(netns) => {
                 let mut command = Command::new("ip");
                 command
                     .args(["netns", "exec", netns])
                     .arg(binary("kobo-agent"));
-                (command, url.clone())
+                command
             }
-            None => (Command::new(binary("kobo-agent")), self.url()),
+            None => Command::new(binary("kobo-agent")),
         };
+        let url = spec.coordinator_url.clone().unwrap_or_else(|| self.url());
         command
             .arg("join")
             .arg(url)

@@ -4,7 +4,8 @@
 //! jobs are requeued within TTL + 5 s and done by another agent, its late
 //! results are refused, and it rejoins within 10 s of the heal; the ledger
 //! holds throughout. Needs root, iproute2 and iptables (CI has them;
-//! scripts/install-test-deps installs them).
+//! scripts/install-test-deps installs them). And a flaky link: agents
+//! behind a proxy adding 200 ± 150 ms per chunk and tearing connections.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -261,5 +262,77 @@ async fn a_partitioned_agent_loses_its_jobs_to_others_and_rejoins_after_the_heal
         log.matches("result refused: the lease is no longer ours")
             .count(),
         log.matches("job no longer ours").count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_behind_a_flaky_link_lose_nothing_and_no_job_sticks_past_2_ttl() {
+    use kobo_tests::proxy::{self, Flakiness};
+    use std::sync::atomic::Ordering;
+    const JOBS: usize = 24;
+    let mut cluster = Cluster::builder()
+        .heartbeat_ms(500)
+        .lease_ttl_ms(3000)
+        .start()
+        .await;
+    let ttl = Duration::from_millis(cluster.settings.lease_ttl_ms);
+    cluster.fake.update_behavior(|b| b.latency_ms = 100);
+    let link = proxy::start(
+        format!("127.0.0.1:{}", cluster.port).parse().expect("addr"),
+        Flakiness {
+            latency: Duration::from_millis(200),
+            jitter: Duration::from_millis(150),
+            reset_chance: 0.01,
+        },
+    )
+    .await;
+    let via = format!("https://{}", link.addr);
+    for node in ["far-01", "far-02"] {
+        cluster
+            .agent(AgentSpec::new(node, &["general_query"]).via(&via))
+            .await;
+    }
+    let mut ledger = Ledger::new();
+    for idx in 0..JOBS {
+        let job = job("general_query", &format!("over a bad link {idx}"));
+        ledger
+            .submit(cluster.client(), job, Expect::Succeeded, Duration::ZERO)
+            .await
+            .expect("submit");
+    }
+    for id in ledger.acknowledged_ids() {
+        cluster.wait_done(id).await;
+    }
+    ledger.check(&cluster.db_path()).assert_ok(&cluster.logs());
+    // No attempt held its job longer than twice the TTL (a lease on a torn
+    // connection runs out and the job moves on).
+    let longest: i64 = cluster
+        .db()
+        .query_row(
+            "SELECT coalesce(max(finished_at - started_at), 0) FROM job_attempts",
+            [],
+            |r| r.get(0),
+        )
+        .expect("attempts");
+    assert!(
+        Duration::from_millis(longest as u64) <= ttl * 2,
+        "an attempt held its job {longest} ms (bound 2 x {ttl:?})"
+    );
+    let resets = link.stats.resets.load(Ordering::SeqCst);
+    let connections = link.stats.connections.load(Ordering::SeqCst);
+    assert!(
+        resets > 0,
+        "the link tore some connections ({connections} made)"
+    );
+    let retried: i64 = cluster
+        .db()
+        .query_row("SELECT count(*) FROM jobs WHERE attempts > 1", [], |r| {
+            r.get(0)
+        })
+        .expect("retried");
+    eprintln!(
+        "flaky network: {JOBS} jobs through 200 ± 150 ms per chunk and {resets} torn connections \
+         ({connections} made); all succeeded once ({retried} ran more than once); longest attempt {longest} ms (bound {} ms)",
+        (ttl * 2).as_millis()
     );
 }
