@@ -202,8 +202,9 @@ pub struct AgentSpec {
     pub backend: String,
     pub max_workers: u32,
     pub extra_args: Vec<String>,
-    /// Run the agent in this network namespace (`ip netns exec`).
-    pub netns: Option<String>,
+    /// A command the agent runs under (`ip netns exec NS`, `faketime -f
+    /// +1h`), empty for none.
+    pub prefix: Vec<String>,
     /// The coordinator's URL as this agent dials it (a namespace's view, a
     /// proxy); the cluster's URL when `None`.
     pub coordinator_url: Option<String>,
@@ -218,16 +219,21 @@ impl AgentSpec {
             backend: "ollama".to_string(),
             max_workers: 4,
             extra_args: Vec::new(),
-            netns: None,
+            prefix: Vec::new(),
             coordinator_url: None,
         }
     }
 
     /// Runs the agent inside network namespace `netns`, dialing the
     /// coordinator at `url` (an address reachable from there, in its SANs).
-    pub fn in_netns(mut self, netns: &str, url: &str) -> Self {
-        self.netns = Some(netns.to_string());
-        self.via(url)
+    pub fn in_netns(self, netns: &str, url: &str) -> Self {
+        self.under(&["ip", "netns", "exec", netns]).via(url)
+    }
+
+    /// Runs the agent under `command` (its arguments, then the agent's).
+    pub fn under(mut self, command: &[&str]) -> Self {
+        self.prefix.extend(command.iter().map(|c| c.to_string()));
+        self
     }
 
     /// Dials the coordinator at `url` (a proxy in front of it, say).
@@ -418,12 +424,10 @@ impl Cluster {
             .data_dir
             .join("agents")
             .join(format!("{}-{idx}", spec.node_id));
-        let mut command = match &spec.netns {
-            Some(netns) => {
-                let mut command = Command::new("ip");
-                command
-                    .args(["netns", "exec", netns])
-                    .arg(binary("kobo-agent"));
+        let mut command = match spec.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("kobo-agent"));
                 command
             }
             None => Command::new(binary("kobo-agent")),

@@ -148,6 +148,28 @@ impl Ledger {
         }
     }
 
+    /// Submits `n` jobs of `kind` with the prompts `"{prompt} {idx}"`, as
+    /// [`Ledger::submit`] does each.
+    pub async fn submit_many(
+        &mut self,
+        client: &ApiClient,
+        (kind, prompt): (&str, &str),
+        n: usize,
+        expect: Expect,
+        patience: Duration,
+    ) -> Result<Vec<JobId>, ClientError> {
+        let mut ids = Vec::with_capacity(n);
+        for idx in 0..n {
+            let job = SubmitJob {
+                kind: kind.to_string(),
+                prompt: Some(format!("{prompt} {idx}")),
+                ..SubmitJob::default()
+            };
+            ids.push(self.submit(client, job, expect, patience).await?);
+        }
+        Ok(ids)
+    }
+
     /// Records a submit made elsewhere (with `key` as its idempotency key);
     /// `acknowledged` is its answer, if one came.
     pub fn record(&mut self, key: &str, acknowledged: Option<JobId>, expect: Expect) {

@@ -4,7 +4,8 @@
 //! after its attempts, each retry backed off, while other jobs flow; the
 //! coordinator SIGKILLed at random points ten times under a stream of
 //! submits loses nothing acknowledged, completes nothing twice, keeps its
-//! database intact and serves within 5 s of each start.
+//! database intact and serves within 5 s of each start; agents whose clocks
+//! are an hour off (libfaketime) keep their leases and heartbeats.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,11 +27,8 @@ async fn settle(cluster: &Cluster, ledger: &Ledger) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_ten_times_the_lease_ttl_is_never_reassigned_while_heartbeating() {
-    let mut cluster = Cluster::builder()
-        .heartbeat_ms(300)
-        .lease_ttl_ms(1500)
-        .start()
-        .await;
+    // The harness's timings: heartbeats every 300 ms, a 1.5 s lease TTL.
+    let mut cluster = Cluster::builder().start().await;
     let ttl = Duration::from_millis(cluster.settings.lease_ttl_ms);
     let long = ttl * 10;
     cluster
@@ -195,13 +193,16 @@ async fn a_poison_job_ends_dead_after_its_attempts_backed_off_while_others_flow(
         )
         .await
         .expect("submit the poison");
-    for idx in 0..OTHERS {
-        let job = job("general_query", &format!("a healthy job {idx}"));
-        ledger
-            .submit(cluster.client(), job, Expect::Succeeded, SUBMIT_PATIENCE)
-            .await
-            .expect("submit");
-    }
+    ledger
+        .submit_many(
+            cluster.client(),
+            ("general_query", "a healthy job"),
+            OTHERS,
+            Expect::Succeeded,
+            SUBMIT_PATIENCE,
+        )
+        .await
+        .expect("submit");
     // A supervisor's part: each dead agent is started again (a new instance
     // of the same node), until the poison job has ended.
     let mut restarted = std::collections::BTreeSet::new();
@@ -292,5 +293,89 @@ async fn a_poison_job_ends_dead_after_its_attempts_backed_off_while_others_flow(
          (base {RETRY_BASE_MS} ms); {OTHERS} other jobs succeeded",
         done.attempts,
         cluster.fake.poison_kills()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_an_hour_off_keep_their_leases_and_heartbeats() {
+    assert!(
+        std::path::Path::new("/usr/bin/faketime").exists(),
+        "/usr/bin/faketime is missing: install Debian's faketime package (scripts/install-test-deps does)"
+    );
+    // The harness's timings: heartbeats every 300 ms, a 1.5 s lease TTL.
+    let mut cluster = Cluster::builder().start().await;
+    let ttl = Duration::from_millis(cluster.settings.lease_ttl_ms);
+    // Each call outlives the lease twice over: only heartbeats keep it.
+    cluster
+        .fake
+        .update_behavior(|b| b.latency_ms = (ttl * 3).as_millis() as u64);
+    let offsets = [("ahead-01", "+1h"), ("behind-01", "-1h")];
+    for (node, offset) in offsets {
+        cluster
+            .agent(
+                AgentSpec::new(node, &["general_query"])
+                    .max_workers(2)
+                    .under(&["faketime", "-f", offset]),
+            )
+            .await;
+    }
+    let mut ledger = Ledger::new();
+    ledger
+        .submit_many(
+            cluster.client(),
+            ("general_query", "whatever the clock says"),
+            4,
+            Expect::Succeeded,
+            SUBMIT_PATIENCE,
+        )
+        .await
+        .expect("submit");
+    let mut ran_on = std::collections::BTreeSet::new();
+    for id in ledger.acknowledged_ids() {
+        let done = cluster.wait_done(id).await;
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(done.attempts, 1, "job {id} was never reassigned");
+        ran_on.extend(done.node_id);
+    }
+    assert_eq!(ran_on.len(), 2, "both skewed agents ran jobs: {ran_on:?}");
+    let released: i64 = cluster
+        .db()
+        .query_row(
+            "SELECT count(*) FROM job_attempts WHERE outcome <> 'succeeded'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("attempts");
+    assert_eq!(released, 0, "no lease ran out or was released");
+    for agent in &cluster.agents {
+        let log = agent.log_text();
+        assert!(
+            !log.contains("heartbeat failed") && !log.contains("heartbeat refused"),
+            "{}: heartbeats kept working:\n{log}",
+            agent.spec.node_id
+        );
+    }
+    // The agents' own clocks (their log lines' UTC hour) were an hour off.
+    let hour_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 3600
+        % 24;
+    for (agent, shift) in cluster.agents.iter().zip([1, 23]) {
+        let log = agent.log_text();
+        let hour: Option<u64> = log.get(11..13).and_then(|h| h.parse().ok());
+        assert_eq!(
+            hour,
+            Some((hour_now + shift) % 24),
+            "{} ran {shift} hours (mod 24) off: {}",
+            agent.spec.node_id,
+            log.lines().next().unwrap_or_default()
+        );
+    }
+    ledger.check(&cluster.db_path()).assert_ok(&cluster.logs());
+    eprintln!(
+        "clock: agents at +1h and -1h ran 4 jobs of {:?} each (3x the {ttl:?} TTL) on one lease each; no heartbeat failed",
+        ttl * 3
     );
 }
