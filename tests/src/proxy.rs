@@ -24,11 +24,13 @@ pub struct Flakiness {
     pub reset_chance: f64,
 }
 
-/// What the proxy did.
+/// What the proxy did, and whether it tears connections now.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     pub connections: AtomicU64,
     pub resets: AtomicU64,
+    /// Off: `reset_chance` is not applied (latency still is).
+    pub tearing: std::sync::atomic::AtomicBool,
 }
 
 /// A running proxy; stops (with all its connections) on drop.
@@ -36,6 +38,13 @@ pub struct FlakyProxy {
     pub addr: SocketAddr,
     pub stats: Arc<ProxyStats>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl FlakyProxy {
+    /// From now on, connections are torn at `reset_chance` per chunk.
+    pub fn tear(&self) {
+        self.stats.tearing.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FlakyProxy {
@@ -68,7 +77,8 @@ fn seed() -> u64 {
         .unwrap_or(7)
 }
 
-/// Starts a proxy on a loopback port forwarding to `target`.
+/// Starts a proxy on a loopback port forwarding to `target`; it tears
+/// connections once [`FlakyProxy::tear`] is called.
 pub async fn start(target: SocketAddr, flakiness: Flakiness) -> FlakyProxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy address");
@@ -109,12 +119,20 @@ async fn forward(
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let (reset_tx, mut reset_rx) = mpsc::channel::<()>(2);
-    let up = pump(client_read, server_write, flakiness, seed, reset_tx.clone());
+    let up = pump(
+        client_read,
+        server_write,
+        flakiness,
+        seed,
+        stats,
+        reset_tx.clone(),
+    );
     let down = pump(
         server_read,
         client_write,
         flakiness,
         seed.rotate_left(17),
+        stats,
         reset_tx,
     );
     tokio::select! {
@@ -132,6 +150,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     flakiness: Flakiness,
     seed: u64,
+    stats: &ProxyStats,
     reset: mpsc::Sender<()>,
 ) {
     let (chunks_tx, mut chunks_rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
@@ -153,7 +172,8 @@ async fn pump(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if dice.roll() < flakiness.reset_chance {
+            let roll = dice.roll();
+            if stats.tearing.load(Ordering::SeqCst) && roll < flakiness.reset_chance {
                 let _ = reset.send(()).await;
                 break;
             }

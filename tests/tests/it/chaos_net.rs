@@ -287,11 +287,14 @@ async fn agents_behind_a_flaky_link_lose_nothing_and_no_job_sticks_past_2_ttl() 
     )
     .await;
     let via = format!("https://{}", link.addr);
+    // Enrollment is one-shot (`kobo-agent join` gives up on a torn
+    // connection), so the link tears only once the agents run.
     for node in ["far-01", "far-02"] {
         cluster
             .agent(AgentSpec::new(node, &["general_query"]).via(&via))
             .await;
     }
+    link.tear();
     let mut ledger = Ledger::new();
     for idx in 0..JOBS {
         let job = job("general_query", &format!("over a bad link {idx}"));
