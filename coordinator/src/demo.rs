@@ -181,6 +181,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         ca_import: None,
         node_cert_lifetime: pki::NODE_CERT_LIFETIME,
         gateway: kobo_queue::config::GatewayConfig::default(),
+        limits: kobo_queue::config::ConnectionLimits::default(),
     };
     let server = tokio::spawn(kobo_server::serve(listener, config, shutdown.clone()));
 

@@ -45,6 +45,10 @@ pub struct FakeBehavior {
     /// unterminated chunked body, as when a server dies); `true` ends the
     /// body properly, just without `done`/`[DONE]`.
     pub cut_clean: bool,
+    /// A generation or embedding request whose body holds this text gets
+    /// its caller SIGKILLed (the local process owning the connection's
+    /// other end): a poison job, which takes its agent down every time.
+    pub kill_caller_on: Option<String>,
 }
 
 impl Default for FakeBehavior {
@@ -59,6 +63,7 @@ impl Default for FakeBehavior {
             hold: false,
             cut_after_chunks: None,
             cut_clean: false,
+            kill_caller_on: None,
         }
     }
 }

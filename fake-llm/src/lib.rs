@@ -36,6 +36,7 @@
 //! - `stream`: the frames of a streamed reply, paced and cut per the behavior.
 //! - `ollama`: Ollama's wire format: model lists, NDJSON lines, errors.
 //! - `show`: Ollama's `/api/show`.
+//! - `poison`: the poison knob: a marked request's caller process killed.
 //! - `openai`: the OpenAI (and vLLM) wire format: models, SSE chunks, errors.
 //! - `embed`: the embedding endpoints of both APIs.
 
@@ -45,6 +46,7 @@ mod embed;
 mod generate;
 mod ollama;
 mod openai;
+mod poison;
 mod reply;
 mod server;
 mod shape;

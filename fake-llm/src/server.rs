@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     requests: AtomicU64,
     in_flight: AtomicU64,
     aborted: AtomicU64,
+    /// Callers killed by the poison knob.
+    pub(crate) poison_kills: AtomicU64,
     pub(crate) next_id: AtomicU64,
     /// Woken on every behavior change, for requests under `hold`.
     pub(crate) behavior_changed: Notify,
@@ -84,6 +86,7 @@ pub async fn start_on(addr: SocketAddr, behavior: FakeBehavior) -> io::Result<Fa
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         aborted: AtomicU64::new(0),
+        poison_kills: AtomicU64::new(0),
         next_id: AtomicU64::new(1),
         behavior_changed: Notify::new(),
         shutdown: CancellationToken::new(),
@@ -98,9 +101,12 @@ pub async fn start_on(addr: SocketAddr, behavior: FakeBehavior) -> io::Result<Fa
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
     });
     Ok(FakeLlm {
         addr,
@@ -138,6 +144,11 @@ impl FakeLlm {
     /// Requests received, control endpoints aside.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Callers killed by [`FakeBehavior::kill_caller_on`].
+    pub fn poison_kills(&self) -> u64 {
+        self.shared.poison_kills.load(Ordering::SeqCst)
     }
 
     /// Requests received on one path, e.g. `/api/generate`.
@@ -245,6 +256,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embed::openai))
         .route("/_fake/behavior", get(get_behavior).post(post_behavior))
         .route("/_fake/stats", get(stats))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            crate::poison::kill_poisoned_callers,
+        ))
         .layer(middleware::from_fn_with_state(shared.clone(), track))
         .with_state(shared)
 }
@@ -326,6 +341,7 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
         "requests": shared.requests.load(Ordering::SeqCst),
         "in_flight": shared.in_flight.load(Ordering::SeqCst),
         "aborted": shared.aborted.load(Ordering::SeqCst),
+        "poison_kills": shared.poison_kills.load(Ordering::SeqCst),
         "per_path": per_path,
     }))
     .into_response()

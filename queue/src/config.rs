@@ -125,4 +125,82 @@ pub struct ServeConfig {
     pub node_cert_lifetime: Duration,
     /// How gateway requests become jobs.
     pub gateway: GatewayConfig,
+    /// Bounds on connections and request bodies (slow or flooding clients).
+    pub limits: ConnectionLimits,
+}
+
+/// Default bound on open connections: a fleet of 10,000 agents (one HTTP/2
+/// connection each) plus clients, under a raised file-descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Default bound on connections that have not yet made an authenticated
+/// request: enough for many agents reconnecting at once after a restart
+/// (each is unauthenticated for one handshake and one request), small
+/// enough that holding them all costs little memory (a connection stalled
+/// in a request body costs about 46 KiB: TLS, hyper's buffers, the request).
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 512;
+/// Default bound on not-yet-authenticated connections from one source
+/// address (IPv6: one /64), so one host cannot take the whole pool above.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: usize = 128;
+/// Default time a request body may take before the minimum rate applies.
+pub const DEFAULT_BODY_GRACE: Duration = Duration::from_secs(5);
+/// Default minimum rate of a request body after the grace period (bytes per
+/// second, averaged from the request's start): a client sending one byte
+/// every few seconds is cut after the grace period.
+pub const DEFAULT_BODY_MIN_RATE: u64 = 1_024;
+/// Default longest a whole request body may take (16 MiB, the largest body,
+/// needs about 1.1 Mbit/s to make it).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default most concurrent streams on one HTTP/2 connection (an agent
+/// multiplexes its long-poll, heartbeats, reports and uploads on one).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 1_024;
+/// Default largest header list of one HTTP/2 request (bytes, decoded): also
+/// bounds a CONTINUATION flood, which h2 counts against it.
+pub const DEFAULT_H2_MAX_HEADER_LIST: u32 = 16 << 10;
+/// Default most streams an HTTP/2 client may reset before they are even
+/// served before the connection is closed (rapid reset, CVE-2023-44487).
+pub const DEFAULT_H2_MAX_PENDING_RESETS: usize = 20;
+/// Default most streams the server may reset for a client's protocol errors
+/// before the connection is closed (RUSTSEC-2024-0003).
+pub const DEFAULT_H2_MAX_ERROR_RESETS: usize = 1_024;
+
+/// Bounds on connections and request bodies, so slow or flooding clients
+/// cannot hold the coordinator's memory or file descriptors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most open connections; more are closed at once (and audited).
+    pub max_connections: usize,
+    /// Most connections that have not yet made an authenticated request
+    /// (API key, node certificate, dashboard session).
+    pub max_unauthenticated: usize,
+    /// Most of those from one source address (IPv6: one /64).
+    pub max_unauthenticated_per_source: usize,
+    /// How long a request body may take before `body_min_rate` applies.
+    pub body_grace: Duration,
+    /// Least bytes per second of a request body after `body_grace`,
+    /// averaged from the request's start; 0 turns the rate check off.
+    /// The agent's stream upload is exempt (it arrives at LLM speed).
+    pub body_min_rate: u64,
+    /// Longest a whole request body may take (the stream upload is exempt).
+    pub body_timeout: Duration,
+    pub h2_max_streams: u32,
+    pub h2_max_header_list: u32,
+    pub h2_max_pending_resets: usize,
+    pub h2_max_error_resets: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_source: DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
+            body_grace: DEFAULT_BODY_GRACE,
+            body_min_rate: DEFAULT_BODY_MIN_RATE,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            h2_max_streams: DEFAULT_H2_MAX_STREAMS,
+            h2_max_header_list: DEFAULT_H2_MAX_HEADER_LIST,
+            h2_max_pending_resets: DEFAULT_H2_MAX_PENDING_RESETS,
+            h2_max_error_resets: DEFAULT_H2_MAX_ERROR_RESETS,
+        }
+    }
 }

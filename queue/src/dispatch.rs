@@ -493,6 +493,7 @@ impl Hub {
                 .collect::<Vec<_>>(),
             "undelivered",
             "lease answer undelivered: the agent's request went away",
+            None,
             &mut changes,
         )?;
         self.hand_off(ctx, changes.ready)

@@ -89,8 +89,10 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
         .context("issuing the server certificate")?;
     let secrets = Secrets::load_or_create(dir).context("creating the secret keys")?;
     let db = DataDir::new(dir).database();
+    // The first open of a start: the crash's WAL is looked at and the file
+    // checked before anything reads it.
     let mut conn =
-        store::open_connection(&db).with_context(|| format!("opening {}", db.display()))?;
+        store::health::open_checked(&db).with_context(|| format!("opening {}", db.display()))?;
     store::migrate(&mut conn).context("migrating the database")?;
     let ca = tls::Ca::load(&paths, tls::NODE_CERT_LIFETIME)?;
 

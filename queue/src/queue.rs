@@ -97,6 +97,15 @@ impl Queue {
         }
     }
 
+    /// The retry of a job whose node went away (lost, restarted, lease
+    /// expired): the same backoff as a failed attempt, one draw per write.
+    fn lost_retry(&self) -> store::Retry {
+        store::Retry {
+            backoff: self.backoff(),
+            unit_random: rand::random::<f64>(),
+        }
+    }
+
     fn backoff(&self) -> Backoff {
         Backoff {
             base_ms: self.hub.config.retry_base_ms,
@@ -241,6 +250,8 @@ impl Queue {
                     &[(job_id, lease_token)],
                     "stream_broken",
                     &detail,
+                    // At once: a client is waiting on the stream.
+                    None,
                     &mut changes,
                 )?;
                 apply(&hub, ctx, changes)
@@ -251,10 +262,11 @@ impl Queue {
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, StoreError> {
         let hub = self.hub.clone();
         let config = self.hub.config.clone();
+        let retry = self.lost_retry();
         self.store
             .write(move |ctx| {
                 let mut changes = Changes::default();
-                store::register_node(ctx.tx, ctx.now, &req, &mut changes)?;
+                store::register_node(ctx.tx, ctx.now, &req, Some(retry), &mut changes)?;
                 if let Some(state) = store::fleet_state(ctx.tx, &req.node_id)? {
                     hub.set_node(state);
                 }
@@ -549,11 +561,13 @@ impl Queue {
     /// limit was hit (more is due at once).
     pub async fn tick(&self) -> Result<bool, StoreError> {
         let hub = self.hub.clone();
+        let retry = self.lost_retry();
         self.store
             .write(move |ctx| {
                 let mut changes = Changes::default();
                 let lost_after = hub.config.lost_after_ms();
-                let lost = store::mark_lost_nodes(ctx.tx, ctx.now, lost_after, &mut changes)?;
+                let lost =
+                    store::mark_lost_nodes(ctx.tx, ctx.now, lost_after, Some(retry), &mut changes)?;
                 for node_id in &lost {
                     tracing::warn!(%node_id, "node lost: missed heartbeats; its leases were released");
                     hub.update_node(node_id, |n| n.status = NodeStatus::Lost);
@@ -569,7 +583,7 @@ impl Queue {
                 for (schedule, job_id) in &fired {
                     tracing::info!(%schedule, job_id, "schedule fired");
                 }
-                let n_expired = store::reap_expired(ctx.tx, ctx.now, &mut changes)?;
+                let n_expired = store::reap_expired(ctx.tx, ctx.now, Some(retry), &mut changes)?;
                 let n_due = store::promote_due(ctx.tx, ctx.now, &mut changes)?;
                 store::maintain_metrics(ctx.tx, ctx.now, &hub.config.metrics_retention)?;
                 apply(&hub, ctx, changes)?;

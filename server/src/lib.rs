@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`serve`]: [`serve()`](serve::serve), the entry point: the TLS accept
 //!   loop (HTTP/1.1 + HTTP/2), `PeerInfo` on every request, the timer.
+//! - `limits`, `body_rate`: connection bounds (global, unauthenticated, per
+//!   source; refusals audited) and request bodies' deadline and minimum rate.
 //! - [`api`]: the router, `ROUTES` and the handlers; `api/error.rs` has
 //!   `ApiError` and the extractors that name bad fields.
 //! - [`gateway`]: the OpenAI- and Ollama-compatible routes and the stream relay.
@@ -14,9 +16,11 @@
 //! - [`dashboard`]: the embedded web page.
 
 pub mod api;
+mod body_rate;
 pub mod dashboard;
 mod deadline_io;
 pub mod gateway;
+mod limits;
 pub mod serve;
 pub mod session;
 pub mod tls;

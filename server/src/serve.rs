@@ -21,11 +21,12 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::api::{self, AppState, PeerInfo};
+use crate::body_rate::{Pace, PacedBody};
 use crate::deadline_io::FirstByteDeadline;
+use crate::limits::{Gate, Refusals};
 use crate::session::Sessions;
-use kobo_queue::access::{Caller, Principal};
-use kobo_queue::admin::{Admin, record};
-use kobo_queue::config::ServeConfig;
+use axum::body::Body;
+use kobo_queue::config::{ConnectionLimits, ServeConfig};
 use kobo_queue::init;
 use kobo_queue::pki;
 
@@ -40,8 +41,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Request headers must arrive within this long (slowloris clients are cut).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most concurrent streams on one HTTP/2 connection.
-const MAX_H2_STREAMS: u32 = 1024;
+/// Most headers of one HTTP/1.1 request (hyper's default is 100).
+const MAX_H1_HEADERS: usize = 100;
+/// Largest HTTP/1.1 read buffer: the request line and headers must fit.
+const MAX_H1_BUFFER: usize = 64 << 10;
+/// HTTP/2 keep-alive pings find dead peers (a vanished agent's connection).
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// A ping unanswered for this long closes the connection.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn serve(
@@ -119,7 +126,8 @@ pub async fn serve(
         listener,
         TlsAcceptor::from(tls_config),
         app,
-        prepared.admin.clone(),
+        Refusals::new(prepared.admin.clone()),
+        config.limits.clone(),
         shutdown.clone(),
         &tracker,
     )
@@ -176,10 +184,18 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     app: Router,
-    admin: Admin,
+    refusals: Refusals,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
+    let gate = Gate::new(limits.clone());
+    let builder = Arc::new(http_builder(&limits));
+    let pace = Pace {
+        grace: limits.body_grace,
+        min_rate: limits.body_min_rate,
+        timeout: limits.body_timeout,
+    };
     loop {
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -193,10 +209,20 @@ async fn accept_loop(
                 }
             },
         };
+        // Over a bound: closed at once, never queued.
+        let admission = match gate.admit(addr.ip()) {
+            Ok(admission) => Arc::new(admission),
+            Err(refused) => {
+                drop(tcp);
+                refusals.record(addr, "conn.refused", refused.to_string());
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
-        let admin = admin.clone();
+        let refusals = refusals.clone();
+        let builder = builder.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let refused = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -207,15 +233,7 @@ async fn accept_loop(
             let tls = match refused {
                 Ok(tls) => tls,
                 Err(why) => {
-                    tracing::debug!(peer = %addr, %why, "connection refused");
-                    let caller = Caller {
-                        principal: Principal::Anonymous,
-                        source: Some(addr.to_string()),
-                        request_id: None,
-                    };
-                    if let Err(err) = admin.audit(record(&caller, "auth.tls", None, "denied", Some(why))).await {
-                        tracing::error!(error = %err, "could not audit a refused handshake");
-                    }
+                    refusals.record(addr, "auth.tls", why);
                     return;
                 }
             };
@@ -227,20 +245,12 @@ async fn accept_loop(
                     .peer_certificates()
                     .and_then(|certs| certs.first())
                     .and_then(pki::node_cert),
+                admission,
             };
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(peer.clone());
+            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                let request = paced(request, &peer, pace, &refusals);
                 app.clone().call(request)
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(MAX_H2_STREAMS);
             let io = FirstByteDeadline::new(tls, HEADER_READ_TIMEOUT);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
@@ -257,4 +267,53 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// The HTTP/1.1 and HTTP/2 settings of every connection.
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_H1_HEADERS)
+        .max_buf_size(MAX_H1_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(limits.h2_max_header_list)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
+        .max_local_error_reset_streams(limits.h2_max_error_resets)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    builder
+}
+
+/// `request` with the connection's [`PeerInfo`] on it and its body under
+/// the body [`Pace`], except the agent's stream upload (on a connection with
+/// a client certificate), which arrives at LLM speed.
+fn paced(
+    mut request: hyper::Request<Incoming>,
+    peer: &PeerInfo,
+    pace: Pace,
+    refusals: &Refusals,
+) -> hyper::Request<Body> {
+    request.extensions_mut().insert(peer.clone());
+    let exempt =
+        peer.node_cert.is_some() && api::is_stream_upload(request.method(), request.uri().path());
+    if exempt {
+        return request.map(Body::new);
+    }
+    let (addr, refusals) = (peer.addr, refusals.clone());
+    let target = format!("{} {}", request.method(), request.uri().path());
+    request.map(|body| {
+        Body::new(PacedBody::new(
+            body,
+            pace,
+            Box::new(move |slow| {
+                refusals.record(addr, "conn.slow_body", format!("{target}: {slow}"));
+            }),
+        ))
+    })
 }

@@ -62,6 +62,8 @@ pub struct ClusterBuilder {
     /// The address the coordinator listens on (`0.0.0.0` for agents in
     /// network namespaces); clients still use 127.0.0.1.
     pub listen_ip: String,
+    /// Put the data directory on a tmpfs of this many MiB (needs root).
+    pub tmpfs_mib: Option<u64>,
 }
 
 impl ClusterBuilder {
@@ -97,6 +99,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Mounts a tmpfs of `mib` MiB on the data directory (a small disk to
+    /// fill); fails the test unless run as root.
+    pub fn tmpfs_mib(mut self, mib: u64) -> Self {
+        self.tmpfs_mib = Some(mib);
+        self
+    }
+
     pub fn fake(mut self, behavior: FakeBehavior) -> Self {
         self.fake = behavior;
         self
@@ -111,9 +120,11 @@ impl ClusterBuilder {
         if std::env::var_os("KOBO_KEEP_TEST_DIRS").is_some() {
             eprintln!("keeping test data directory {}", dir.path().display());
         }
+        let mount = self.tmpfs_mib.map(|mib| Tmpfs::mount(dir.path(), mib));
         let fake = fake_llm::start(self.fake.clone()).await.expect("fake llm");
         let port = free_port();
         let mut cluster = Cluster {
+            _mount: mount,
             data_dir: dir.path().to_path_buf(),
             _dir: KeptDir(Some(dir)),
             port,
@@ -126,6 +137,44 @@ impl ClusterBuilder {
         };
         cluster.start_coordinator().await;
         cluster
+    }
+}
+
+/// A tmpfs mounted on a directory, unmounted (lazily) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mib: u64) -> Tmpfs {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test mounts a tmpfs: run it as root (CI does)"
+        );
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("run mount (Debian package mount)");
+        assert!(
+            status.success(),
+            "mount -t tmpfs on {}: {status}",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -153,6 +202,12 @@ pub struct AgentSpec {
     pub backend: String,
     pub max_workers: u32,
     pub extra_args: Vec<String>,
+    /// A command the agent runs under (`ip netns exec NS`, `faketime -f
+    /// +1h`), empty for none.
+    pub prefix: Vec<String>,
+    /// The coordinator's URL as this agent dials it (a namespace's view, a
+    /// proxy); the cluster's URL when `None`.
+    pub coordinator_url: Option<String>,
 }
 
 impl AgentSpec {
@@ -164,7 +219,27 @@ impl AgentSpec {
             backend: "ollama".to_string(),
             max_workers: 4,
             extra_args: Vec::new(),
+            prefix: Vec::new(),
+            coordinator_url: None,
         }
+    }
+
+    /// Runs the agent inside network namespace `netns`, dialing the
+    /// coordinator at `url` (an address reachable from there, in its SANs).
+    pub fn in_netns(self, netns: &str, url: &str) -> Self {
+        self.under(&["ip", "netns", "exec", netns]).via(url)
+    }
+
+    /// Runs the agent under `command` (its arguments, then the agent's).
+    pub fn under(mut self, command: &[&str]) -> Self {
+        self.prefix.extend(command.iter().map(|c| c.to_string()));
+        self
+    }
+
+    /// Dials the coordinator at `url` (a proxy in front of it, say).
+    pub fn via(mut self, url: &str) -> Self {
+        self.coordinator_url = Some(url.to_string());
+        self
     }
 
     pub fn backend(mut self, backend: &str) -> Self {
@@ -209,6 +284,8 @@ impl Agent {
 }
 
 pub struct Cluster {
+    /// Dropped first: unmounted before the directory is removed.
+    _mount: Option<Tmpfs>,
     _dir: KeptDir,
     pub data_dir: PathBuf,
     pub port: u16,
@@ -231,6 +308,7 @@ impl Cluster {
             fake: FakeBehavior::default(),
             serve_args: Vec::new(),
             listen_ip: "127.0.0.1".to_string(),
+            tmpfs_mib: None,
         }
     }
 
@@ -257,23 +335,9 @@ impl Cluster {
     /// directory, and waits until it answers.
     pub async fn start_coordinator(&mut self) {
         self.coordinator_starts += 1;
-        let s = &self.settings;
-        let log = self
-            .data_dir
-            .join(format!("coordinator-{}.log", self.coordinator_starts));
-        let child = Command::new(binary("kobo-coord"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(format!("{}:{}", s.listen_ip, self.port))
-            .args(["--heartbeat-ms", &s.heartbeat_ms.to_string()])
-            .args(["--lease-ttl-ms", &s.lease_ttl_ms.to_string()])
-            .args(["--retry-base-ms", &s.retry_base_ms.to_string()])
-            .args(["--max-attempts", &s.max_attempts.to_string()])
-            .args(["--long-poll-ms", &s.long_poll_ms.to_string()])
-            .args(&s.serve_args)
-            .env("RUST_LOG", "info,kobo_coord=debug")
+        let log = self.coordinator_log_path();
+        let child = self
+            .serve_command()
             .stdout(
                 std::fs::File::create(self.coordinator_stdout_path()).expect("coordinator stdout"),
             )
@@ -302,6 +366,32 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The log of the current (latest) coordinator process.
+    pub fn coordinator_log_path(&self) -> PathBuf {
+        self.data_dir
+            .join(format!("coordinator-{}.log", self.coordinator_starts))
+    }
+
+    /// `kobo-coord serve` with the cluster's settings, not yet started.
+    pub fn serve_command(&self) -> Command {
+        let s = &self.settings;
+        let mut command = Command::new(binary("kobo-coord"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("{}:{}", s.listen_ip, self.port))
+            .args(["--heartbeat-ms", &s.heartbeat_ms.to_string()])
+            .args(["--lease-ttl-ms", &s.lease_ttl_ms.to_string()])
+            .args(["--retry-base-ms", &s.retry_base_ms.to_string()])
+            .args(["--max-attempts", &s.max_attempts.to_string()])
+            .args(["--long-poll-ms", &s.long_poll_ms.to_string()])
+            .args(&s.serve_args)
+            .env("RUST_LOG", "info,kobo_coord=debug");
+        command
     }
 
     /// SIGKILLs the coordinator and waits for it to be gone.
@@ -334,10 +424,18 @@ impl Cluster {
             .data_dir
             .join("agents")
             .join(format!("{}-{idx}", spec.node_id));
-        let mut command = Command::new(binary("kobo-agent"));
+        let mut command = match spec.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("kobo-agent"));
+                command
+            }
+            None => Command::new(binary("kobo-agent")),
+        };
+        let url = spec.coordinator_url.clone().unwrap_or_else(|| self.url());
         command
             .arg("join")
-            .arg(self.url())
+            .arg(url)
             .args(["--token", &token])
             .arg("--state-dir")
             .arg(&state_dir)
@@ -531,6 +629,13 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `PRAGMA integrity_check` of the database file: `ok` when intact.
+    pub fn integrity_check(&self) -> String {
+        self.db()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity check")
     }
 
     /// A read-only connection to the coordinator's database file.

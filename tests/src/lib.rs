@@ -7,10 +7,15 @@
 //!   knobs for latency, errors, hangs and cut streams.
 //! - [`cluster`]: starts a real `kobo-coord` process and `kobo-agent`
 //!   processes on a temporary data directory, for end-to-end tests.
+//! - [`ledger`]: the Jepsen-style checker of chaos tests: the clients'
+//!   acknowledgements against the real SQLite file.
+//! - [`proxy`]: a flaky TCP proxy (latency, jitter, torn connections).
 //! - [`sshd`]: real OpenSSH servers (in network namespaces when possible)
 //!   as provisioning targets.
 
 pub mod cluster;
+pub mod ledger;
+pub mod proxy;
 pub mod sshd;
 
 pub use kobo_fake_llm as fake_llm;

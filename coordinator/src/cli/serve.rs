@@ -2,6 +2,7 @@
 //! TLS names, metrics retention; `init` itself.
 
 use super::*;
+use kobo_queue::config;
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -121,6 +122,93 @@ pub struct ServeArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Bounds on connections and request bodies: what a slow or flooding client
+/// can hold. Refused connections are closed at once and audited.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Most open connections; more are closed at once.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Most connections that have not yet made an authenticated request (API
+    /// key, node certificate or dashboard session).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_UNAUTHENTICATED)]
+    pub max_unauthenticated_connections: usize,
+    /// Most not-yet-authenticated connections from one source address (IPv6: one /64).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE)]
+    pub max_unauthenticated_per_source: usize,
+    /// How long a request body may take before --body-min-rate applies.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub body_grace: Duration,
+    /// Least bytes per second of a request body after --body-grace, averaged
+    /// from the request's start (0: no rate check). The agents' stream
+    /// upload is exempt.
+    #[arg(long, default_value_t = config::DEFAULT_BODY_MIN_RATE)]
+    pub body_min_rate: u64,
+    /// Longest a whole request body may take (the stream upload is exempt).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Most concurrent streams on one HTTP/2 connection.
+    #[arg(long, default_value_t = config::DEFAULT_H2_MAX_STREAMS)]
+    pub h2_max_streams: u32,
+    /// Largest decoded header list of one HTTP/2 request (bytes); also bounds
+    /// CONTINUATION floods.
+    #[arg(long, default_value_t = config::DEFAULT_H2_MAX_HEADER_LIST)]
+    pub h2_max_header_list: u32,
+    /// Streams an HTTP/2 client may reset before they are served, before the
+    /// connection is closed (rapid reset).
+    #[arg(long, default_value_t = config::DEFAULT_H2_MAX_PENDING_RESETS)]
+    pub h2_max_pending_resets: usize,
+    /// Streams reset for a client's protocol errors before the connection is closed.
+    #[arg(long, default_value_t = config::DEFAULT_H2_MAX_ERROR_RESETS)]
+    pub h2_max_error_resets: usize,
+}
+
+impl LimitArgs {
+    pub fn config(&self) -> anyhow::Result<config::ConnectionLimits> {
+        for (flag, value) in [
+            ("--max-connections", self.max_connections),
+            (
+                "--max-unauthenticated-connections",
+                self.max_unauthenticated_connections,
+            ),
+            (
+                "--max-unauthenticated-per-source",
+                self.max_unauthenticated_per_source,
+            ),
+            ("--h2-max-streams", self.h2_max_streams as usize),
+            ("--h2-max-header-list", self.h2_max_header_list as usize),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        if self.body_timeout.is_zero() {
+            bail!("--body-timeout must be positive");
+        }
+        if self.body_grace > self.body_timeout {
+            bail!(
+                "--body-grace ({}) must not be longer than --body-timeout ({})",
+                humantime::format_duration(self.body_grace),
+                humantime::format_duration(self.body_timeout)
+            );
+        }
+        Ok(config::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_unauthenticated: self.max_unauthenticated_connections,
+            max_unauthenticated_per_source: self.max_unauthenticated_per_source,
+            body_grace: self.body_grace,
+            body_min_rate: self.body_min_rate,
+            body_timeout: self.body_timeout,
+            h2_max_streams: self.h2_max_streams,
+            h2_max_header_list: self.h2_max_header_list,
+            h2_max_pending_resets: self.h2_max_pending_resets,
+            h2_max_error_resets: self.h2_max_error_resets,
+        })
+    }
 }
 
 /// How OpenAI and Ollama API requests become jobs.
@@ -200,6 +288,7 @@ impl ServeArgs {
             ca_import: self.ca.pair(),
             node_cert_lifetime: self.node_cert_lifetime,
             gateway: self.gateway.config(),
+            limits: self.limits.config()?,
         })
     }
 }

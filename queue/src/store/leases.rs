@@ -195,12 +195,17 @@ pub fn set_locality(tx: &Transaction<'_>, job_id: JobId, until: i64) -> Result<(
 /// `dead` when their attempts are used up. With outcome `undelivered` the
 /// attempt is not counted: the agent never saw the job. Leases that are no
 /// longer current are skipped.
+/// With `retry`, a released job waits out the retry backoff of its attempt
+/// number (`scheduled`) before it is queued again: a job that takes its
+/// node down every time (a poison job) does not take the fleet down at
+/// once. Without, it is queued at once.
 pub fn release_leases(
     tx: &Transaction<'_>,
     now: i64,
     leases: &[(JobId, i64)],
     outcome: &str,
     error: &str,
+    retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<(), StoreError> {
     for &(job_id, lease_token) in leases {
@@ -213,7 +218,9 @@ pub fn release_leases(
                 .execute([job_id])?;
             row.attempts -= 1;
         }
-        end_attempt(tx, now, job_id, &row, outcome, error, None, changes)?;
+        let retry_at =
+            retry.map(|r| now + r.backoff.delay_ms(row.attempts.max(1), r.unit_random) as i64);
+        end_attempt(tx, now, job_id, &row, outcome, error, retry_at, changes)?;
     }
     Ok(())
 }
@@ -225,13 +232,14 @@ pub fn release_node_leases(
     node_id: &str,
     outcome: &str,
     error: &str,
+    retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<usize, StoreError> {
     let held: Vec<(JobId, i64)> = tx
         .prepare_cached(SELECT_LEASED_BY_NODE)?
         .query_map([node_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    release_leases(tx, now, &held, outcome, error, changes)?;
+    release_leases(tx, now, &held, outcome, error, retry, changes)?;
     Ok(held.len())
 }
 

@@ -9,6 +9,7 @@
 
 mod audit;
 mod fleet;
+pub mod health;
 mod jobs;
 mod leases;
 mod nodes;
@@ -90,6 +91,30 @@ pub enum StoreError {
     Closed,
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The disk (or filesystem) holding the database is full: nothing of
+    /// the write was kept; writes work again once space is freed.
+    #[error("the disk holding the database is full: {0}")]
+    DiskFull(String),
+    #[error(
+        "database {path} is damaged: PRAGMA quick_check found: {problems}. kobo-coord will not serve from it. \
+         To restore: stop kobo-coord, move kobo.db, kobo.db-wal and kobo.db-shm aside, copy your latest backup \
+         (made with `sqlite3 kobo.db \".backup backup.db\"`) to kobo.db and start again; or salvage what is \
+         readable with `sqlite3 damaged.db .recover | sqlite3 kobo.db`"
+    )]
+    Damaged { path: PathBuf, problems: String },
+}
+
+impl StoreError {
+    /// Whether the write failed because the disk is full (SQLITE_FULL).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Sqlite(err) => {
+                err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Handle to the store; cheap to clone.

@@ -3,7 +3,7 @@
 use kobo_protocol::{HeartbeatRequest, NodeMetrics, NodeStatus, NodeView, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::jobs::Changes;
+use super::jobs::{Changes, Retry};
 use super::leases::release_node_leases;
 use super::{StoreError, parse_list};
 use crate::routing::NodeProfile;
@@ -33,6 +33,7 @@ pub fn register_node(
     tx: &Transaction<'_>,
     now: i64,
     req: &RegisterRequest,
+    retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<(), StoreError> {
     let previous: Option<String> = tx
@@ -67,6 +68,7 @@ pub fn register_node(
                 "node {} restarted: a new agent instance registered",
                 req.node_id
             ),
+            retry,
             changes,
         )?;
         if n > 0 {

@@ -154,6 +154,7 @@ pub fn revoke_node(
         node_id,
         "node_lost",
         &format!("node {node_id} revoked"),
+        None,
         changes,
     )?;
     Ok((certs, leases))

@@ -4,7 +4,7 @@
 use kobo_protocol::{JobId, JobState};
 use rusqlite::{Connection, Transaction, params};
 
-use super::jobs::{Changes, Event, ReadyJob, insert_event};
+use super::jobs::{Changes, Event, ReadyJob, Retry, insert_event};
 use super::leases::{release_leases, release_node_leases};
 use super::{StoreError, parse_list};
 use crate::routing::JobNeeds;
@@ -99,13 +99,22 @@ pub fn promote_due(
 pub fn reap_expired(
     tx: &Transaction<'_>,
     now: i64,
+    retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<usize, StoreError> {
     let expired: Vec<(JobId, i64)> = tx
         .prepare_cached(SELECT_EXPIRED_LEASES)?
         .query_map(params![now, TIMED_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    release_leases(tx, now, &expired, "expired", "lease expired", changes)?;
+    release_leases(
+        tx,
+        now,
+        &expired,
+        "expired",
+        "lease expired",
+        retry,
+        changes,
+    )?;
     Ok(expired.len())
 }
 
@@ -115,6 +124,7 @@ pub fn mark_lost_nodes(
     tx: &Transaction<'_>,
     now: i64,
     lost_after_ms: u64,
+    retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<Vec<String>, StoreError> {
     let lost: Vec<String> = tx
@@ -130,6 +140,7 @@ pub fn mark_lost_nodes(
             node_id,
             "node_lost",
             &format!("node {node_id} lost: no heartbeat for {lost_after_ms} ms"),
+            retry,
             changes,
         )?;
     }

@@ -58,7 +58,7 @@ trait WriteOp: Send {
     /// Runs the write; false if it failed (its savepoint is rolled back).
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
     /// Answers the caller once the group's commit is known.
-    fn finish(&mut self, commit: &Result<(), String>);
+    fn finish(&mut self, commit: &Result<(), Failed>);
 }
 
 struct Op<R, F> {
@@ -88,11 +88,14 @@ where
         ok
     }
 
-    fn finish(&mut self, commit: &Result<(), String>) {
+    fn finish(&mut self, commit: &Result<(), Failed>) {
         let result = match (self.result.take(), commit) {
             (Some(Err(err)), _) => Err(err),
             (Some(Ok(value)), Ok(())) => Ok(value),
-            (Some(Ok(_)), Err(err)) => Err(StoreError::Commit(err.clone())),
+            (Some(Ok(_)), Err(err)) if err.disk_full => {
+                Err(StoreError::DiskFull(err.message.clone()))
+            }
+            (Some(Ok(_)), Err(err)) => Err(StoreError::Commit(err.message.clone())),
             (None, _) => Err(StoreError::Closed),
         };
         if let Some(reply) = self.reply.take() {
@@ -102,6 +105,23 @@ where
 }
 
 type BoxedOp = Box<dyn WriteOp>;
+
+/// Why a group's transaction failed, kept for each of its writes.
+#[derive(Debug, Clone)]
+struct Failed {
+    message: String,
+    /// SQLITE_FULL: the writes get [`StoreError::DiskFull`].
+    disk_full: bool,
+}
+
+impl From<rusqlite::Error> for Failed {
+    fn from(err: rusqlite::Error) -> Failed {
+        Failed {
+            disk_full: err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            message: err.to_string(),
+        }
+    }
+}
 
 /// The writer thread's queue of writes; cheap to clone.
 #[derive(Clone)]
@@ -170,7 +190,7 @@ fn run(
         }
         let (commit, effects) = run_group(&mut conn, &mut batch);
         if let Err(err) = &commit {
-            tracing::error!(error = %err, n_writes = batch.len(), "store commit failed");
+            tracing::error!(error = %err.message, n_writes = batch.len(), "store commit failed");
         }
         for op in &mut batch {
             op.finish(&commit);
@@ -182,10 +202,10 @@ fn run(
     tracing::debug!("store writer stopped");
 }
 
-fn run_group(conn: &mut Connection, batch: &mut [BoxedOp]) -> (Result<(), String>, Vec<Effect>) {
+fn run_group(conn: &mut Connection, batch: &mut [BoxedOp]) -> (Result<(), Failed>, Vec<Effect>) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(err) => return (Err(err.to_string()), Vec::new()),
+        Err(err) => return (Err(Failed::from(err)), Vec::new()),
     };
     let mut ctx = WriteCtx {
         tx: &tx,
@@ -194,7 +214,7 @@ fn run_group(conn: &mut Connection, batch: &mut [BoxedOp]) -> (Result<(), String
     };
     for op in batch.iter_mut() {
         if let Err(err) = run_cached(ctx.tx, &["SAVEPOINT op"]) {
-            return (Err(err.to_string()), Vec::new());
+            return (Err(Failed::from(err)), Vec::new());
         }
         let n_effects = ctx.effects.len();
         let ok = op.run(&mut ctx);
@@ -205,13 +225,13 @@ fn run_group(conn: &mut Connection, batch: &mut [BoxedOp]) -> (Result<(), String
             &["ROLLBACK TO op", "RELEASE op"]
         };
         if let Err(err) = run_cached(ctx.tx, end) {
-            return (Err(err.to_string()), Vec::new());
+            return (Err(Failed::from(err)), Vec::new());
         }
     }
     let effects = std::mem::take(&mut ctx.effects);
     match tx.commit() {
         Ok(()) => (Ok(()), effects),
-        Err(err) => (Err(err.to_string()), Vec::new()),
+        Err(err) => (Err(Failed::from(err)), Vec::new()),
     }
 }
 

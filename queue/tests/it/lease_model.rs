@@ -222,7 +222,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         };
         let now = model.now;
         write(&mut conn, |tx| {
-            store::register_node(tx, now, &req, &mut Changes::default())
+            store::register_node(tx, now, &req, None, &mut Changes::default())
         })
         .expect("register");
         model.last_heartbeat[node] = now;
@@ -406,8 +406,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let now = model.now;
                 write(&mut conn, |tx| {
                     let mut changes = Changes::default();
-                    store::mark_lost_nodes(tx, now, LOST_AFTER, &mut changes)?;
-                    store::reap_expired(tx, now, &mut changes)?;
+                    store::mark_lost_nodes(tx, now, LOST_AFTER, None, &mut changes)?;
+                    store::reap_expired(tx, now, None, &mut changes)?;
                     store::promote_due(tx, now, &mut changes)
                 })
                 .expect("tick");

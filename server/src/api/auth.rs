@@ -56,7 +56,7 @@ pub(super) async fn authenticate(
         request_id: Some(request_id.clone()),
     };
     let presented = request.headers().get(header::AUTHORIZATION).cloned();
-    let resolved = match (presented, peer.and_then(|p| p.node_cert)) {
+    let resolved = match (presented, peer.as_ref().and_then(|p| p.node_cert.clone())) {
         (Some(value), _) => match value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
             Some(key) => state.access.api_key(key.trim()),
             None => Err(Refusal::BadKey(
@@ -69,6 +69,11 @@ pub(super) async fn authenticate(
     };
     let mut response = match resolved {
         Ok(principal) => {
+            if !matches!(principal, Principal::Anonymous)
+                && let Some(peer) = &peer
+            {
+                peer.admission.authenticated();
+            }
             caller.principal = principal;
             request.extensions_mut().insert(caller);
             next.run(request).await

@@ -53,6 +53,14 @@ impl From<FieldError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
+        if err.is_disk_full() {
+            tracing::warn!(error = %err, "a write was refused: the disk is full");
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the coordinator's disk is full: nothing was written; writes resume once space is freed in its data directory, then retry",
+            );
+        }
         match err {
             StoreError::JobNotFound(_) | StoreError::NodeNotFound(_) | StoreError::NotFound(_) => {
                 ApiError::not_found(err.to_string())
@@ -122,7 +130,16 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if crate::body_rate::is_slow_body(&rejection) {
+                ApiError {
+                    field: Some("body".into()),
+                    ..ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "slow_body",
+                        format!("body: {}", rejection.body_text()),
+                    )
+                }
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",

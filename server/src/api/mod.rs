@@ -44,12 +44,31 @@ pub const MAX_BODY_BYTES: usize = 16 << 20;
 /// Longest a client may block in `GET /v1/jobs/{id}/wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// The agent's stream upload: its body arrives at LLM speed, with pauses,
+/// so it is the one body exempt from the minimum body rate.
+const AGENT_STREAM_PATH: &str = "/v1/agent/jobs/{id}/stream";
+
+/// Whether a request is the agent's stream upload (`POST` on
+/// [`AGENT_STREAM_PATH`]), whose body has no rate or deadline.
+pub(crate) fn is_stream_upload(method: &axum::http::Method, path: &str) -> bool {
+    let template = AGENT_STREAM_PATH.split('/');
+    method == axum::http::Method::POST
+        && path.split('/').count() == AGENT_STREAM_PATH.split('/').count()
+        && path
+            .split('/')
+            .zip(template)
+            .all(|(got, want)| (want == "{id}" && !got.is_empty()) || got == want)
+}
+
 /// What the accept loop knows about the connection, put on every request.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
     /// Node id and serial of the verified client certificate, if one was sent.
     pub node_cert: Option<NodeCert>,
+    /// The connection's place under the connection bounds; the first
+    /// authenticated request takes it out of the unauthenticated ones.
+    pub(crate) admission: Arc<crate::limits::Admission>,
 }
 
 #[derive(Clone)]
@@ -348,7 +367,7 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
         ),
         route(
             "POST",
-            "/v1/agent/jobs/{id}/stream",
+            AGENT_STREAM_PATH,
             "/v1/agent/jobs/1/stream?node_id=&lease_token=1",
             node,
             post(crate::gateway::upload::agent_stream),
@@ -497,6 +516,21 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_stream_upload_is_a_stream_upload() {
+        use axum::http::Method;
+        assert!(is_stream_upload(&Method::POST, "/v1/agent/jobs/42/stream"));
+        for (method, path) in [
+            (Method::GET, "/v1/agent/jobs/42/stream"),
+            (Method::POST, "/v1/agent/jobs//stream"),
+            (Method::POST, "/v1/agent/jobs/42/complete"),
+            (Method::POST, "/v1/agent/jobs/42/stream/x"),
+            (Method::POST, "/v1/join"),
+        ] {
+            assert!(!is_stream_upload(&method, path), "{method} {path}");
+        }
+    }
 
     /// Each example path is one the router matches with the declared
     /// template (so the role-matrix test calls the route it means).

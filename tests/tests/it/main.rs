@@ -4,6 +4,9 @@
 
 mod bad_input;
 mod cancel;
+mod chaos;
+mod chaos_disk;
+mod chaos_net;
 mod cli;
 mod crash;
 mod dashboard;
@@ -21,6 +24,7 @@ mod routing;
 mod security_audit;
 mod security_data;
 mod security_hardening;
+mod security_limits;
 mod security_roles;
 mod security_tls;
 mod shapes;
