@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use kobo_protocol::{
     AccessRole, ApiKeyCreate, ApiKeyCreated, ApiKeyView, AuditList, AuditQuery, AuditVerify,
-    ClientFile, DataDir, ErrorBody, JobDetail, JobId, JobList, JobListQuery, JobView, NodeView,
-    RevokeResponse, SubmitBatch, SubmitBatchResponse, SubmitJob, SubmitResponse, TokenCreate,
-    TokenCreated,
+    ClientFile, DataDir, ErrorBody, JobDetail, JobId, JobList, JobListQuery, JobView, KeyPolicy,
+    KeyPolicyUpdate, NodeView, RevokeResponse, SubmitBatch, SubmitBatchResponse, SubmitJob,
+    SubmitResponse, TokenCreate, TokenCreated,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -236,13 +236,31 @@ impl ApiClient {
             .await
     }
 
-    pub async fn apikey_create(&self, name: &str, role: AccessRole) -> Result<ApiKeyCreated> {
+    pub async fn apikey_create(
+        &self,
+        name: &str,
+        role: AccessRole,
+        policy: KeyPolicy,
+    ) -> Result<ApiKeyCreated> {
         let body = ApiKeyCreate {
             name: name.to_string(),
             role,
+            policy,
         };
         self.call(Method::POST, "/v1/admin/apikeys", Vec::new(), Some(&body))
             .await
+    }
+
+    /// `PATCH /v1/admin/apikeys/{id}`: changes a key's weight, class,
+    /// limits or budget; the key as it is now.
+    pub async fn apikey_update(&self, id: &str, update: &KeyPolicyUpdate) -> Result<ApiKeyView> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/admin/apikeys/{id}"),
+            Vec::new(),
+            Some(update),
+        )
+        .await
     }
 
     pub async fn apikey_list(&self) -> Result<Vec<ApiKeyView>> {

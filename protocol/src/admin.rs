@@ -45,6 +45,9 @@ impl std::fmt::Display for AccessRole {
 pub struct ApiKeyCreate {
     pub name: String,
     pub role: AccessRole,
+    /// Weight, class and limits; all default (weight 1, no limits).
+    #[serde(default)]
+    pub policy: crate::KeyPolicy,
 }
 
 /// The answer to key creation: the only time the secret is shown.
@@ -65,6 +68,8 @@ pub struct ApiKeyView {
     pub created_at: UnixMillis,
     pub created_by: String,
     pub revoked_at: Option<UnixMillis>,
+    #[serde(default)]
+    pub policy: crate::KeyPolicy,
 }
 
 /// `POST /v1/admin/tokens`: a single-use join token for one node name.

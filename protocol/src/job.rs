@@ -170,6 +170,11 @@ pub struct SubmitJob {
     /// A second submit with the same key returns the first job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// A conversation or user this job belongs to: it prefers the node that
+    /// served the session last (its prompt cache is warm there), for a
+    /// short wait (`--session-wait-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl SubmitJob {

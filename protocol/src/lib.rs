@@ -19,6 +19,7 @@
 //! - [`digest`]: the one `sha256_hex`, used by every crate.
 //! - [`framing`]: incremental SSE and NDJSON decoders.
 //! - [`resume`]: continuing a broken gateway stream on another node.
+//! - [`tenancy`]: what each API key may use (weight, class, limits, budget) and its usage.
 
 pub mod admin;
 pub mod agent;
@@ -33,6 +34,7 @@ pub mod node;
 pub mod observe;
 pub mod resume;
 pub mod route;
+pub mod tenancy;
 pub mod validate;
 
 pub use admin::*;
@@ -45,6 +47,7 @@ pub use job::*;
 pub use node::*;
 pub use observe::*;
 pub use route::RouteReason;
+pub use tenancy::{Budget, BudgetPeriod, KeyPolicy, KeyPolicyUpdate, PriorityClass, UsageRow};
 
 /// The version prefix of every HTTP route (`/v1/...`).
 pub const API_VERSION: &str = "v1";

@@ -167,6 +167,28 @@ pub fn submit(job: &SubmitJob, prefix: &str) -> Result<(), FieldError> {
     if let Some(key) = &job.idempotency_key {
         name(&f("idempotency_key"), key)?;
     }
+    if let Some(id) = &job.session {
+        session(&f("session"), id)?;
+    }
+    Ok(())
+}
+
+/// Longest session id (OpenAI's `user`, `x-session-id`, a job's `session`).
+pub const MAX_SESSION: usize = 256;
+
+/// A session id: any text clients use to name a conversation or a user
+/// (an e-mail address, a UUID, …), non-empty, at most [`MAX_SESSION`]
+/// bytes, without control characters.
+pub fn session(field: &str, id: &str) -> Result<(), FieldError> {
+    if id.trim().is_empty() {
+        return fail(field, "must not be empty");
+    }
+    if id.len() > MAX_SESSION {
+        return fail(field, format!("at most {MAX_SESSION} bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return fail(field, "must not hold control characters");
+    }
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use kobo_protocol::{
     AccessRole, ApiKeyCreated, ApiKeyView, AuditEntry, AuditVerify, CertificateIssued,
-    JoinResponse, ProvisionRecorded, ProvisionRun, RenewResponse, RevokeResponse, TokenCreated,
+    JoinResponse, KeyPolicy, KeyPolicyUpdate, ProvisionRecorded, ProvisionRun, RenewResponse,
+    RevokeResponse, TokenCreated,
 };
 
 use crate::access::{AccessCache, Caller, Principal};
@@ -87,14 +88,25 @@ impl Admin {
         caller: &Caller,
         name: String,
         role: AccessRole,
+        policy: KeyPolicy,
     ) -> Result<ApiKeyCreated, StoreError> {
+        policy.validate().map_err(StoreError::Invalid)?;
         let (id, secret, key) = new_api_key();
         let mac = self.access.hasher().hash(&secret);
         let caller = caller.clone();
         let (view, mac) = self
             .store
             .write(move |ctx| {
-                store::insert_api_key(ctx.tx, ctx.now, &id, &name, role, &mac, &caller.actor())?;
+                store::insert_api_key(
+                    ctx.tx,
+                    ctx.now,
+                    &id,
+                    &name,
+                    role,
+                    &mac,
+                    &caller.actor(),
+                    &policy,
+                )?;
                 store::append_audit(
                     ctx.tx,
                     ctx.now,
@@ -103,7 +115,7 @@ impl Admin {
                         "apikey.create",
                         Some(format!("apikey:{id}")),
                         "ok",
-                        Some(format!("name={name} role={role}")),
+                        Some(format!("name={name} role={role} {}", policy.summary())),
                     ),
                 )?;
                 Ok((
@@ -114,11 +126,13 @@ impl Admin {
                         created_at: ctx.now,
                         created_by: caller.actor(),
                         revoked_at: None,
+                        policy,
                     },
                     mac,
                 ))
             })
             .await?;
+        self.hub.tenants.set_policy(&view.id, view.policy.clone());
         self.access.put_key(ApiKeyRecord {
             view: view.clone(),
             secret_mac: mac,
@@ -134,6 +148,51 @@ impl Admin {
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyView>, StoreError> {
         let keys = self.store.read(store::list_api_keys).await?;
         Ok(keys.into_iter().map(|k| k.view).collect())
+    }
+
+    /// Changes a key's weight, class, limits or budget; the lease and
+    /// submit paths use the new policy from the next request on. Returns
+    /// the key as it is now.
+    pub async fn update_api_key(
+        &self,
+        caller: &Caller,
+        id: String,
+        update: KeyPolicyUpdate,
+    ) -> Result<ApiKeyView, StoreError> {
+        let caller = caller.clone();
+        let view = self
+            .store
+            .write(move |ctx| {
+                let Some(mut key) = store::list_api_keys(ctx.tx)?
+                    .into_iter()
+                    .find(|k| k.view.id == id)
+                else {
+                    return Err(StoreError::NotFound(format!("no API key {id}")));
+                };
+                if key.view.revoked_at.is_some() {
+                    return Err(StoreError::Conflict(format!("API key {id} is revoked")));
+                }
+                let policy = update
+                    .apply(&key.view.policy)
+                    .map_err(StoreError::Invalid)?;
+                store::update_api_key_policy(ctx.tx, &id, &policy)?;
+                store::append_audit(
+                    ctx.tx,
+                    ctx.now,
+                    &record(
+                        &caller,
+                        "apikey.update",
+                        Some(format!("apikey:{id}")),
+                        "ok",
+                        Some(policy.summary()),
+                    ),
+                )?;
+                key.view.policy = policy;
+                Ok(key.view)
+            })
+            .await?;
+        self.hub.tenants.set_policy(&view.id, view.policy.clone());
+        Ok(view)
     }
 
     pub async fn revoke_api_key(&self, caller: &Caller, id: String) -> Result<(), StoreError> {

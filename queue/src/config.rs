@@ -28,6 +28,10 @@ pub const METRICS_MINUTE_RETENTION: Duration = Duration::from_secs(30 * 24 * 360
 /// How long a job preferring a busy node or region waits for it (delay
 /// scheduling) before any eligible node may take it.
 pub const DEFAULT_LOCALITY_WAIT: Duration = Duration::from_secs(3);
+/// How long a session's job waits for the node that served the session last
+/// (its prompt cache is warm there) before any node may take it: short, as
+/// a cold prefill on a free node soon beats waiting for a warm busy one.
+pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_millis(1500);
 
 /// Timings of the queue, shared by the store, the hub and the reaper.
 #[derive(Debug, Clone)]
@@ -40,6 +44,11 @@ pub struct QueueConfig {
     pub default_max_attempts: u32,
     /// How long a job preferring a busy node or region waits for it.
     pub locality_wait_ms: u64,
+    /// [`DEFAULT_SESSION_WAIT`].
+    pub session_wait_ms: u64,
+    /// Weighted fair share between submitters in the lease path; off, jobs
+    /// lease by class, priority and age alone (for comparison).
+    pub fair_share: bool,
     /// Weights of the routing score.
     pub weights: Weights,
     /// How long node metrics are kept, raw and per minute.
@@ -63,6 +72,8 @@ impl Default for QueueConfig {
             retry_cap_ms: DEFAULT_RETRY_CAP.as_millis() as u64,
             default_max_attempts: DEFAULT_MAX_ATTEMPTS,
             locality_wait_ms: DEFAULT_LOCALITY_WAIT.as_millis() as u64,
+            session_wait_ms: DEFAULT_SESSION_WAIT.as_millis() as u64,
+            fair_share: true,
             weights: Weights::default(),
             metrics_retention: crate::store::MetricsRetention {
                 raw: METRICS_RETENTION,

@@ -21,6 +21,7 @@ use crate::store::{
     self, AfterCommit, Completion, Effect, LeaseSender, ReadyJob, StoreError, WriteCtx,
     WriterHandle,
 };
+use crate::tenancy::Tenants;
 use std::sync::Arc;
 
 /// Where a parked lease request receives its leases.
@@ -57,6 +58,8 @@ pub struct Hub {
     finished: Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>,
     /// How fast jobs end now.
     pub finish_rate: crate::rate::FinishRate,
+    /// Keys' policies and fair-share state.
+    pub tenants: Tenants,
     timer: Notify,
 }
 
@@ -71,6 +74,7 @@ impl Hub {
             next_waiter_id: AtomicU64::new(1),
             finished: Mutex::new(HashMap::new()),
             finish_rate: crate::rate::FinishRate::default(),
+            tenants: Tenants::default(),
             timer: Notify::new(),
         }
     }
@@ -90,6 +94,15 @@ impl Hub {
             granted: Vec::new(),
         });
         id
+    }
+
+    /// Whether any lease request is parked.
+    pub fn has_parked(&self) -> bool {
+        !self
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 
     /// Removes a parked request; false if a hand-off already claimed it (its
@@ -170,6 +183,19 @@ impl Hub {
             .copied()
     }
 
+    /// The slot time a job of `route` is expected to take, for fair share:
+    /// the mean measured for its kind and model over the nodes that ran it,
+    /// or one second before any did.
+    pub fn expected_ms(&self, route: &JobRoute) -> f64 {
+        let speeds = self.speeds.lock().unwrap_or_else(PoisonError::into_inner);
+        speeds
+            .get(&(route.needs.kind.clone(), route.needs.model.clone()))
+            .filter(|by_node| !by_node.is_empty())
+            .map(|by_node| by_node.values().map(|s| s.mean_ms).sum::<f64>() / by_node.len() as f64)
+            .filter(|ms| *ms > 0.0)
+            .unwrap_or(1000.0)
+    }
+
     /// Routes `route` over `nodes` with this hub's speeds and weights.
     pub fn decide(&self, route: &JobRoute, nodes: &[NodeState]) -> Decision {
         self.decide_over(route, nodes)
@@ -196,7 +222,14 @@ impl Hub {
     /// The `route_reason` of a lease `node_id` pulled: the ranking over the
     /// fleet as it is, and where the puller stands in it.
     pub fn explain_pull(&self, route: &JobRoute, node_id: &str) -> String {
-        route_reason(&self.decide_fleet(route), node_id, RouteHow::Pull, None)
+        let locality = route.has_preference().then(|| {
+            let fleet = self.fleet.lock().unwrap_or_else(PoisonError::into_inner);
+            match fleet.get(node_id) {
+                Some(node) if route.preferred(node) => preferred_note(route),
+                _ => "no preferred node free within the wait bound",
+            }
+        });
+        route_reason(&self.decide_fleet(route), node_id, RouteHow::Pull, locality)
     }
     /// Drops a node's parked lease request (it was told to drain).
     pub fn unpark_node(&self, node_id: &str) {
@@ -274,6 +307,15 @@ impl<'a> PullExplainer<'a> {
             .borrow_mut()
             .push((route.clone(), reason.clone()));
         reason
+    }
+}
+
+/// The `locality` of a job given to the node it preferred.
+fn preferred_note(route: &JobRoute) -> &'static str {
+    if route.session {
+        "preferred: served this session last"
+    } else {
+        "preferred"
     }
 }
 
@@ -368,6 +410,7 @@ impl Hub {
             .collect();
         // Lease slots the parked requests still have: once none is left, the
         // remaining jobs only need their locality decided.
+        let mut limits = KeyRoom::default();
         let mut room: u32 = parked
             .iter()
             .map(|w| w.max_jobs.saturating_sub(w.granted.len() as u32))
@@ -381,8 +424,13 @@ impl Hub {
                             && job.route.preferred(n)
                             && routing::check(&job.route.needs, &n.profile).is_ok()
                     });
+                    let wait_ms = if job.route.session {
+                        self.config.session_wait_ms
+                    } else {
+                        self.config.locality_wait_ms
+                    };
                     let until = if preferred_alive {
-                        ctx.now + self.config.locality_wait_ms as i64
+                        ctx.now + wait_ms as i64
                     } else {
                         0
                     };
@@ -395,6 +443,11 @@ impl Hub {
                 None => 0,
             };
             if room == 0 {
+                continue;
+            }
+            if !limits.has_room(ctx, &self.tenants, &job.submitted_by)? {
+                // Its key is at its concurrency limit: it is offered again
+                // when one of the key's running jobs ends.
                 continue;
             }
             let waiting = locality > ctx.now;
@@ -415,7 +468,7 @@ impl Hub {
             };
             let locality_note = match (job.route.has_preference(), preferred) {
                 (false, _) => None,
-                (true, true) => Some("preferred"),
+                (true, true) => Some(preferred_note(&job.route)),
                 (true, false) => Some("no preferred node free within the wait bound"),
             };
             let reason = route_reason(
@@ -437,6 +490,14 @@ impl Hub {
             )? {
                 waiter.granted.push(lease);
                 room -= 1;
+                limits.took(&job.submitted_by);
+                if self.config.fair_share {
+                    let (weight, _) = self.tenants.share_of(&job.submitted_by);
+                    let expected = self.expected_ms(&job.route);
+                    self.tenants
+                        .fair()
+                        .charge(&job.submitted_by, weight, job.id, expected);
+                }
                 if let Some(&at) = node_at.get(&waiter.node.node_id) {
                     nodes[at].running = waiter.busy();
                 }
@@ -455,6 +516,36 @@ impl Hub {
             });
         }
         Ok(())
+    }
+}
+
+/// Leases each key may still take in one hand-off under its concurrency
+/// limit, counted once per key per hand-off.
+#[derive(Default)]
+struct KeyRoom(HashMap<String, u32>);
+
+impl KeyRoom {
+    fn has_room(
+        &mut self,
+        ctx: &WriteCtx<'_>,
+        tenants: &Tenants,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        if let Some(room) = self.0.get(key) {
+            return Ok(*room > 0);
+        }
+        let room = match tenants.share_of(key).1 {
+            Some(limit) => limit.saturating_sub(store::count_leased_by(ctx.tx, key)?),
+            None => u32::MAX,
+        };
+        self.0.insert(key.to_string(), room);
+        Ok(room > 0)
+    }
+
+    fn took(&mut self, key: &str) {
+        if let Some(room) = self.0.get_mut(key) {
+            *room = room.saturating_sub(1);
+        }
     }
 }
 

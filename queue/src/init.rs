@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use kobo_protocol::{AccessRole, DataDir};
+use kobo_protocol::{AccessRole, DataDir, KeyPolicy};
 use rusqlite::TransactionBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -114,6 +114,7 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
             AccessRole::Admin,
             &secrets.hasher.hash(&secret),
             "local",
+            &KeyPolicy::default(),
         )?;
         store::append_audit(
             &tx,
@@ -161,9 +162,11 @@ pub fn open(config: &ServeConfig, shutdown: CancellationToken) -> anyhow::Result
     let store =
         Store::open(&db, hub.clone()).with_context(|| format!("opening {}", db.display()))?;
     let conn = store::open_connection(&db)?;
+    let keys = store::list_api_keys(&conn)?;
+    hub.tenants.load(&keys);
     let access = Arc::new(AccessCache::new(
         secrets.hasher.clone(),
-        store::list_api_keys(&conn)?,
+        keys,
         store::valid_certificates(&conn)?,
     ));
     let ca = Arc::new(

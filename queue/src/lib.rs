@@ -13,6 +13,7 @@
 //! - [`routing`]: hard constraints; [`regions`]: the one region table;
 //!   [`scoring`]: `select_best_node`.
 //! - [`streams`]: the in-memory relay of streamed answers (agent upload → gateway client).
+//! - [`tenancy`]: each API key's policy (weight, class, limits) and fair share.
 //! - [`rate`]: how fast jobs end now (expected starts, `Retry-After`).
 //! - [`recurring`]: schedules (create, list, pause, delete).
 //! - [`store`]: SQLite schema, the group-commit writer, queries.
@@ -41,6 +42,7 @@ pub mod scoring;
 pub mod security;
 pub mod store;
 pub mod streams;
+pub mod tenancy;
 
 pub use admin::Admin;
 pub use observe::Observer;

@@ -41,10 +41,20 @@ pub struct Queue {
 pub use crate::reads::reveal_only_of;
 
 /// Turns what a write changed into hand-offs and notifications.
-fn apply(hub: &Hub, ctx: &mut WriteCtx<'_>, changes: Changes) -> Result<(), StoreError> {
+fn apply(hub: &Hub, ctx: &mut WriteCtx<'_>, mut changes: Changes) -> Result<(), StoreError> {
+    if !changes.completed.is_empty() || !changes.freed.is_empty() {
+        let mut fair = hub.tenants.fair();
+        for done in &changes.completed {
+            fair.settle(done.job_id, done.duration_ms as f64);
+        }
+        for (_, job_id) in &changes.freed {
+            fair.close(*job_id);
+        }
+    }
     for done in &changes.completed {
         hub.record_completion(done);
     }
+    offer_freed(hub, ctx, &mut changes)?;
     for job_id in changes.finished {
         ctx.effect(Effect::Finished(job_id));
     }
@@ -52,6 +62,36 @@ fn apply(hub: &Hub, ctx: &mut WriteCtx<'_>, changes: Changes) -> Result<(), Stor
         ctx.effect(Effect::WakeTimer);
     }
     hub.hand_off(ctx, changes.ready)
+}
+
+/// A key under a concurrency limit whose running job just ended has room
+/// again: its next queued jobs are offered to parked agents with the jobs
+/// that became ready (hand-off passed them over while the key was full).
+fn offer_freed(hub: &Hub, ctx: &mut WriteCtx<'_>, changes: &mut Changes) -> Result<(), StoreError> {
+    if !hub.has_parked() {
+        // Agents that are not parked pull, and the lease path sees the room.
+        return Ok(());
+    }
+    let mut offered: Vec<&str> = Vec::new();
+    for (key, _) in &changes.freed {
+        if offered.contains(&key.as_str()) {
+            continue;
+        }
+        offered.push(key);
+        let Some(limit) = hub.tenants.share_of(key).1 else {
+            continue;
+        };
+        let room = limit.saturating_sub(store::count_leased_by(ctx.tx, key)?);
+        if room == 0 {
+            continue;
+        }
+        for job in store::next_queued_of_key(ctx.tx, key, room)? {
+            if !changes.ready.iter().any(|r| r.id == job.id) {
+                changes.ready.push(job);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads a node, refusing a call from an agent instance that is no longer
@@ -170,12 +210,14 @@ impl Queue {
                 let answers = jobs
                     .iter()
                     .map(|(job, request)| {
+                        let class = hub.tenants.class_of(&actor, request.gateway.is_some());
                         store::insert_request(
                             ctx.tx,
                             ctx.now,
                             &hub.sealer,
                             default_attempts,
                             &actor,
+                            class,
                             job,
                             request,
                             &mut changes,
@@ -333,6 +375,12 @@ impl Queue {
                 let ttl = hub.config.lease_ttl_ms;
                 let explainer = dispatch::PullExplainer::new(&hub, &req.node_id);
                 let explain = |route: &JobRoute| explainer.explain(route);
+                let expected_ms = |route: &JobRoute| hub.expected_ms(route);
+                let share = store::Share {
+                    tenants: Some(&hub.tenants),
+                    fair_share: hub.config.fair_share,
+                    expected_ms: &expected_ms,
+                };
                 let leases = store::lease_for_node(
                     ctx.tx,
                     ctx.now,
@@ -341,6 +389,7 @@ impl Queue {
                     &node.profile,
                     req.max_jobs,
                     &explain,
+                    &share,
                 )?;
                 if !leases.is_empty() || req.wait_ms == 0 {
                     return Ok(LeaseStart::Granted(leases));

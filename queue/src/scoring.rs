@@ -103,6 +103,9 @@ pub struct JobRoute {
     pub needs: JobNeeds,
     pub prefer_region: Option<String>,
     pub prefer_node: Option<String>,
+    /// The preferred node is the one that served the job's session last
+    /// (its prompt cache is warm there): waited for the session bound.
+    pub session: bool,
 }
 
 impl JobRoute {

@@ -516,9 +516,27 @@ impl Cluster {
 
     /// A client of the API with a new key of `role`.
     pub async fn client_with_role(&self, role: kobo_protocol::AccessRole) -> (ApiClient, String) {
+        let (client, created) = self
+            .client_with_policy(
+                &format!("test-{role}"),
+                role,
+                kobo_protocol::KeyPolicy::default(),
+            )
+            .await;
+        (client, created.key)
+    }
+
+    /// A client of the API with a new key named `name` of `role` and
+    /// `policy` (weight, class, limits, budget); the key as created.
+    pub async fn client_with_policy(
+        &self,
+        name: &str,
+        role: kobo_protocol::AccessRole,
+        policy: kobo_protocol::KeyPolicy,
+    ) -> (ApiClient, kobo_protocol::ApiKeyCreated) {
         let created = self
             .client()
-            .apikey_create(&format!("test-{role}"), role)
+            .apikey_create(name, role, policy)
             .await
             .expect("api key");
         let client = ApiClient::new(&Endpoint {
@@ -527,7 +545,7 @@ impl Cluster {
             api_key: Some(created.key.clone()),
         })
         .expect("client");
-        (client, created.key)
+        (client, created)
     }
 
     /// Polls `check` until it is true, or fails the test after [`PATIENCE`].

@@ -87,7 +87,11 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
     let mut coordinator = Coordinator::start(&dir.join("coordinator"), Timings::default()).await?;
     let admin = coordinator.admin()?;
     let key = admin
-        .apikey_create("bench-gateway", AccessRole::Submit)
+        .apikey_create(
+            "bench-gateway",
+            AccessRole::Submit,
+            kobo_protocol::KeyPolicy::default(),
+        )
         .await?
         .key;
     let mut agent = RealAgent::join(

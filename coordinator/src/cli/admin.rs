@@ -1,6 +1,7 @@
 //! The admin commands: `apikey`, `token`, `audit`.
 
 use super::*;
+use kobo_protocol::{Budget, BudgetPeriod, KeyPolicy, KeyPolicyUpdate, PriorityClass};
 
 #[derive(Debug, Subcommand)]
 pub enum ApikeyCommand {
@@ -14,6 +15,22 @@ pub enum ApikeyCommand {
         /// A name saying who or what uses the key, e.g. dashboard.
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Change a key's weight, class, limits or budget; effective on its
+    /// next request. Flags not given keep their value.
+    Update {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The key's id (the part after `kobo_`, as `apikey list` shows it).
+        id: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Remove a limit: class, rpm, tpm, max_concurrent or budget
+        /// (repeatable).
+        #[arg(long, value_name = "LIMIT")]
+        clear: Vec<String>,
     },
     /// List keys (never their secrets).
     List {
@@ -27,6 +44,66 @@ pub enum ApikeyCommand {
         /// The key's id (the part after `kobo_`, as `apikey list` shows it).
         id: String,
     },
+}
+
+/// A key's share and limits, as `apikey create` and `apikey update` take them.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Its share of contended slots relative to other keys (1 to 10000;
+    /// default 1): a key of weight 3 gets three slots for each one of a key
+    /// of weight 1 while both have jobs waiting.
+    #[arg(long)]
+    weight: Option<u32>,
+    /// Priority class of its jobs: interactive (leased before any batch job)
+    /// or batch. Default: interactive for OpenAI/Ollama requests, batch for
+    /// kobo jobs.
+    #[arg(long, value_parser = parse_class)]
+    class: Option<PriorityClass>,
+    /// Requests per minute (sliding window); over it, 429 with Retry-After.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens (prompt plus completion) per minute; over it, 429 with
+    /// Retry-After.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Jobs running at once; more wait in the queue (none is refused).
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+    /// Token budget per UTC day or month, e.g. 100000/day or 5000000/month;
+    /// once spent, new requests get 429 until the period ends.
+    #[arg(long, value_parser = parse_budget)]
+    budget: Option<Budget>,
+}
+
+impl PolicyArgs {
+    fn update(&self, clear: Vec<String>) -> KeyPolicyUpdate {
+        KeyPolicyUpdate {
+            weight: self.weight,
+            class: self.class,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrent: self.max_concurrent,
+            budget: self.budget,
+            clear,
+        }
+    }
+}
+
+fn parse_class(s: &str) -> Result<PriorityClass, String> {
+    PriorityClass::parse(s).ok_or_else(|| format!("unknown class {s:?}; interactive or batch"))
+}
+
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    let (tokens, period) = s
+        .split_once('/')
+        .ok_or_else(|| format!("budget {s:?}: expected TOKENS/day or TOKENS/month"))?;
+    let tokens: u64 = tokens
+        .trim()
+        .parse()
+        .map_err(|_| format!("budget {s:?}: {tokens:?} is not a whole number of tokens"))?;
+    let period = BudgetPeriod::parse(period.trim())
+        .ok_or_else(|| format!("budget {s:?}: the period is day or month, not {period:?}"))?;
+    Ok(Budget { tokens, period })
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,8 +141,17 @@ fn parse_role(s: &str) -> Result<AccessRole, String> {
 
 pub async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
     match command {
-        ApikeyCommand::Create { client, role, name } => {
-            let created = client.client()?.apikey_create(&name, role).await?;
+        ApikeyCommand::Create {
+            client,
+            role,
+            name,
+            policy,
+        } => {
+            let policy = policy
+                .update(Vec::new())
+                .apply(&KeyPolicy::default())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let created = client.client()?.apikey_create(&name, role, policy).await?;
             if client.json {
                 return print_json(&created);
             }
@@ -81,18 +167,40 @@ pub async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
             if client.json {
                 return print_json(&keys);
             }
-            let mut t = table(&["id", "name", "role", "created", "by", "revoked"]);
+            let mut t = table(&["id", "name", "role", "policy", "created", "by", "revoked"]);
             for k in &keys {
                 t.add_row(vec![
                     k.id.clone(),
                     k.name.clone(),
                     k.role.to_string(),
+                    k.policy.summary(),
                     format_time(Some(k.created_at)),
                     k.created_by.clone(),
                     format_time(k.revoked_at),
                 ]);
             }
             println!("{t}");
+            Ok(())
+        }
+        ApikeyCommand::Update {
+            client,
+            id,
+            policy,
+            clear,
+        } => {
+            let view = client
+                .client()?
+                .apikey_update(&id, &policy.update(clear))
+                .await?;
+            if client.json {
+                return print_json(&view);
+            }
+            println!(
+                "API key {} ({}): {}",
+                view.id,
+                view.name,
+                view.policy.summary()
+            );
             Ok(())
         }
         ApikeyCommand::Revoke { client, id } => {

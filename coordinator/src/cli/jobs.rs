@@ -36,6 +36,10 @@ pub struct SubmitArgs {
     /// A second submit with the same key returns the first job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// A conversation id: jobs of one session prefer the node that served
+    /// it last (warm prompt cache), waiting for it at most --session-wait-ms.
+    #[arg(long)]
+    pub session: Option<String>,
     /// Extra capabilities the node must have (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub require: Vec<String>,
@@ -155,6 +159,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                     .delay_ms
                     .map(|d| kobo_queue::store::unix_now_ms() + d as i64),
                 idempotency_key: args.idempotency_key.clone(),
+                session: args.session.clone(),
                 ..SubmitJob::default()
             }
         }

@@ -55,6 +55,14 @@ pub struct QueueArgs {
     /// How long a job preferring a busy node or region waits for it (ms).
     #[arg(long, default_value_t = QueueConfig::default().locality_wait_ms)]
     pub locality_wait_ms: u64,
+    /// How long a session's request (OpenAI `user`, `x-session-id`, a job's
+    /// `session`) waits for the node that served the session last (ms).
+    #[arg(long, default_value_t = QueueConfig::default().session_wait_ms)]
+    pub session_wait_ms: u64,
+    /// Turn weighted fair share between API keys off: leases go by class,
+    /// priority and age alone (concurrency limits still hold).
+    #[arg(long)]
+    pub no_fair_share: bool,
     /// A routing weight, NAME=VALUE (repeatable): load, cpu, speed, rtt,
     /// region, node, specialization, model_loaded.
     #[arg(long = "route-weight")]
@@ -85,6 +93,8 @@ impl QueueArgs {
             default_max_attempts: self.max_attempts,
             metrics_retention: QueueConfig::default().metrics_retention,
             locality_wait_ms: self.locality_wait_ms,
+            session_wait_ms: self.session_wait_ms,
+            fair_share: !self.no_fair_share,
             weights: {
                 let mut weights = kobo_queue::scoring::Weights::default();
                 for assignment in &self.route_weights {

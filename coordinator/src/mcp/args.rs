@@ -101,6 +101,9 @@ pub struct SubmitJobsArgs {
     /// Makes the call safe to repeat: a second call with the same key returns the jobs of the first instead of new ones. With `prompts`, job i gets the key "<key>-<i>".
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// A conversation or task id: the jobs of one session prefer the node that served it last (its prompt cache is warm there), waiting for it only briefly when it is busy.
+    #[serde(default)]
+    pub session: Option<String>,
     /// Attempts before a job is given up (dead). Default: the coordinator's (3).
     #[serde(default)]
     pub max_attempts: Option<u32>,
@@ -187,6 +190,7 @@ impl SubmitJobsArgs {
                         key.clone()
                     }
                 }),
+                session: self.session.clone(),
                 ..SubmitJob::default()
             })
             .collect())

@@ -3,7 +3,8 @@
 //! Every function takes the transaction and the time; none knows about HTTP.
 
 use kobo_protocol::{
-    CompleteRequest, CompleteResponse, JobId, JobState, Outcome, SubmitJob, SubmitResponse,
+    CompleteRequest, CompleteResponse, JobId, JobState, LlmOutput, Outcome, PriorityClass,
+    SubmitJob, SubmitResponse,
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -12,12 +13,16 @@ use crate::routing::JobNeeds;
 use crate::scoring::JobRoute;
 use crate::security::Sealer;
 
-pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by, gateway) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18, ?19)";
+pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by, gateway, class, session) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18, ?19, ?20, ?21)";
+/// The node that served a session last.
+/// The node that served a submitter's session last (sessions are the
+/// submitter's own: two keys' `user` fields never share a node preference).
+pub const SELECT_SESSION_NODE: &str = "SELECT node_id FROM jobs WHERE session = ?1 AND state = 'succeeded' AND submitted_by = ?2 ORDER BY finished_at DESC LIMIT 1";
 pub const FIND_BY_IDEMPOTENCY_KEY: &str = "SELECT id, state FROM jobs WHERE idempotency_key = ?1";
 pub const INSERT_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, lease_token, node_id, started_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, 'running')";
 pub const FINISH_ATTEMPT: &str = "UPDATE job_attempts SET finished_at = ?3, outcome = ?4, error = ?5, prompt_tokens = ?6, completion_tokens = ?7, duration_ms = ?8 WHERE job_id = ?1 AND lease_token = ?2";
 pub const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, node_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-pub const SELECT_JOB_ROW: &str = "SELECT state, node_id, lease_token, attempts, max_attempts, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until FROM jobs WHERE id = ?1";
+pub const SELECT_JOB_ROW: &str = "SELECT state, node_id, lease_token, attempts, max_attempts, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until, submitted_by, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE id = ?1";
 pub const SELECT_ATTEMPT_OUTCOME: &str =
     "SELECT node_id, outcome FROM job_attempts WHERE job_id = ?1 AND lease_token = ?2";
 
@@ -29,11 +34,15 @@ pub struct ReadyJob {
     /// Delay scheduling: `None` not yet decided, `Some(0)` over, else until when
     /// the job waits for its preferred node or region.
     pub locality_until: Option<i64>,
+    /// Who submitted it (`jobs.submitted_by`): whose share and limits it counts against.
+    pub submitted_by: String,
 }
 
 /// A successful attempt, for the speed book.
 #[derive(Debug, Clone)]
 pub struct Completion {
+    pub job_id: JobId,
+    pub submitted_by: String,
     pub node_id: String,
     pub kind: String,
     pub model: Option<String>,
@@ -48,6 +57,9 @@ pub struct Changes {
     pub ready: Vec<ReadyJob>,
     pub finished: Vec<JobId>,
     pub completed: Vec<Completion>,
+    /// Submitters a leased job of which just ended (a slot under their
+    /// concurrency limit came free), and the job.
+    pub freed: Vec<(String, JobId)>,
     /// A job was scheduled for later: the timer may need to wake sooner.
     pub scheduled: bool,
 }
@@ -135,6 +147,7 @@ pub fn insert_job(
         sealer,
         default_max_attempts,
         submitted_by,
+        PriorityClass::Batch,
         job,
         &request,
         changes,
@@ -150,6 +163,7 @@ pub fn insert_request(
     sealer: &Sealer,
     default_max_attempts: u32,
     submitted_by: &str,
+    class: PriorityClass,
     job: &SubmitJob,
     request: &kobo_protocol::LlmRequest,
     changes: &mut Changes,
@@ -183,6 +197,16 @@ pub fn insert_request(
         request
     };
     let req = &job.requirements;
+    // A session's job prefers the node that served the session last (unless
+    // it names a node itself), waiting for it only the short session bound.
+    let session_node: Option<String> = match (&job.session, &job.preferences.node) {
+        (Some(session), None) => tx
+            .prepare_cached(SELECT_SESSION_NODE)?
+            .query_row([session, submitted_by], |r| r.get(0))
+            .optional()?,
+        _ => None,
+    };
+    let prefer_node = session_node.as_ref().or(job.preferences.node.as_ref());
     // A plain insert and the new row id: `INSERT … RETURNING` builds a
     // temporary table on every run, which cost more than the insert.
     tx.prepare_cached(INSERT_JOB)?.execute(params![
@@ -196,7 +220,7 @@ pub fn insert_request(
         req.data_location,
         req.confidential,
         job.preferences.region,
-        job.preferences.node,
+        prefer_node,
         job.max_attempts.unwrap_or(default_max_attempts),
         job.timeout_ms.map(|t| t as i64),
         job.idempotency_key,
@@ -205,6 +229,8 @@ pub fn insert_request(
         now,
         submitted_by,
         gateway,
+        class.rank(),
+        job.session,
     ])?;
     let id = tx.last_insert_rowid();
     insert_event(
@@ -232,9 +258,11 @@ pub fn insert_request(
                     model: job.model.clone(),
                 },
                 prefer_region: job.preferences.region.clone(),
-                prefer_node: job.preferences.node.clone(),
+                prefer_node: prefer_node.cloned(),
+                session: session_node.is_some(),
             },
             locality_until: None,
+            submitted_by: submitted_by.to_string(),
         });
     } else {
         changes.scheduled = true;
@@ -255,6 +283,7 @@ pub(super) struct JobRow {
     pub(super) max_attempts: u32,
     pub(super) route: JobRoute,
     pub(super) locality_until: Option<i64>,
+    pub(super) submitted_by: String,
 }
 
 pub(super) fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, StoreError> {
@@ -276,6 +305,8 @@ pub(super) fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, Sto
                     r.get::<_, Option<String>>(11)?,
                     r.get::<_, Option<String>>(12)?,
                     r.get::<_, Option<i64>>(13)?,
+                    r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+                    r.get::<_, bool>(15)?,
                 ),
             ))
         })
@@ -294,7 +325,7 @@ pub(super) fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, Sto
                 confidential,
                 data_location,
                 model,
-                (prefer_region, prefer_node, locality_until),
+                (prefer_region, prefer_node, locality_until, submitted_by, session),
             )| {
                 Ok(JobRow {
                     state: parse_state(&state)?,
@@ -313,8 +344,10 @@ pub(super) fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, Sto
                         },
                         prefer_region,
                         prefer_node,
+                        session,
                     },
                     locality_until,
+                    submitted_by,
                 })
             },
         )
@@ -372,6 +405,8 @@ pub fn complete_job(
     let state = match &report.outcome {
         Outcome::Succeeded { output } => {
             changes.completed.push(Completion {
+                job_id,
+                submitted_by: row.submitted_by.clone(),
                 node_id: report.node_id.clone(),
                 kind: row.route.needs.kind.clone(),
                 model: row.route.needs.model.clone(),
@@ -415,7 +450,9 @@ pub fn complete_job(
                     detail: None,
                 },
             )?;
+            add_usage(tx, now, &row.submitted_by, node_id, output)?;
             changes.finished.push(job_id);
+            changes.freed.push((row.submitted_by.clone(), job_id));
             JobState::Succeeded
         }
         Outcome::Failed { error, retryable } => {
@@ -431,6 +468,30 @@ pub fn complete_job(
         state,
         duplicate: false,
     })
+}
+
+/// Adds a successful attempt to the usage of its submitter, model, node and
+/// hour, exactly as the LLM server reported it.
+pub const ADD_USAGE: &str = "INSERT INTO usage (hour, key, model, node_id, requests, prompt_tokens, completion_tokens, llm_ms) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (hour, key, model, node_id) DO UPDATE SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, llm_ms = llm_ms + excluded.llm_ms";
+
+fn add_usage(
+    tx: &Transaction<'_>,
+    now: i64,
+    submitted_by: &str,
+    node_id: &str,
+    output: &LlmOutput,
+) -> Result<(), StoreError> {
+    let hour = now - now.rem_euclid(3_600_000);
+    tx.prepare_cached(ADD_USAGE)?.execute(params![
+        hour,
+        submitted_by,
+        output.model,
+        node_id,
+        output.usage.prompt_tokens as i64,
+        output.usage.completion_tokens as i64,
+        output.usage.duration_ms as i64
+    ])?;
+    Ok(())
 }
 
 /// Ends the current attempt of a leased job that did not succeed: the job is
@@ -459,6 +520,7 @@ pub(super) fn end_attempt(
         None::<i64>,
         None::<i64>
     ])?;
+    changes.freed.push((row.submitted_by.clone(), job_id));
     let retryable = outcome != "failed" || retry_at.is_some();
     let state = if !retryable || row.attempts >= row.max_attempts {
         tx.prepare_cached(
@@ -483,6 +545,7 @@ pub(super) fn end_attempt(
             id: job_id,
             route: row.route.clone(),
             locality_until: row.locality_until,
+            submitted_by: row.submitted_by.clone(),
         });
         JobState::Queued
     };
@@ -532,6 +595,7 @@ pub fn cancel_job(
             None::<i64>,
             None::<i64>
         ])?;
+        changes.freed.push((row.submitted_by.clone(), job_id));
     }
     insert_event(
         tx,

@@ -2,7 +2,7 @@
 //! renew on heartbeat, release (expired, lost, undelivered, revoked), and the
 //! delay-scheduling mark. Every function takes the transaction and the time.
 
-use kobo_protocol::{HeldLease, JobId, JobState, Lease, LlmRequest};
+use kobo_protocol::{HeldLease, JobId, JobState, Lease, LlmRequest, PriorityClass};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::StoreError;
@@ -10,8 +10,19 @@ use super::jobs::*;
 use crate::routing::{self, JobNeeds, NodeProfile};
 use crate::scoring::JobRoute;
 use crate::security::Sealer;
+use crate::tenancy::Tenants;
 
-pub const SELECT_QUEUED_OF_KIND: &str = "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until FROM jobs WHERE state = 'queued' AND kind = ?1 ORDER BY priority DESC, ready_at, id";
+/// The distinct submitters with jobs queued of one kind and class: a loose
+/// index scan over `jobs_queued`, one seek per submitter.
+pub const SELECT_QUEUED_KEYS: &str = "WITH RECURSIVE k(key) AS (SELECT (SELECT min(submitted_by) FROM jobs WHERE state = 'queued' AND kind = ?1 AND class = ?2) UNION ALL SELECT (SELECT min(submitted_by) FROM jobs WHERE state = 'queued' AND kind = ?1 AND class = ?2 AND submitted_by > k.key) FROM k WHERE k.key IS NOT NULL) SELECT key FROM k WHERE key IS NOT NULL";
+/// One submitter's queued jobs of one kind and class, in the order it leases them.
+pub const SELECT_QUEUED_OF_KEY: &str = "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE state = 'queued' AND kind = ?1 AND class = ?2 AND submitted_by = ?3 ORDER BY priority DESC, ready_at, id";
+/// Jobs a submitter has leased now (its concurrency limit).
+pub const COUNT_LEASED_BY: &str =
+    "SELECT count(*) FROM jobs WHERE state = 'leased' AND submitted_by = ?1";
+/// A submitter's next queued jobs, over all kinds (offered again to parked
+/// agents when one of its running jobs ends under a concurrency limit).
+pub const SELECT_NEXT_QUEUED_OF_KEY: &str = "SELECT id FROM jobs WHERE state = 'queued' AND submitted_by = ?1 ORDER BY class DESC, priority DESC, ready_at, id LIMIT ?2";
 /// The columns a lease grant needs, read before [`GRANT_LEASE`]. (A plain
 /// read and update: `UPDATE … RETURNING` builds a temporary table on every
 /// run, which cost more than the update itself.)
@@ -22,9 +33,34 @@ pub const RENEW_LEASE: &str = "UPDATE jobs SET lease_expires_at = ?4 WHERE id = 
 pub const SELECT_LEASED_BY_NODE: &str =
     "SELECT id, lease_token FROM jobs WHERE state = 'leased' AND node_id = ?1";
 
-/// How far a single lease request looks past jobs it may not run, per kind:
-/// bounds the cost when many queued jobs need another node.
-const MAX_SCAN_PER_KIND: usize = 1000;
+/// How far a single lease request looks past jobs it may not run, per kind
+/// and submitter: bounds the cost when many queued jobs need another node.
+const MAX_SCAN_PER_KEY: usize = 1000;
+
+/// What fair share needs in the lease path: the submitters' policies and
+/// virtual times, and the slot time a job is expected to take.
+pub struct Share<'a> {
+    /// The keys' policies: `None`, no concurrency limits either (leases go
+    /// by class, priority and age alone).
+    pub tenants: Option<&'a Tenants>,
+    /// Whether the next job comes from the key furthest below its share
+    /// (else from the best head job of any key; limits still hold).
+    pub fair_share: bool,
+    pub expected_ms: &'a dyn Fn(&JobRoute) -> f64,
+}
+
+fn one_second(_: &JobRoute) -> f64 {
+    1000.0
+}
+
+impl Share<'static> {
+    /// Leases by class, priority and age alone.
+    pub const OFF: Share<'static> = Share {
+        tenants: None,
+        fair_share: false,
+        expected_ms: &one_second,
+    };
+}
 
 /// Grants a lease on a queued job to `node_id`; `None` if the job is no longer
 /// queued.
@@ -95,10 +131,39 @@ pub fn grant_lease(
     }))
 }
 
-/// Leases up to `max_jobs` of the best queued jobs `node` may run: highest
-/// priority first, then longest ready. One index walk per capability. Jobs
-/// still waiting for another preferred node or region (delay scheduling) are
-/// passed over. `explain` gives each grant its `route_reason`.
+/// A queued job a node may run.
+struct Candidate {
+    priority: i64,
+    ready_at: i64,
+    id: JobId,
+    route: JobRoute,
+}
+
+impl Candidate {
+    /// The order within one submitter: priority, then age, then id.
+    fn order(&self) -> (std::cmp::Reverse<i64>, i64, JobId) {
+        (std::cmp::Reverse(self.priority), self.ready_at, self.id)
+    }
+}
+
+/// One submitter's candidates in one class, best last (popped first).
+struct KeyQueue {
+    key: String,
+    weight: u32,
+    /// Leases it may still take (concurrency limit), `u32::MAX` when none.
+    room: u32,
+    jobs: Vec<Candidate>,
+}
+
+/// Leases up to `max_jobs` of the queued jobs `node` may run: interactive
+/// before batch; within a class, the next job comes from the submitter with
+/// the smallest fair-share start tag (see [`crate::tenancy::fair`]) that is
+/// under its concurrency limit; within a submitter, highest priority, then
+/// longest ready. Jobs still waiting for another preferred node or region
+/// (delay scheduling) and jobs failing a hard constraint are passed over.
+/// Cost: per kind and class, one seek per submitter, then one index walk
+/// per submitter. `explain` gives each grant its `route_reason`.
+#[allow(clippy::too_many_arguments)]
 pub fn lease_for_node(
     tx: &Transaction<'_>,
     now: i64,
@@ -107,65 +172,184 @@ pub fn lease_for_node(
     node: &NodeProfile,
     max_jobs: u32,
     explain: &dyn Fn(&JobRoute) -> String,
+    share: &Share<'_>,
 ) -> Result<Vec<Lease>, StoreError> {
-    // (priority, ready_at, id, route) of eligible candidates over all kinds.
-    let mut candidates: Vec<(i64, i64, JobId, JobRoute)> = Vec::new();
-    let mut stmt = tx.prepare_cached(SELECT_QUEUED_OF_KIND)?;
-    for kind in &node.capabilities {
-        let mut rows = stmt.query([kind])?;
-        let mut found = 0u32;
-        let mut scanned = 0usize;
-        while let Some(row) = rows.next()? {
-            scanned += 1;
-            let route = JobRoute {
-                needs: JobNeeds {
-                    kind: kind.clone(),
-                    capabilities: parse_list(&row.get::<_, String>(3)?)?,
-                    gpu: row.get(4)?,
-                    confidential: row.get(5)?,
-                    data_location: row.get(6)?,
-                    model: row.get(7)?,
-                },
-                prefer_region: row.get(8)?,
-                prefer_node: row.get(9)?,
-            };
-            let waiting_elsewhere = row
-                .get::<_, Option<i64>>(10)?
-                .is_some_and(|until| until > now)
-                && route.prefer_node.as_deref() != Some(node.node_id.as_str())
-                && route.prefer_region.as_deref() != Some(node.region.as_str());
-            if !waiting_elsewhere && routing::check(&route.needs, node).is_ok() {
-                candidates.push((
-                    row.get(1)?,
-                    row.get::<_, Option<i64>>(2)?.unwrap_or(0),
-                    row.get(0)?,
-                    route,
-                ));
-                found += 1;
-            }
-            if found >= max_jobs || scanned >= MAX_SCAN_PER_KIND {
-                break;
-            }
-        }
-    }
-    drop(stmt);
-    candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut leases = Vec::new();
-    for (_, _, job_id, route) in candidates.into_iter().take(max_jobs as usize) {
-        let reason = explain(&route);
-        if let Some(lease) = grant_lease(
-            tx,
-            now,
-            sealer,
-            lease_ttl_ms,
-            job_id,
-            &node.node_id,
-            &reason,
-        )? {
-            leases.push(lease);
+    for class in [PriorityClass::Interactive, PriorityClass::Batch] {
+        let room = max_jobs.saturating_sub(leases.len() as u32);
+        if room == 0 {
+            break;
+        }
+        let mut queues = queued_by_key(tx, now, node, class, room, share)?;
+        while (leases.len() as u32) < max_jobs {
+            let Some(at) = next_key(&queues, share) else {
+                break;
+            };
+            let queue = &mut queues[at];
+            let Some(job) = queue.jobs.pop() else {
+                break;
+            };
+            let reason = explain(&job.route);
+            if let Some(lease) = grant_lease(
+                tx,
+                now,
+                sealer,
+                lease_ttl_ms,
+                job.id,
+                &node.node_id,
+                &reason,
+            )? {
+                if let Some(tenants) = share.tenants.filter(|_| share.fair_share) {
+                    let expected = (share.expected_ms)(&job.route);
+                    tenants
+                        .fair()
+                        .charge(&queue.key, queue.weight, job.id, expected);
+                }
+                queue.room = queue.room.saturating_sub(1);
+                leases.push(lease);
+            }
         }
     }
     Ok(leases)
+}
+
+/// The submitter whose next job leases first: fair share's smallest start
+/// tag (or, with fair share off, the best head job), among those with a job
+/// left and room under their concurrency limit.
+fn next_key(queues: &[KeyQueue], share: &Share<'_>) -> Option<usize> {
+    let fair = share.tenants.filter(|_| share.fair_share).map(|t| t.fair());
+    let tag = |q: &KeyQueue| fair.as_ref().map_or(0.0, |f| f.start_tag(&q.key));
+    queues
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| q.room > 0 && !q.jobs.is_empty())
+        .min_by(|(_, a), (_, b)| {
+            tag(a).total_cmp(&tag(b)).then_with(|| {
+                let head = |q: &KeyQueue| q.jobs.last().map(Candidate::order);
+                head(a).cmp(&head(b))
+            })
+        })
+        .map(|(at, _)| at)
+}
+
+/// Per submitter, up to `room` of its queued jobs of `class` that `node`
+/// may run now, over the node's kinds.
+fn queued_by_key(
+    tx: &Transaction<'_>,
+    now: i64,
+    node: &NodeProfile,
+    class: PriorityClass,
+    room: u32,
+    share: &Share<'_>,
+) -> Result<Vec<KeyQueue>, StoreError> {
+    let mut queues: Vec<KeyQueue> = Vec::new();
+    let mut keys_stmt = tx.prepare_cached(SELECT_QUEUED_KEYS)?;
+    let mut jobs_stmt = tx.prepare_cached(SELECT_QUEUED_OF_KEY)?;
+    for kind in &node.capabilities {
+        let keys: Vec<String> = keys_stmt
+            .query_map(params![kind, class.rank()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            let at = match queues.iter().position(|q| q.key == key) {
+                Some(at) => at,
+                None => {
+                    let (weight, limit) = share.tenants.map_or((1, None), |t| t.share_of(&key));
+                    let room = match limit {
+                        Some(limit) => {
+                            let running: u32 = tx
+                                .prepare_cached(COUNT_LEASED_BY)?
+                                .query_row([&key], |r| r.get(0))?;
+                            limit.saturating_sub(running)
+                        }
+                        None => u32::MAX,
+                    };
+                    queues.push(KeyQueue {
+                        key: key.clone(),
+                        weight,
+                        room,
+                        jobs: Vec::new(),
+                    });
+                    queues.len() - 1
+                }
+            };
+            let wanted = room.min(queues[at].room) as usize;
+            if wanted == 0 {
+                continue;
+            }
+            let mut rows = jobs_stmt.query(params![kind, class.rank(), key])?;
+            let mut found = 0usize;
+            let mut scanned = 0usize;
+            while let Some(row) = rows.next()? {
+                scanned += 1;
+                let route = JobRoute {
+                    needs: JobNeeds {
+                        kind: kind.clone(),
+                        capabilities: parse_list(&row.get::<_, String>(3)?)?,
+                        gpu: row.get(4)?,
+                        confidential: row.get(5)?,
+                        data_location: row.get(6)?,
+                        model: row.get(7)?,
+                    },
+                    prefer_region: row.get(8)?,
+                    prefer_node: row.get(9)?,
+                    session: row.get(11)?,
+                };
+                let waiting_elsewhere = row
+                    .get::<_, Option<i64>>(10)?
+                    .is_some_and(|until| until > now)
+                    && route.prefer_node.as_deref() != Some(node.node_id.as_str())
+                    && route.prefer_region.as_deref() != Some(node.region.as_str());
+                if !waiting_elsewhere && routing::check(&route.needs, node).is_ok() {
+                    queues[at].jobs.push(Candidate {
+                        priority: row.get(1)?,
+                        ready_at: row.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                        id: row.get(0)?,
+                        route,
+                    });
+                    found += 1;
+                }
+                if found >= wanted || scanned >= MAX_SCAN_PER_KEY {
+                    break;
+                }
+            }
+        }
+    }
+    for queue in &mut queues {
+        // Best last, so `pop` takes it; kinds merged.
+        queue.jobs.sort_by_key(|c| std::cmp::Reverse(c.order()));
+    }
+    Ok(queues)
+}
+
+/// A submitter's next queued jobs, up to `n`, as jobs ready to hand off
+/// (its concurrency limit freed a slot).
+pub fn next_queued_of_key(
+    tx: &Transaction<'_>,
+    key: &str,
+    n: u32,
+) -> Result<Vec<ReadyJob>, StoreError> {
+    let ids: Vec<JobId> = tx
+        .prepare_cached(SELECT_NEXT_QUEUED_OF_KEY)?
+        .query_map(params![key, n], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.into_iter()
+        .map(|id| {
+            let row = job_row(tx, id)?;
+            Ok(ReadyJob {
+                id,
+                route: row.route,
+                locality_until: row.locality_until,
+                submitted_by: row.submitted_by,
+            })
+        })
+        .collect()
+}
+
+/// Jobs `key` has leased now.
+pub fn count_leased_by(tx: &Transaction<'_>, key: &str) -> Result<u32, StoreError> {
+    Ok(tx
+        .prepare_cached(COUNT_LEASED_BY)?
+        .query_row([key], |r| r.get(0))?)
 }
 
 /// Adds `note` to the event of `job_id`'s lease `lease_token` (what the

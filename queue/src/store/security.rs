@@ -1,15 +1,16 @@
 //! Rows of the security tables: API keys, join tokens, issued certificates,
 //! node revocation.
 
-use kobo_protocol::{AccessRole, ApiKeyView};
+use kobo_protocol::{AccessRole, ApiKeyView, Budget, BudgetPeriod, KeyPolicy, PriorityClass};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
 use super::jobs::Changes;
 use super::leases::release_node_leases;
 
-pub const INSERT_API_KEY: &str = "INSERT INTO api_keys (id, name, role, secret_mac, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-pub const SELECT_API_KEYS: &str = "SELECT id, name, role, secret_mac, created_at, created_by, revoked_at FROM api_keys ORDER BY created_at, id";
+pub const INSERT_API_KEY: &str = "INSERT INTO api_keys (id, name, role, secret_mac, created_at, created_by, weight, class, rpm, tpm, max_concurrent, budget_tokens, budget_period) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+pub const SELECT_API_KEYS: &str = "SELECT id, name, role, secret_mac, created_at, created_by, revoked_at, weight, class, rpm, tpm, max_concurrent, budget_tokens, budget_period FROM api_keys ORDER BY created_at, id";
+pub const UPDATE_API_KEY_POLICY: &str = "UPDATE api_keys SET weight = ?2, class = ?3, rpm = ?4, tpm = ?5, max_concurrent = ?6, budget_tokens = ?7, budget_period = ?8 WHERE id = ?1";
 pub const REVOKE_API_KEY: &str =
     "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL";
 pub const INSERT_TOKEN: &str = "INSERT INTO join_tokens (id, node_id, secret_mac, created_at, created_by, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -30,6 +31,7 @@ pub struct ApiKeyRecord {
     pub secret_mac: Vec<u8>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn insert_api_key(
     tx: &Transaction<'_>,
     now: i64,
@@ -38,6 +40,7 @@ pub fn insert_api_key(
     role: AccessRole,
     secret_mac: &[u8],
     created_by: &str,
+    policy: &KeyPolicy,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(INSERT_API_KEY)?.execute(params![
         id,
@@ -45,9 +48,62 @@ pub fn insert_api_key(
         role.as_str(),
         secret_mac,
         now,
-        created_by
+        created_by,
+        policy.weight,
+        policy.class.map(PriorityClass::as_str),
+        policy.rpm,
+        policy.tpm.map(|t| t as i64),
+        policy.max_concurrent,
+        policy.budget.map(|b| b.tokens as i64),
+        policy.budget.map(|b| b.period.as_str()),
     ])?;
     Ok(())
+}
+
+/// Replaces a key's weight, class and limits; false if there is no such key.
+pub fn update_api_key_policy(
+    tx: &Transaction<'_>,
+    id: &str,
+    policy: &KeyPolicy,
+) -> Result<bool, StoreError> {
+    Ok(tx.prepare_cached(UPDATE_API_KEY_POLICY)?.execute(params![
+        id,
+        policy.weight,
+        policy.class.map(PriorityClass::as_str),
+        policy.rpm,
+        policy.tpm.map(|t| t as i64),
+        policy.max_concurrent,
+        policy.budget.map(|b| b.tokens as i64),
+        policy.budget.map(|b| b.period.as_str()),
+    ])? == 1)
+}
+
+/// The policy columns of an `api_keys` row, from column `first` on.
+fn policy_of(r: &rusqlite::Row<'_>, first: usize) -> Result<KeyPolicy, StoreError> {
+    let class: Option<String> = r.get(first + 1)?;
+    let budget_tokens: Option<i64> = r.get(first + 5)?;
+    let budget_period: Option<String> = r.get(first + 6)?;
+    let budget = match (budget_tokens, budget_period) {
+        (Some(tokens), Some(period)) => Some(Budget {
+            tokens: tokens as u64,
+            period: BudgetPeriod::parse(&period)
+                .ok_or_else(|| StoreError::Corrupt(format!("api key budget period {period:?}")))?,
+        }),
+        _ => None,
+    };
+    Ok(KeyPolicy {
+        weight: r.get(first)?,
+        class: class
+            .map(|c| {
+                PriorityClass::parse(&c)
+                    .ok_or_else(|| StoreError::Corrupt(format!("api key class {c:?}")))
+            })
+            .transpose()?,
+        rpm: r.get(first + 2)?,
+        tpm: r.get::<_, Option<i64>>(first + 3)?.map(|t| t as u64),
+        max_concurrent: r.get(first + 4)?,
+        budget,
+    })
 }
 
 pub fn list_api_keys(conn: &Connection) -> Result<Vec<ApiKeyRecord>, StoreError> {
@@ -65,6 +121,7 @@ pub fn list_api_keys(conn: &Connection) -> Result<Vec<ApiKeyRecord>, StoreError>
                 created_at: r.get(4)?,
                 created_by: r.get(5)?,
                 revoked_at: r.get(6)?,
+                policy: policy_of(r, 7)?,
             },
             secret_mac: r.get(3)?,
         });

@@ -10,7 +10,7 @@ use super::{StoreError, parse_list};
 use crate::routing::JobNeeds;
 use crate::scoring::JobRoute;
 
-pub const SELECT_DUE_SCHEDULED: &str = "SELECT id, kind, req_capabilities, req_gpu, confidential, data_location, model, attempts, prefer_region, prefer_node, locality_until FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 ORDER BY run_at LIMIT ?2";
+pub const SELECT_DUE_SCHEDULED: &str = "SELECT id, kind, req_capabilities, req_gpu, confidential, data_location, model, attempts, prefer_region, prefer_node, locality_until, submitted_by, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 ORDER BY run_at LIMIT ?2";
 pub const SELECT_EXPIRED_LEASES: &str = "SELECT id, lease_token FROM jobs WHERE state = 'leased' AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?2";
 pub const SELECT_LOST_NODES: &str = "SELECT node_id FROM nodes WHERE status IN ('active', 'draining', 'drained') AND last_heartbeat_at < ?1";
 pub const SELECT_NEXT_WAKEUP: &str = "SELECT min(t) FROM (SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled' UNION ALL SELECT min(lease_expires_at) FROM jobs WHERE state = 'leased' UNION ALL SELECT min(last_heartbeat_at) + ?1 FROM nodes WHERE status IN ('active', 'draining', 'drained') UNION ALL SELECT min(locality_until) FROM jobs WHERE state = 'queued' AND locality_until > 0 UNION ALL SELECT min(next_fire_at) FROM schedules WHERE paused = 0)";
@@ -44,7 +44,7 @@ pub fn promote_due(
     now: i64,
     changes: &mut Changes,
 ) -> Result<usize, StoreError> {
-    let due: Vec<(JobId, JobRoute, u32, Option<i64>)> = {
+    let due: Vec<(JobId, JobRoute, u32, Option<i64>, String)> = {
         let mut stmt = tx.prepare_cached(SELECT_DUE_SCHEDULED)?;
         let mut rows = stmt.query(params![now, TIMED_BATCH])?;
         let mut due = Vec::new();
@@ -62,14 +62,16 @@ pub fn promote_due(
                     },
                     prefer_region: r.get(8)?,
                     prefer_node: r.get(9)?,
+                    session: r.get(12)?,
                 },
                 r.get(7)?,
                 r.get(10)?,
+                r.get(11)?,
             ));
         }
         due
     };
-    for (id, route, attempts, locality_until) in &due {
+    for (id, route, attempts, locality_until, submitted_by) in &due {
         tx.prepare_cached(
             "UPDATE jobs SET state = 'queued', ready_at = ?2, updated_at = ?2 WHERE id = ?1",
         )?
@@ -90,6 +92,7 @@ pub fn promote_due(
             id: *id,
             route: route.clone(),
             locality_until: *locality_until,
+            submitted_by: submitted_by.clone(),
         });
     }
     Ok(due.len())
@@ -154,7 +157,7 @@ pub fn next_wakeup(conn: &Connection, lost_after_ms: u64) -> Result<Option<i64>,
         .query_row([lost_after_ms as i64 + 1], |r| r.get(0))?)
 }
 
-pub const SELECT_LOCALITY_EXPIRED: &str = "SELECT id, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node FROM jobs WHERE state = 'queued' AND locality_until > 0 AND locality_until <= ?1 ORDER BY locality_until LIMIT ?2";
+pub const SELECT_LOCALITY_EXPIRED: &str = "SELECT id, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, submitted_by, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE state = 'queued' AND locality_until > 0 AND locality_until <= ?1 ORDER BY locality_until LIMIT ?2";
 
 /// Ends the wait of jobs whose preferred node stayed busy past the bound:
 /// from now on any eligible node may take them.
@@ -181,8 +184,10 @@ pub fn expire_locality(
                     },
                     prefer_region: r.get(7)?,
                     prefer_node: r.get(8)?,
+                    session: r.get(10)?,
                 },
                 locality_until: Some(0),
+                submitted_by: r.get(9)?,
             });
         }
         expired

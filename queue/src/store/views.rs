@@ -294,14 +294,17 @@ pub fn lease_holder(
         .transpose()
 }
 
-/// How many queued jobs of `job_id`'s kind will be leased before it, in the
-/// lease path's order (priority, then readiness, then id); `None` unless
-/// it is queued.
+/// How many queued jobs of `job_id`'s kind will surely be leased before it:
+/// those of a higher class, and its own submitter's jobs ahead of it in the
+/// lease path's order (priority, then readiness, then id). Other
+/// submitters' jobs of its class interleave with its own by fair share, so
+/// they are not counted. `None` unless it is queued.
 pub fn queue_position(conn: &Connection, job_id: JobId) -> Result<Option<u64>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT (SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.kind = me.kind \
-           AND (j.priority > me.priority OR (j.priority = me.priority \
-             AND (j.ready_at < me.ready_at OR (j.ready_at = me.ready_at AND j.id < me.id))))) \
+           AND (j.class > me.class OR (j.class = me.class AND j.submitted_by = me.submitted_by \
+             AND (j.priority > me.priority OR (j.priority = me.priority \
+               AND (j.ready_at < me.ready_at OR (j.ready_at = me.ready_at AND j.id < me.id))))))) \
          FROM jobs me WHERE me.id = ?1 AND me.state = 'queued'",
     )?;
     let mut rows = stmt.query([job_id])?;

@@ -1,11 +1,14 @@
 //! Leasing cost does not grow with queue depth: the lease path walks the
-//! partial index `jobs_queued`, so the SQLite VM steps it takes to lease a job
+//! partial index `jobs_queued` (one seek per submitter, then one walk per
+//! submitter, fair share on), so the SQLite VM steps it takes to lease a job
 //! are the same with 100 and with 100,000 jobs queued. (Steps, not seconds:
 //! deterministic on a noisy machine. `kobo-bench` measures the time.)
 
+use kobo_protocol::KeyPolicy;
 use kobo_protocol::SubmitJob;
 use kobo_queue::routing::NodeProfile;
-use kobo_queue::store::{self, Changes};
+use kobo_queue::store::{self, Changes, Share};
+use kobo_queue::tenancy::Tenants;
 use rusqlite::{Connection, StatementStatus, TransactionBehavior};
 
 use crate::{sealer, temp_db};
@@ -42,7 +45,8 @@ fn fill(conn: &mut Connection, n: usize) {
             NOW - n as i64 + idx as i64,
             &sealer(),
             3,
-            "local",
+            // Three submitters, one of them with a concurrency limit.
+            ["local", "apikey:aaaa", "apikey:bbbb"][idx % 3 / 2 + idx % 2],
             &job,
             &mut changes,
         )
@@ -54,7 +58,9 @@ fn fill(conn: &mut Connection, n: usize) {
 /// VM steps of leasing `n_leases` jobs one at a time, and the full-scan steps seen.
 fn lease_steps(conn: &mut Connection, n_leases: usize) -> (i64, i64) {
     let lease_queries = [
-        store::SELECT_QUEUED_OF_KIND,
+        store::SELECT_QUEUED_KEYS,
+        store::SELECT_QUEUED_OF_KEY,
+        store::COUNT_LEASED_BY,
         store::SELECT_FOR_GRANT,
         store::GRANT_LEASE,
         store::INSERT_ATTEMPT,
@@ -68,10 +74,32 @@ fn lease_steps(conn: &mut Connection, n_leases: usize) -> (i64, i64) {
         stmt.reset_status(StatementStatus::VmStep);
         stmt.reset_status(StatementStatus::FullscanStep);
     }
+    let tenants = Tenants::default();
+    tenants.set_policy(
+        "bbbb",
+        KeyPolicy {
+            weight: 3,
+            max_concurrent: Some(1000),
+            ..KeyPolicy::default()
+        },
+    );
+    let share = Share {
+        tenants: Some(&tenants),
+        fair_share: true,
+        expected_ms: &|_| 1000.0,
+    };
     for _ in 0..n_leases {
-        let leases =
-            store::lease_for_node(&tx, NOW, &sealer(), 15_000, &node(), 1, &|_| String::new())
-                .expect("lease");
+        let leases = store::lease_for_node(
+            &tx,
+            NOW,
+            &sealer(),
+            15_000,
+            &node(),
+            1,
+            &|_| String::new(),
+            &share,
+        )
+        .expect("lease");
         assert_eq!(leases.len(), 1);
     }
     let mut vm = 0;
@@ -112,22 +140,30 @@ fn lease_cost_is_flat_from_100_to_100k_queued() {
 }
 
 #[test]
-fn the_lease_query_searches_the_partial_index() {
+fn the_lease_queries_search_the_partial_index() {
     let (_dir, conn) = temp_db();
-    let plan: Vec<String> = conn
-        .prepare(&format!(
-            "EXPLAIN QUERY PLAN {}",
-            store::SELECT_QUEUED_OF_KIND
-        ))
-        .expect("explain")
-        .query_map(["general_query"], |r| r.get::<_, String>(3))
-        .expect("plan")
-        .collect::<Result<_, _>>()
-        .expect("rows");
-    let plan = plan.join("\n");
-    assert!(plan.contains("USING INDEX jobs_queued"), "{plan}");
-    assert!(
-        !plan.contains("TEMP B-TREE"),
-        "the order comes from the index, no sort: {plan}"
-    );
+    for (sql, args) in [
+        (store::SELECT_QUEUED_KEYS, 2),
+        (store::SELECT_QUEUED_OF_KEY, 3),
+    ] {
+        let params: Vec<&dyn rusqlite::ToSql> =
+            [&"general_query" as &dyn rusqlite::ToSql, &0, &"local"][..args].to_vec();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain")
+            .query_map(params.as_slice(), |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("USING COVERING INDEX jobs_queued")
+                || plan.contains("USING INDEX jobs_queued"),
+            "{sql}: {plan}"
+        );
+        assert!(
+            !plan.contains("TEMP B-TREE") && !plan.contains("SCAN jobs"),
+            "the order comes from the index, no sort or scan: {sql}: {plan}"
+        );
+    }
 }

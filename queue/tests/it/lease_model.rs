@@ -267,9 +267,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.touch(node);
                 let leases = write(&mut conn, |tx| {
                     store::touch_node(tx, now, &node_id(node))?;
-                    store::lease_for_node(tx, now, &sealer(), TTL, &profile(node), n, &|_| {
-                        String::new()
-                    })
+                    store::lease_for_node(
+                        tx,
+                        now,
+                        &sealer(),
+                        TTL,
+                        &profile(node),
+                        n,
+                        &|_| String::new(),
+                        &store::Share::OFF,
+                    )
                 })
                 .expect("lease");
                 let mut expected: Vec<usize> = (0..model.jobs.len())

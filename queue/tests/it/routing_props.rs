@@ -1,11 +1,14 @@
 //! No job ever goes to a node that violates one of its hard constraints:
 //! over random fleets and jobs, both the scoring (`select_best_node`) and the
-//! store's lease path only ever choose eligible nodes.
+//! store's lease path only ever choose eligible nodes, with weighted fair
+//! share between submitters and their concurrency limits on or off.
 
+use kobo_protocol::{JobId, KeyPolicy};
 use kobo_protocol::{NodeStatus, Preferences, Requirements, SubmitJob};
 use kobo_queue::routing::{self, JobNeeds, NodeProfile};
 use kobo_queue::scoring::{JobRoute, NodeState, Weights, select_best_node};
-use kobo_queue::store::{self, Changes};
+use kobo_queue::store::{self, Changes, Share};
+use kobo_queue::tenancy::{Tenants, key_actor};
 use proptest::prelude::*;
 use rusqlite::TransactionBehavior;
 
@@ -15,6 +18,8 @@ const KINDS: [&str; 3] = ["code_generation", "general_query", "data_analysis"];
 const REGIONS: [&str; 4] = ["ap-northeast-1", "ap-northeast-3", "eu-west-2", "us-east-1"];
 const AREAS: [&str; 3] = ["japan", "europe", "us"];
 const MODELS: [&str; 2] = ["qwen2.5:latest", "llama3.2:1b"];
+/// API key ids submitting the jobs.
+const KEYS: [&str; 3] = ["aaaa", "bbbb", "cccc"];
 
 fn node() -> impl Strategy<Value = NodeState> {
     (
@@ -71,6 +76,7 @@ fn job() -> impl Strategy<Value = JobRoute> {
             },
             prefer_region: prefer.map(|r| REGIONS[r].to_string()),
             prefer_node: None,
+            session: false,
         })
 }
 
@@ -100,10 +106,21 @@ proptest! {
     }
 
     #[test]
-    fn the_lease_path_never_violates_a_hard_constraint(nodes in fleet(), jobs in proptest::collection::vec(job(), 1..30)) {
+    fn the_lease_path_never_violates_a_hard_constraint(
+        nodes in fleet(),
+        jobs in proptest::collection::vec((job(), 0..KEYS.len()), 1..30),
+        weights in proptest::collection::vec(1u32..5, KEYS.len()),
+        limits in proptest::collection::vec(proptest::option::of(1u32..4), KEYS.len()),
+        fair_share in any::<bool>(),
+    ) {
+        let tenants = Tenants::default();
+        for (idx, key) in KEYS.iter().enumerate() {
+            tenants.set_policy(key, KeyPolicy { weight: weights[idx], max_concurrent: limits[idx], ..KeyPolicy::default() });
+        }
+        let share = Share { tenants: Some(&tenants), fair_share, expected_ms: &|_| 1000.0 };
         let (_dir, mut conn) = temp_db();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).expect("tx");
-        for (idx, route) in jobs.iter().enumerate() {
+        for (idx, (route, key)) in jobs.iter().enumerate() {
             let spec = SubmitJob {
                 kind: route.needs.kind.clone(),
                 prompt: Some(format!("job {idx}")),
@@ -117,16 +134,23 @@ proptest! {
                 preferences: Preferences { region: route.prefer_region.clone(), node: None },
                 ..SubmitJob::default()
             };
-            store::insert_job(&tx, 1_000, &sealer(), 3, "local", &spec, &mut Changes::default()).expect("insert");
+            store::insert_job(&tx, 1_000, &sealer(), 3, &key_actor(KEYS[*key]), &spec, &mut Changes::default()).expect("insert");
         }
+        let mut running: Vec<Vec<JobId>> = vec![Vec::new(); KEYS.len()];
         for node in &nodes {
-            let leases = store::lease_for_node(&tx, 2_000, &sealer(), 10_000, &node.profile, 50, &|_| String::new()).expect("lease");
+            let leases = store::lease_for_node(&tx, 2_000, &sealer(), 10_000, &node.profile, 50, &|_| String::new(), &share).expect("lease");
             for lease in leases {
-                let route = &jobs[lease.job_id as usize - 1];
+                let (route, key) = &jobs[lease.job_id as usize - 1];
                 prop_assert!(
                     routing::check(&route.needs, &node.profile).is_ok(),
                     "job {} ({:?}) leased to {:?}", lease.job_id, route.needs, node.profile
                 );
+                running[*key].push(lease.job_id);
+            }
+        }
+        for (idx, held) in running.iter().enumerate() {
+            if let Some(limit) = limits[idx] {
+                prop_assert!(held.len() as u32 <= limit, "{} leased {} over its limit {limit}", KEYS[idx], held.len());
             }
         }
         tx.commit().expect("commit");

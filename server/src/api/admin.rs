@@ -7,8 +7,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use kobo_protocol::{
     ApiKeyCreate, ApiKeyCreated, ApiKeyView, AuditList, AuditQuery, AuditVerify, CertificateIssue,
-    CertificateIssued, JoinRequest, JoinResponse, PROVISION_ACTIONS, PROVISION_OUTCOMES,
-    ProvisionRecorded, ProvisionRun, RevokeResponse, TokenCreate, TokenCreated,
+    CertificateIssued, JoinRequest, JoinResponse, KeyPolicyUpdate, PROVISION_ACTIONS,
+    PROVISION_OUTCOMES, ProvisionRecorded, ProvisionRun, RevokeResponse, TokenCreate, TokenCreated,
 };
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
@@ -50,7 +50,7 @@ pub(super) async fn apikeys_create(
     validate::name("name", &req.name)?;
     let created = state
         .admin
-        .create_api_key(&caller, req.name, req.role)
+        .create_api_key(&caller, req.name, req.role, req.policy)
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -59,6 +59,16 @@ pub(super) async fn apikeys_list(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
     Ok(Json(state.admin.list_api_keys().await?))
+}
+
+pub(super) async fn apikeys_update(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<KeyPolicyUpdate>,
+) -> Result<Json<ApiKeyView>, ApiError> {
+    validate::name("id", &id)?;
+    Ok(Json(state.admin.update_api_key(&caller, id, req).await?))
 }
 
 pub(super) async fn apikeys_revoke(

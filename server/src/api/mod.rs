@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, patch, post};
 use kobo_protocol::AccessRole;
 
 pub use auth::Need;
@@ -273,6 +273,13 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
             "/v1/admin/apikeys",
             admin,
             get(admin::apikeys_list),
+        ),
+        route(
+            "PATCH",
+            "/v1/admin/apikeys/{id}",
+            "/v1/admin/apikeys/0000000000000000",
+            admin,
+            patch(admin::apikeys_update),
         ),
         route(
             "POST",

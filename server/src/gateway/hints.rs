@@ -45,10 +45,34 @@ fn named(headers: &HeaderMap, name: &str, d: Dialect) -> Result<Option<String>, 
     Ok(Some(value.to_owned()))
 }
 
-/// The job a gateway request of `api` for `model` becomes.
+/// The session a request belongs to: the `x-session-id` header, else the
+/// OpenAI body's `user` field (an end user's id, as OpenAI asks clients to
+/// send).
+fn session_of(
+    headers: &HeaderMap,
+    body: &serde_json::Value,
+    d: Dialect,
+) -> Result<Option<String>, GatewayError> {
+    let (field, id) = match header(headers, "x-session-id", d)? {
+        Some(id) => ("x-session-id", id),
+        None => match body.get("user") {
+            None | Some(serde_json::Value::Null) => return Ok(None),
+            Some(serde_json::Value::String(user)) => ("user", user.as_str()),
+            Some(_) => {
+                return Err(GatewayError::field(d, "user", "`user` must be a string"));
+            }
+        },
+    };
+    validate::session(field, id)
+        .map_err(|e| GatewayError::field(d, field, format!("`{field}` {}", e.message)))?;
+    Ok(Some(id.to_owned()))
+}
+
+/// The job a gateway request of `api` for `model` with `body` becomes.
 pub(super) fn job_of(
     headers: &HeaderMap,
     model: &str,
+    body: &serde_json::Value,
     config: &GatewayConfig,
     api: GatewayApi,
 ) -> Result<SubmitJob, GatewayError> {
@@ -94,6 +118,7 @@ pub(super) fn job_of(
             ..Preferences::default()
         },
         priority,
+        session: session_of(headers, body, d)?,
         ..SubmitJob::default()
     })
 }
@@ -111,16 +136,84 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-kobo-gpu", "true".parse().unwrap());
         headers.insert("x-kobo-data-location", "japan".parse().unwrap());
-        let job = job_of(&headers, "qwen2.5-coder", &config, GatewayApi::OllamaChat).expect("job");
+        let job = job_of(
+            &headers,
+            "qwen2.5-coder",
+            &serde_json::json!({}),
+            &config,
+            GatewayApi::OllamaChat,
+        )
+        .expect("job");
         assert_eq!(job.kind, "code_generation");
         assert!(job.requirements.gpu);
         assert_eq!(job.requirements.data_location.as_deref(), Some("japan"));
         assert_eq!(job.requirements.capabilities, vec![OLLAMA_API.to_string()]);
-        let job = job_of(&HeaderMap::new(), "other", &config, GatewayApi::OpenAiChat).expect("job");
+        let job = job_of(
+            &HeaderMap::new(),
+            "other",
+            &serde_json::json!({}),
+            &config,
+            GatewayApi::OpenAiChat,
+        )
+        .expect("job");
         assert_eq!(job.kind, config.default_kind);
         assert!(job.requirements.capabilities.is_empty());
         headers.insert("x-kobo-priority", "high".parse().unwrap());
-        let err = job_of(&headers, "m", &config, GatewayApi::OpenAiChat).expect_err("bad");
+        let err = job_of(
+            &headers,
+            "m",
+            &serde_json::json!({}),
+            &config,
+            GatewayApi::OpenAiChat,
+        )
+        .expect_err("bad");
         assert_eq!(err.param.as_deref(), Some("x-kobo-priority"));
+    }
+
+    #[test]
+    fn the_session_is_the_header_else_the_user_field() {
+        let config = GatewayConfig::default();
+        let body = serde_json::json!({"user": "alice@example.com"});
+        let job = job_of(
+            &HeaderMap::new(),
+            "m",
+            &body,
+            &config,
+            GatewayApi::OpenAiChat,
+        )
+        .expect("job");
+        assert_eq!(job.session.as_deref(), Some("alice@example.com"));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-session-id", "conv-42".parse().unwrap());
+        let job = job_of(&headers, "m", &body, &config, GatewayApi::OpenAiChat).expect("job");
+        assert_eq!(job.session.as_deref(), Some("conv-42"));
+        let job = job_of(
+            &HeaderMap::new(),
+            "m",
+            &serde_json::json!({}),
+            &config,
+            GatewayApi::OllamaChat,
+        )
+        .expect("job");
+        assert_eq!(job.session, None);
+        let err = job_of(
+            &HeaderMap::new(),
+            "m",
+            &serde_json::json!({"user": 7}),
+            &config,
+            GatewayApi::OpenAiChat,
+        )
+        .expect_err("a number");
+        assert_eq!(err.param.as_deref(), Some("user"));
+        let long = "x".repeat(kobo_protocol::validate::MAX_SESSION + 1);
+        let err = job_of(
+            &HeaderMap::new(),
+            "m",
+            &serde_json::json!({"user": long}),
+            &config,
+            GatewayApi::OpenAiChat,
+        )
+        .expect_err("too long");
+        assert_eq!(err.param.as_deref(), Some("user"));
     }
 }

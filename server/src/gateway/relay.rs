@@ -222,7 +222,13 @@ async fn run(
     if !models::is_served(&nodes, &checked.model, api.is_ollama()) {
         return Err(GatewayError::model_not_found(d, &checked.model));
     }
-    let job = hints::job_of(&headers, &checked.model, &state.gateway, api)?;
+    let job = hints::job_of(
+        &headers,
+        &checked.model,
+        &checked.call.body,
+        &state.gateway,
+        api,
+    )?;
     let model = checked.model.clone();
     let kind = job.kind.clone();
     if state.queue.streams().len() >= state.gateway.max_requests {

@@ -41,7 +41,11 @@ pub(crate) async fn gateway_cluster(agents: &[&str]) -> (Cluster, String) {
     }
     let key = cluster
         .client()
-        .apikey_create("gateway-client", AccessRole::Submit)
+        .apikey_create(
+            "gateway-client",
+            AccessRole::Submit,
+            kobo_protocol::KeyPolicy::default(),
+        )
         .await
         .expect("submit key")
         .key;
@@ -345,7 +349,11 @@ async fn one_slot(serve_args: &[&str]) -> (Cluster, String, String, Value) {
         .await;
     let key = cluster
         .client()
-        .apikey_create("gateway-client", AccessRole::Submit)
+        .apikey_create(
+            "gateway-client",
+            AccessRole::Submit,
+            kobo_protocol::KeyPolicy::default(),
+        )
         .await
         .expect("key")
         .key;
@@ -624,7 +632,11 @@ async fn past_the_bound_on_requests_in_flight_a_request_is_refused_at_once() {
         .await;
     let key = cluster
         .client()
-        .apikey_create("gateway-client", AccessRole::Submit)
+        .apikey_create(
+            "gateway-client",
+            AccessRole::Submit,
+            kobo_protocol::KeyPolicy::default(),
+        )
         .await
         .expect("key")
         .key;

@@ -25,6 +25,7 @@ mod security_audit;
 mod security_data;
 mod security_hardening;
 mod security_limits;
+mod security_payloads;
 mod security_roles;
 mod security_tls;
 mod shapes;

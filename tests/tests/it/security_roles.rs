@@ -91,6 +91,11 @@ impl Caller {
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(body.to_string()),
+            "PATCH" => self
+                .http
+                .patch(&url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
             "DELETE" => self.http.delete(&url),
             other => panic!("ROUTES holds a method this test does not know: {other}"),
         };
@@ -318,7 +323,11 @@ async fn a_revoked_key_is_refused_on_its_next_request() {
     let cluster = Cluster::builder().start().await;
     let created = cluster
         .client()
-        .apikey_create("soon-revoked", AccessRole::Submit)
+        .apikey_create(
+            "soon-revoked",
+            AccessRole::Submit,
+            kobo_protocol::KeyPolicy::default(),
+        )
         .await
         .expect("create key");
     let caller = Caller::plain(&cluster, Some(created.key.clone()));
