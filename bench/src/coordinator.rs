@@ -59,6 +59,8 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 pub(crate) struct Timings {
     pub(crate) heartbeat_ms: Option<u64>,
     pub(crate) lease_ttl_ms: Option<u64>,
+    /// More `serve` flags (e.g. `--no-fair-share`).
+    pub(crate) serve_args: Vec<String>,
 }
 
 /// A running `kobo-coord serve`.
@@ -125,6 +127,7 @@ impl Coordinator {
         if let Some(ms) = self.timings.lease_ttl_ms {
             command.arg("--lease-ttl-ms").arg(ms.to_string());
         }
+        command.args(&self.timings.serve_args);
         let child = command.spawn().context("starting kobo-coord")?;
         self.child = Some(child);
         let started = Instant::now();

@@ -40,7 +40,7 @@ const DEFAULT_REPEATS: usize = 3;
 #[command(
     name = "kobo-bench",
     version,
-    about = "Measures kobo: pickup latency, dispatch overhead, throughput, scaling, queue depth, failover, footprint"
+    about = "Measures kobo: pickup latency, dispatch overhead, throughput, scaling, queue depth, failover, footprint, the gateway against LiteLLM, fairness between API keys"
 )]
 struct Cli {
     /// Reduced sizes, one run each: a smoke test of the harness (under a
@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long)]
     repeat: Option<usize>,
     /// Only these figures (comma-separated): pickup, overhead, throughput,
-    /// scaling, depth, failover, footprint, gateway.
+    /// scaling, depth, failover, footprint, gateway, fairness.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON to this file.
@@ -161,6 +161,7 @@ async fn run_figures(env: &Env, only: &[String]) -> anyhow::Result<Vec<FigureRep
             "failover" => figures::failover::run(env).await,
             "footprint" => figures::footprint::run(env).await,
             "gateway" => figures::gateway::run(env).await,
+            "fairness" => figures::fairness::run(env).await,
             other => bail!("unknown figure {other}"),
         }
         .with_context(|| format!("figure {name}"))?;

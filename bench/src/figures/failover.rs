@@ -41,6 +41,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
     let timings = Timings {
         heartbeat_ms: Some(heartbeat.as_millis() as u64),
         lease_ttl_ms: Some(env.pick(LEASE_TTL, LEASE_TTL_QUICK).as_millis() as u64),
+        ..Timings::default()
     };
     let mut coordinator = Coordinator::start(&env.dir("failover"), timings).await?;
     let admin = coordinator.admin()?;

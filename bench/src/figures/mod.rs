@@ -3,6 +3,7 @@
 
 pub(crate) mod depth;
 pub(crate) mod failover;
+pub(crate) mod fairness;
 pub(crate) mod footprint;
 pub(crate) mod gateway;
 pub(crate) mod overhead;
@@ -32,6 +33,7 @@ pub(crate) const ALL: &[&str] = &[
     "failover",
     "footprint",
     "gateway",
+    "fairness",
 ];
 
 /// Jobs inserted per transaction when pre-filling a database directly.

@@ -30,4 +30,5 @@ mod security_roles;
 mod security_tls;
 mod shapes;
 mod sqlite_reporting;
+mod tenancy;
 mod tidy;
