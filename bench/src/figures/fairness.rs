@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use kobo_client::{ApiClient, Endpoint};
-use kobo_protocol::{AccessRole, KeyPolicy, SubmitJob};
+use kobo_protocol::{AccessRole, KeyPolicy};
 use tokio::task::JoinSet;
 
 use super::{Env, noop};
@@ -209,12 +209,13 @@ async fn measure(
     )?;
     let opened = unix_ms();
     let mut light = JoinSet::new();
-    for (_, _, client) in keys[BACKLOGGED.len()..].iter().cloned() {
+    for (_, _, client) in &keys[BACKLOGGED.len()..] {
+        let client = client.clone();
         light.spawn(async move {
             let mut ticks = tokio::time::interval(LIGHT_EVERY);
             let ends = tokio::time::Instant::now() + window;
             while ticks.tick().await < ends {
-                client.submit(&SubmitJob { ..noop(KIND) }).await?;
+                client.submit(&noop(KIND)).await?;
             }
             anyhow::Ok(())
         });
