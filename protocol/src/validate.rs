@@ -350,5 +350,13 @@ mod tests {
         let mut bad = job();
         bad.kind = "has space".into();
         assert_eq!(batch(&[job(), bad]).unwrap_err().field, "jobs[1].kind");
+        for session in ["", "a\nb", &"x".repeat(MAX_SESSION + 1)] {
+            let mut j = job();
+            j.session = Some(session.to_string());
+            assert_eq!(submit(&j, "").unwrap_err().field, "session", "{session:?}");
+        }
+        let mut j = job();
+        j.session = Some("alice@example.com conv 7".into());
+        assert!(submit(&j, "").is_ok(), "any printable text names a session");
     }
 }

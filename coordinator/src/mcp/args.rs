@@ -360,6 +360,20 @@ mod tests {
     }
 
     #[test]
+    fn every_job_of_a_call_carries_its_session() {
+        let parsed: SubmitJobsArgs = parse(
+            "submit_jobs",
+            args(serde_json::json!({"prompts": ["a", "b"], "session": "review-7"})),
+        )
+        .expect("valid");
+        let jobs = parsed.to_jobs().expect("jobs");
+        assert!(
+            jobs.iter()
+                .all(|j| j.session.as_deref() == Some("review-7"))
+        );
+    }
+
+    #[test]
     fn one_prompt_keeps_its_key() {
         let parsed = SubmitJobsArgs {
             prompt: Some("a".into()),
