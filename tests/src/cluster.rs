@@ -408,6 +408,45 @@ impl Cluster {
 
     /// Starts an agent process and waits until the coordinator lists it.
     pub async fn agent(&mut self, spec: AgentSpec) -> usize {
+        let node_id = spec.node_id.clone();
+        let idx = self.spawn_agent(spec).await;
+        self.wait_registered(&[node_id]).await;
+        idx
+    }
+
+    /// Starts many agent processes at once, then waits until the
+    /// coordinator lists them all active.
+    pub async fn agents(&mut self, specs: Vec<AgentSpec>) {
+        let ids: Vec<String> = specs.iter().map(|s| s.node_id.clone()).collect();
+        for spec in specs {
+            self.spawn_agent(spec).await;
+        }
+        self.wait_registered(&ids).await;
+    }
+
+    async fn wait_registered(&self, node_ids: &[String]) {
+        let what = match node_ids {
+            [one] => format!("agent {one} registered"),
+            many => format!("{} agents registered", many.len()),
+        };
+        self.wait_until(&what, || async {
+            self.client()
+                .nodes()
+                .await
+                .map(|nodes| {
+                    node_ids.iter().all(|id| {
+                        nodes.iter().any(|n| {
+                            &n.node_id == id && n.status == kobo_protocol::NodeStatus::Active
+                        })
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .await;
+    }
+
+    /// Starts an agent process (enrolled with a fresh join token).
+    async fn spawn_agent(&mut self, spec: AgentSpec) -> usize {
         let idx = self.agents.len();
         let log = self
             .data_dir
@@ -457,20 +496,7 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .expect("start kobo-agent");
-        let node_id = spec.node_id.clone();
         self.agents.push(Agent { spec, child, log });
-        self.wait_until(&format!("agent {node_id} registered"), || async {
-            self.client()
-                .nodes()
-                .await
-                .map(|nodes| {
-                    nodes.iter().any(|n| {
-                        n.node_id == node_id && n.status == kobo_protocol::NodeStatus::Active
-                    })
-                })
-                .unwrap_or(false)
-        })
-        .await;
         idx
     }
 

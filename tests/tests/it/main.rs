@@ -6,6 +6,7 @@ mod bad_input;
 mod cancel;
 mod chaos;
 mod chaos_disk;
+mod chaos_load;
 mod chaos_net;
 mod cli;
 mod crash;
