@@ -27,6 +27,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod init;

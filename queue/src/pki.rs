@@ -86,7 +86,7 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = rcgen::date_time_ymd(1970, 1, 1)
-        + std::time::SystemTime::now()
+        + crate::clock::system_time()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
     params.not_before = now - Duration::from_secs(3600);

@@ -32,13 +32,28 @@ pub fn server_config(
         path: paths.ca_cert.clone(),
         message: e.to_string(),
     })?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    // Client certificates are checked against the coordinator's clock, the
+    // one every other deadline uses: a step of the system clock does not
+    // make agents' certificates look expired or not yet valid.
+    let mut config = ServerConfig::builder_with_details(provider, Arc::new(CoordinatorClock))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// rustls's time: [`kobo_queue::clock`].
+#[derive(Debug)]
+struct CoordinatorClock;
+
+impl rustls::time_provider::TimeProvider for CoordinatorClock {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(
+            std::time::Duration::from_millis(kobo_queue::clock::unix_now_ms().max(0) as u64),
+        ))
+    }
 }
 
 /// The server certificate, swappable while serving (renewal without restart).

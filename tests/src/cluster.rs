@@ -64,6 +64,8 @@ pub struct ClusterBuilder {
     pub listen_ip: String,
     /// Put the data directory on a tmpfs of this many MiB (needs root).
     pub tmpfs_mib: Option<u64>,
+    /// More environment of the coordinator process (e.g. libfaketime's).
+    pub coordinator_env: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -103,6 +105,13 @@ impl ClusterBuilder {
     /// fill); fails the test unless run as root.
     pub fn tmpfs_mib(mut self, mib: u64) -> Self {
         self.tmpfs_mib = Some(mib);
+        self
+    }
+
+    /// Sets `key=value` in the coordinator's environment.
+    pub fn coordinator_env(mut self, key: &str, value: &str) -> Self {
+        self.coordinator_env
+            .push((key.to_string(), value.to_string()));
         self
     }
 
@@ -309,6 +318,7 @@ impl Cluster {
             serve_args: Vec::new(),
             listen_ip: "127.0.0.1".to_string(),
             tmpfs_mib: None,
+            coordinator_env: Vec::new(),
         }
     }
 
@@ -390,7 +400,8 @@ impl Cluster {
             .args(["--max-attempts", &s.max_attempts.to_string()])
             .args(["--long-poll-ms", &s.long_poll_ms.to_string()])
             .args(&s.serve_args)
-            .env("RUST_LOG", "info,kobo_coord=debug");
+            .env("RUST_LOG", "info,kobo_coord=debug")
+            .envs(s.coordinator_env.iter().map(|(k, v)| (k, v)));
         command
     }
 

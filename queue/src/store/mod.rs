@@ -23,7 +23,6 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
@@ -40,12 +39,10 @@ pub use timed::*;
 pub use views::*;
 pub use writer::{AfterCommit, Effect, LeaseSender, WriteCtx, WriterHandle};
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now, on the coordinator's clock
+/// (monotonic once read: see [`crate::clock`]).
 pub fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::clock::unix_now_ms()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cancel;
 mod chaos;
+mod chaos_clock;
 mod chaos_disk;
 mod chaos_load;
 mod chaos_net;

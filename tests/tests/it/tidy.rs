@@ -160,6 +160,28 @@ fn no_debugging_macros_are_left_in() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+#[test]
+fn the_engine_reads_the_wall_clock_only_through_its_clock() {
+    // Spelled in pieces so this file does not match itself.
+    let wall = concat!("SystemTime", "::now");
+    let root = workspace_root();
+    let mut files = Vec::new();
+    for dir in ["queue/src", "server/src"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let problems: Vec<String> = files
+        .iter()
+        .filter(|path| !path.ends_with("queue/src/clock.rs"))
+        .filter(|path| std::fs::read_to_string(path).expect("read").contains(wall))
+        .map(|path| relative(path))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{wall} outside queue/src/clock.rs (use kobo_queue::clock, so a clock step moves no deadline): {}",
+        problems.join(", ")
+    );
+}
+
 /// Each workspace crate and the crates it depends on directly (any kind).
 fn dependency_graph() -> BTreeMap<String, Vec<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
