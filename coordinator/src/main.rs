@@ -17,6 +17,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.config()?;
+            raise_fd_limit(config.limits.max_connections as u64);
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("listening on {}", args.listen))?;
@@ -43,6 +44,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hosts(command) => kobo_coord::provision::hosts(command).await,
         Command::Keygen(args) => kobo_coord::provision::keygen(args),
         Command::Mcp(args) => kobo_coord::mcp::serve_stdio(args.client.client()?).await,
+    }
+}
+
+/// File descriptors beyond the connections: the database, its WAL and
+/// shared memory, logs, the listener, spare.
+const FD_HEADROOM: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit (where the OS
+/// allows: an unprivileged process may go up to the hard limit), since
+/// every connection holds one; says when even the hard limit is below
+/// `--max-connections`, the real bound then.
+fn raise_fd_limit(max_connections: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => {
+                tracing::warn!(soft, hard, error = %err, "could not raise the open-file limit")
+            }
+        }
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
+    if limit < max_connections + FD_HEADROOM {
+        tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below --max-connections: at most about {} connections can be open; raise it (ulimit -Hn, systemd LimitNOFILE=)",
+            limit.saturating_sub(FD_HEADROOM)
+        );
     }
 }
 
