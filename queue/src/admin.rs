@@ -133,6 +133,7 @@ impl Admin {
             })
             .await?;
         self.hub.tenants.set_policy(&view.id, view.policy.clone());
+        self.hub.tenants.set_name(&view.id, &view.name);
         self.access.put_key(ApiKeyRecord {
             view: view.clone(),
             secret_mac: mac,

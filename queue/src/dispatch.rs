@@ -105,6 +105,40 @@ impl Hub {
             .is_empty()
     }
 
+    /// A key under a concurrency limit whose running job just ended has room
+    /// again: its next queued jobs are offered to parked agents with the jobs
+    /// that became ready (hand-off passed them over while the key was full).
+    pub fn offer_freed(
+        &self,
+        ctx: &mut WriteCtx<'_>,
+        changes: &mut store::Changes,
+    ) -> Result<(), StoreError> {
+        if !self.has_parked() {
+            // Agents that are not parked pull, and the lease path sees the room.
+            return Ok(());
+        }
+        let mut offered: Vec<&str> = Vec::new();
+        for (key, _) in &changes.freed {
+            if offered.contains(&key.as_str()) {
+                continue;
+            }
+            offered.push(key);
+            let Some(limit) = self.tenants.share_of(key).1 else {
+                continue;
+            };
+            let room = limit.saturating_sub(store::count_leased_by(ctx.tx, key)?);
+            if room == 0 {
+                continue;
+            }
+            for job in store::next_queued_of_key(ctx.tx, key, room)? {
+                if !changes.ready.iter().any(|r| r.id == job.id) {
+                    changes.ready.push(job);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a parked request; false if a hand-off already claimed it (its
     /// leases are on their way).
     pub fn unpark(&self, waiter_id: u64) -> bool {

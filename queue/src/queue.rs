@@ -53,8 +53,13 @@ fn apply(hub: &Hub, ctx: &mut WriteCtx<'_>, mut changes: Changes) -> Result<(), 
     }
     for done in &changes.completed {
         hub.record_completion(done);
+        hub.tenants.record_tokens(
+            &done.submitted_by,
+            done.prompt_tokens + done.completion_tokens,
+            ctx.now,
+        );
     }
-    offer_freed(hub, ctx, &mut changes)?;
+    hub.offer_freed(ctx, &mut changes)?;
     for job_id in changes.finished {
         ctx.effect(Effect::Finished(job_id));
     }
@@ -62,36 +67,6 @@ fn apply(hub: &Hub, ctx: &mut WriteCtx<'_>, mut changes: Changes) -> Result<(), 
         ctx.effect(Effect::WakeTimer);
     }
     hub.hand_off(ctx, changes.ready)
-}
-
-/// A key under a concurrency limit whose running job just ended has room
-/// again: its next queued jobs are offered to parked agents with the jobs
-/// that became ready (hand-off passed them over while the key was full).
-fn offer_freed(hub: &Hub, ctx: &mut WriteCtx<'_>, changes: &mut Changes) -> Result<(), StoreError> {
-    if !hub.has_parked() {
-        // Agents that are not parked pull, and the lease path sees the room.
-        return Ok(());
-    }
-    let mut offered: Vec<&str> = Vec::new();
-    for (key, _) in &changes.freed {
-        if offered.contains(&key.as_str()) {
-            continue;
-        }
-        offered.push(key);
-        let Some(limit) = hub.tenants.share_of(key).1 else {
-            continue;
-        };
-        let room = limit.saturating_sub(store::count_leased_by(ctx.tx, key)?);
-        if room == 0 {
-            continue;
-        }
-        for job in store::next_queued_of_key(ctx.tx, key, room)? {
-            if !changes.ready.iter().any(|r| r.id == job.id) {
-                changes.ready.push(job);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Loads a node, refusing a call from an agent instance that is no longer
@@ -207,6 +182,20 @@ impl Queue {
                 let mut changes = Changes::default();
                 let default_attempts = hub.config.default_max_attempts;
                 let actor = caller.actor();
+                // The key's limits, checked here, in the writer: exact under
+                // concurrency. A refused request writes only its audit row.
+                let new_requests = store::new_requests(ctx.tx, jobs.iter().map(|(job, _)| job))?;
+                if let Some(refusal) = hub.tenants.admit(ctx.tx, &actor, new_requests, ctx.now)? {
+                    let denial = admin::record(
+                        &caller,
+                        action,
+                        None,
+                        "denied",
+                        Some(refusal.message.clone()),
+                    );
+                    store::append_audit(ctx.tx, ctx.now, &denial)?;
+                    return Ok(Err(refusal));
+                }
                 let answers = jobs
                     .iter()
                     .map(|(job, request)| {
@@ -237,9 +226,10 @@ impl Queue {
                     &admin::record(&caller, action, Some(target), "ok", Some(detail)),
                 )?;
                 apply(&hub, ctx, changes)?;
-                Ok(answers)
+                Ok(Ok(answers))
             })
-            .await
+            .await?
+            .map_err(StoreError::Limited)
     }
 
     /// The relay of streamed answers (gateway requests).

@@ -450,7 +450,32 @@ def ollama_json(gw):
     return {"text": text, "parsed_ok": parses_as_object(text)}
 
 
+def openai_chat_limited(gw):
+    """Two chats on a key limited to one request a minute: the first is
+    answered, the second refused with 429 (max_retries=0: the SDK would
+    otherwise wait out Retry-After and try again)."""
+    client = gw.openai()
+    first = client.chat.completions.create(model=gw.model, messages=chat_messages())
+    try:
+        client.chat.completions.create(model=gw.model, messages=chat_messages())
+    except openai.RateLimitError as exc:
+        refused = openai_status_error(exc)
+        refused["retry_after"] = exc.response.headers.get("retry-after")
+        return {"first": first.choices[0].message.content is not None, "refused": refused}
+    return {"first": True, "refused": None}
+
+
+def ollama_chat_limited(gw):
+    client = gw.ollama()
+    first = client.chat(model=gw.model, messages=chat_messages())
+    refused = ollama_expect_error(
+        lambda: client.chat(model=gw.model, messages=chat_messages()))
+    return {"first": bool(first.message.content), "refused": refused}
+
+
 SCENARIOS = {f.__name__: f for f in (
+    openai_chat_limited,
+    ollama_chat_limited,
     openai_chat,
     openai_chat_stream,
     openai_chat_stream_slow,

@@ -47,6 +47,7 @@ pub struct Completion {
     pub kind: String,
     pub model: Option<String>,
     pub duration_ms: u64,
+    pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
 
@@ -411,6 +412,7 @@ pub fn complete_job(
                 kind: row.route.needs.kind.clone(),
                 model: row.route.needs.model.clone(),
                 duration_ms: output.usage.duration_ms,
+                prompt_tokens: output.usage.prompt_tokens,
                 completion_tokens: output.usage.completion_tokens,
             });
             let result = serde_json::to_string(output)
@@ -473,6 +475,44 @@ pub fn complete_job(
 /// Adds a successful attempt to the usage of its submitter, model, node and
 /// hour, exactly as the LLM server reported it.
 pub const ADD_USAGE: &str = "INSERT INTO usage (hour, key, model, node_id, requests, prompt_tokens, completion_tokens, llm_ms) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (hour, key, model, node_id) DO UPDATE SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, llm_ms = llm_ms + excluded.llm_ms";
+
+/// Tokens (prompt and completion) `key`'s successful attempts reported in
+/// the hours from `since` (a budget period's start, on an hour).
+pub const TOKENS_USED_SINCE: &str = "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage WHERE key = ?1 AND hour >= ?2";
+
+pub fn tokens_used_since(tx: &Transaction<'_>, key: &str, since: i64) -> Result<u64, StoreError> {
+    let used: i64 = tx
+        .prepare_cached(TOKENS_USED_SINCE)?
+        .query_row(params![key, since], |r| r.get(0))?;
+    Ok(used.max(0) as u64)
+}
+
+/// How many of `jobs` are new requests: all but repeats of a known
+/// idempotency key (answered with their earlier job).
+pub fn new_requests<'a>(
+    tx: &Transaction<'_>,
+    jobs: impl Iterator<Item = &'a SubmitJob>,
+) -> Result<u32, StoreError> {
+    let mut n = 0;
+    for job in jobs {
+        let repeated = match &job.idempotency_key {
+            Some(key) => idempotency_known(tx, key)?,
+            None => false,
+        };
+        n += u32::from(!repeated);
+    }
+    Ok(n)
+}
+
+/// Whether a job with idempotency key `key` exists (a repeated submit,
+/// answered with that job: not a new request for the rate limits).
+pub fn idempotency_known(tx: &Transaction<'_>, key: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(FIND_BY_IDEMPOTENCY_KEY)?
+        .query_row([key], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
 
 fn add_usage(
     tx: &Transaction<'_>,

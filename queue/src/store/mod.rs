@@ -99,6 +99,10 @@ pub enum StoreError {
          readable with `sqlite3 damaged.db .recover | sqlite3 kobo.db`"
     )]
     Damaged { path: PathBuf, problems: String },
+    /// Over a key's rate limit or budget: nothing was written but the
+    /// refusal's audit row.
+    #[error("{}", .0.message)]
+    Limited(crate::tenancy::Refusal),
 }
 
 impl StoreError {

@@ -41,6 +41,7 @@ pub const QUERIES: &[&str] = &[
     super::jobs::SELECT_JOB_ROW,
     super::jobs::SELECT_SESSION_NODE,
     super::jobs::ADD_USAGE,
+    super::jobs::TOKENS_USED_SINCE,
     super::leases::SELECT_QUEUED_KEYS,
     super::leases::SELECT_QUEUED_OF_KEY,
     super::leases::COUNT_LEASED_BY,

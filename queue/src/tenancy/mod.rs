@@ -6,15 +6,17 @@
 //! `local`, …); a submitter that is not an API key has the default policy.
 
 pub mod fair;
+pub mod limits;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use kobo_protocol::{KeyPolicy, PriorityClass};
 
-use crate::store::ApiKeyRecord;
+use crate::store::{self, ApiKeyRecord, StoreError};
 
 pub use fair::FairShare;
+pub use limits::{RateLimits, Refusal};
 
 /// The submitter name of an API key's jobs.
 pub fn key_actor(id: &str) -> String {
@@ -25,7 +27,10 @@ pub fn key_actor(id: &str) -> String {
 #[derive(Default)]
 pub struct Tenants {
     policies: RwLock<HashMap<String, KeyPolicy>>,
+    /// Keys' names by submitter, for messages.
+    names: RwLock<HashMap<String, String>>,
     fair: Mutex<FairShare>,
+    rates: Mutex<RateLimits>,
 }
 
 impl Tenants {
@@ -35,9 +40,62 @@ impl Tenants {
             .policies
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
         for key in keys {
             policies.insert(key_actor(&key.view.id), key.view.policy.clone());
+            names.insert(key_actor(&key.view.id), key.view.name.clone());
         }
+    }
+
+    /// Names a key in messages (created).
+    pub fn set_name(&self, key_id: &str, name: &str) {
+        self.names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key_actor(key_id), name.to_string());
+    }
+
+    /// Admits `n` new requests of `submitter` at `now` under its limits
+    /// (requests and tokens per minute, budget), recording them; or says
+    /// why not. Called in the writer's transaction, so it is exact under
+    /// concurrency; the budget is read from `usage` in that transaction.
+    pub fn admit(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        submitter: &str,
+        n: u32,
+        now: i64,
+    ) -> Result<Option<Refusal>, StoreError> {
+        let policy = self.policy(submitter);
+        if policy.rpm.is_none() && policy.tpm.is_none() && policy.budget.is_none() || n == 0 {
+            return Ok(None);
+        }
+        let name = self
+            .names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(submitter)
+            .cloned()
+            .unwrap_or_else(|| submitter.to_string());
+        if let Some(budget) = policy.budget {
+            let (start, resets_at) = limits::budget_period(budget.period, now);
+            let used = store::tokens_used_since(tx, submitter, start)?;
+            if let Some(refusal) = limits::budget_refusal(&name, &policy, used, resets_at, now) {
+                return Ok(Some(refusal));
+            }
+        }
+        let mut rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(rates.admit(submitter, &name, &policy, n, now).err())
+    }
+
+    /// Counts the tokens a successful attempt of `submitter` reported
+    /// against its tokens-per-minute limit.
+    pub fn record_tokens(&self, submitter: &str, tokens: u64, now: i64) {
+        let policy = self.policy(submitter);
+        self.rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record_tokens(submitter, &policy, tokens, now);
     }
 
     /// Sets the policy of a key (created or updated).

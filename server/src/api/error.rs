@@ -19,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl ApiError {
             code: "invalid_field",
             message: message.into(),
             field: Some(field.into()),
+            retry_after: None,
         }
     }
 
@@ -77,6 +81,10 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(message) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
             }
+            StoreError::Limited(refusal) => ApiError {
+                retry_after: Some(refusal.retry_after_secs()),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, refusal.code, refusal.message)
+            },
             other => {
                 tracing::error!(error = ?other, "internal error");
                 ApiError::new(
@@ -98,7 +106,13 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -93,6 +93,23 @@ impl GatewayError {
         err
     }
 
+    /// 429 for a request over its key's rate limit or budget, as OpenAI
+    /// words them: `type` `requests` or `tokens` with code
+    /// `rate_limit_exceeded`, or `insufficient_quota` for a spent budget;
+    /// Ollama's plain `error`.
+    pub fn limited(dialect: Dialect, refusal: &kobo_queue::tenancy::Refusal) -> Self {
+        let mut err = GatewayError::new(dialect, StatusCode::TOO_MANY_REQUESTS, &refusal.message);
+        let (kind, code) = match refusal.limit {
+            "requests" => ("requests", "rate_limit_exceeded"),
+            "tokens" => ("tokens", "rate_limit_exceeded"),
+            _ => ("insufficient_quota", "insufficient_quota"),
+        };
+        err.kind = kind;
+        err.code = Some(code.into());
+        err.retry_after = Some(refusal.retry_after_secs());
+        err
+    }
+
     /// 404 for a model no active node serves, worded as each server words it.
     pub fn model_not_found(dialect: Dialect, model: &str) -> Self {
         let message = match dialect {

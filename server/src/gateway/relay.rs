@@ -18,9 +18,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use kobo_protocol::{GatewayApi, JobId, JobState, JobView};
-use kobo_queue::Queue;
 use kobo_queue::access::Caller;
 use kobo_queue::streams::{Frame, Listener};
+use kobo_queue::{Queue, StoreError};
 use tokio::time::Instant;
 
 use super::errors::{Dialect, GatewayError};
@@ -249,9 +249,12 @@ async fn run(
         .queue
         .submit_gateway(&caller, job, checked.call)
         .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "submitting a gateway request");
-            GatewayError::new(d, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        .map_err(|err| match err {
+            StoreError::Limited(refusal) => GatewayError::limited(d, &refusal),
+            err => {
+                tracing::error!(error = %err, "submitting a gateway request");
+                GatewayError::new(d, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
         })?;
     let job_id = submitted.id;
     let place = if submitted.state == JobState::Queued {

@@ -17,6 +17,7 @@ mod gateway;
 mod gateway_midstream;
 mod happy;
 mod idempotency;
+mod limits;
 mod llm;
 mod mcp;
 mod metrics;
