@@ -134,6 +134,8 @@ pub(crate) struct Probe {
     pub(crate) errors: AtomicU64,
     first_error: Mutex<Option<String>>,
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
+    /// (when sent, round trip) of every successful heartbeat.
+    heartbeats: Mutex<Vec<(Instant, Duration)>>,
 }
 
 impl Probe {
@@ -157,6 +159,17 @@ impl Probe {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         first.get_or_insert_with(|| format!("{what}: {err}"));
+    }
+
+    /// Round trips of the heartbeats sent at or after `from`.
+    pub(crate) fn heartbeats_since(&self, from: Instant) -> Vec<Duration> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .map(|(_, rtt)| *rtt)
+            .collect()
     }
 
     pub(crate) fn reported(&self) -> u64 {
@@ -456,7 +469,16 @@ async fn heartbeat_loop(agent: Arc<Running>, stop: CancellationToken) {
         };
         let sent = Instant::now();
         match agent.agent.client.heartbeat(&req).await {
-            Ok(_) => rtt_ms = Some(sent.elapsed().as_millis().min(u32::MAX as u128) as u32),
+            Ok(_) => {
+                let rtt = sent.elapsed();
+                rtt_ms = Some(rtt.as_millis().min(u32::MAX as u128) as u32);
+                agent
+                    .probe
+                    .heartbeats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((sent, rtt));
+            }
             Err(err) => agent.probe.error("heartbeat", &err),
         }
     }

@@ -51,7 +51,7 @@ struct Cli {
     #[arg(long)]
     repeat: Option<usize>,
     /// Only these figures (comma-separated): pickup, overhead, throughput,
-    /// scaling, depth, failover, footprint, gateway, fairness.
+    /// scaling, depth, failover, footprint, gateway, fairness, fleet.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON to this file.
@@ -162,6 +162,7 @@ async fn run_figures(env: &Env, only: &[String]) -> anyhow::Result<Vec<FigureRep
             "footprint" => figures::footprint::run(env).await,
             "gateway" => figures::gateway::run(env).await,
             "fairness" => figures::fairness::run(env).await,
+            "fleet" => figures::fleet::run(env).await,
             other => bail!("unknown figure {other}"),
         }
         .with_context(|| format!("figure {name}"))?;

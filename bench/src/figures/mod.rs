@@ -4,6 +4,7 @@
 pub(crate) mod depth;
 pub(crate) mod failover;
 pub(crate) mod fairness;
+pub(crate) mod fleet;
 pub(crate) mod footprint;
 pub(crate) mod gateway;
 pub(crate) mod overhead;
@@ -34,6 +35,7 @@ pub(crate) const ALL: &[&str] = &[
     "footprint",
     "gateway",
     "fairness",
+    "fleet",
 ];
 
 /// Jobs inserted per transaction when pre-filling a database directly.
