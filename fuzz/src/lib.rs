@@ -32,6 +32,42 @@ fn inventory(bytes: &[u8]) {
     }
 }
 
+/// The agent's Ollama NDJSON framing: lines must not depend on where the chunks split.
+fn ndjson(bytes: &[u8]) {
+    let feed = |parts: &[&[u8]]| {
+        let mut d = p::framing::LineDecoder::new(4096);
+        let mut lines = Vec::new();
+        for part in parts {
+            lines.extend(d.push(part).ok()?);
+        }
+        lines.extend(d.finish());
+        Some(lines)
+    };
+    let at = bytes.first().map_or(0, |b| *b as usize % (bytes.len() + 1));
+    let (whole, split) = (feed(&[bytes]), feed(&[&bytes[..at], &bytes[at..]]));
+    if let (Some(w), Some(s)) = (whole, split) {
+        assert_eq!(w, s, "lines depend on the chunk split at {at}");
+    }
+}
+
+/// The agent's OpenAI SSE framing: events must not depend on where the chunks split.
+fn sse(bytes: &[u8]) {
+    let feed = |parts: &[&[u8]]| {
+        let mut d = p::framing::SseDecoder::new(4096);
+        let mut events = Vec::new();
+        for part in parts {
+            events.extend(d.push(part).ok()?);
+        }
+        events.extend(d.finish().ok()?);
+        Some(events)
+    };
+    let at = bytes.first().map_or(0, |b| *b as usize % (bytes.len() + 1));
+    let (whole, split) = (feed(&[bytes]), feed(&[&bytes[..at], &bytes[at..]]));
+    if let (Some(w), Some(s)) = (whole, split) {
+        assert_eq!(w, s, "events depend on the chunk split at {at}");
+    }
+}
+
 pub const TARGETS: &[Target] = &[
     Target {
         name: "submit",
@@ -82,5 +118,19 @@ pub const TARGETS: &[Target] = &[
         name: "inventory",
         run: inventory,
         seeds: &[include_str!("../../examples/inventory.yaml")],
+    },
+    Target {
+        name: "ndjson",
+        run: ndjson,
+        seeds: &[
+            "{\"model\":\"m\",\"response\":\"Hel\",\"done\":false}\n{\"model\":\"m\",\"response\":\"\",\"done\":true,\"prompt_eval_count\":7,\"eval_count\":2}\n",
+        ],
+    },
+    Target {
+        name: "sse",
+        run: sse,
+        seeds: &[
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n: keepalive\r\nevent: x\ndata: a\ndata: b\n\ndata: [DONE]\n\n",
+        ],
     },
 ];
