@@ -19,7 +19,7 @@ use kobo_protocol::{
     AccessRole, ApiKeyCreate, ApiKeyCreated, ApiKeyView, AuditList, AuditQuery, AuditVerify,
     ClientFile, DataDir, ErrorBody, JobDetail, JobId, JobList, JobListQuery, JobView, KeyPolicy,
     KeyPolicyUpdate, NodeView, RevokeResponse, SubmitBatch, SubmitBatchResponse, SubmitJob,
-    SubmitResponse, TokenCreate, TokenCreated,
+    SubmitResponse, TokenCreate, TokenCreated, UsageQuery, UsageRow,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -341,6 +341,13 @@ impl ApiClient {
         String::from_utf8(bytes.to_vec()).map_err(|_| ClientError::Protocol {
             message: "the CA certificate is not text".into(),
         })
+    }
+
+    /// `GET /v1/usage`: usage summed per the query's grouping (an admin
+    /// sees every key, anyone else only its own).
+    pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
+        self.call(Method::GET, "/v1/usage", query_pairs(query), None::<&()>)
+            .await
     }
 
     pub async fn audit(&self, query: &AuditQuery) -> Result<AuditList> {

@@ -37,6 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => cli::token(command).await,
         Command::Node(command) => cli::node(command).await,
         Command::Audit(args) => cli::audit(args).await,
+        Command::Usage(args) => cli::usage(args).await,
         Command::Drain(args) => cli::drain(args, true).await,
         Command::Resume(args) => cli::drain(args, false).await,
         Command::Schedule(command) => cli::schedule(command).await,

@@ -153,6 +153,7 @@ pub(crate) async fn openai(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
     };
     let dims = dims_of(value);
     let prompt_tokens: u64 = inputs.iter().map(|(_, n)| n).sum();
+    shared.reported.add(prompt_tokens, 0);
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
@@ -200,6 +201,7 @@ pub(crate) async fn ollama_embed(State(shared): State<Arc<Shared>>, body: Bytes)
     let dims = dims_of(value);
     let embeddings: Vec<Vec<f32>> = inputs.iter().map(|t| embedding(t, dims)).collect();
     let prompt_eval_count: u64 = inputs.iter().map(|t| words(t)).sum();
+    shared.reported.add(prompt_eval_count, 0);
     let total = u64::try_from(admitted.started.elapsed().as_nanos())
         .unwrap_or(u64::MAX)
         .saturating_add(LOAD_DURATION_NS);

@@ -154,6 +154,9 @@ pub(crate) async fn generation(shared: Arc<Shared>, api: Api, path: &str, body: 
         started: admitted.started,
     };
     if !ask.stream {
+        shared
+            .reported
+            .add(reply.prompt_tokens, reply.completion_tokens());
         let value = if api.is_ollama() {
             reply.ollama_final(true)
         } else {

@@ -48,9 +48,26 @@ pub(crate) struct Shared {
     /// Callers killed by the poison knob.
     pub(crate) poison_kills: AtomicU64,
     pub(crate) next_id: AtomicU64,
+    pub(crate) reported: Arc<Reported>,
     /// Woken on every behavior change, for requests under `hold`.
     pub(crate) behavior_changed: Notify,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// Tokens the fake reported in its answers' usage (OpenAI's `usage`,
+/// Ollama's `prompt_eval_count` and `eval_count`), summed: what a
+/// coordinator's usage accounting must add up to.
+#[derive(Debug, Default)]
+pub(crate) struct Reported {
+    prompt: AtomicU64,
+    completion: AtomicU64,
+}
+
+impl Reported {
+    pub(crate) fn add(&self, prompt: u64, completion: u64) {
+        self.prompt.fetch_add(prompt, Ordering::SeqCst);
+        self.completion.fetch_add(completion, Ordering::SeqCst);
+    }
 }
 
 /// The mutable state behind one lock.
@@ -88,6 +105,7 @@ pub async fn start_on(addr: SocketAddr, behavior: FakeBehavior) -> io::Result<Fa
         aborted: AtomicU64::new(0),
         poison_kills: AtomicU64::new(0),
         next_id: AtomicU64::new(1),
+        reported: Arc::default(),
         behavior_changed: Notify::new(),
         shutdown: CancellationToken::new(),
     });
@@ -144,6 +162,17 @@ impl FakeLlm {
     /// Requests received, control endpoints aside.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Prompt tokens reported in every answer's usage so far (streamed
+    /// answers count when their usage frame is sent).
+    pub fn prompt_tokens_reported(&self) -> u64 {
+        self.shared.reported.prompt.load(Ordering::SeqCst)
+    }
+
+    /// Completion tokens reported in every answer's usage so far.
+    pub fn completion_tokens_reported(&self) -> u64 {
+        self.shared.reported.completion.load(Ordering::SeqCst)
     }
 
     /// Callers killed by [`FakeBehavior::kill_caller_on`].
@@ -342,6 +371,8 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
         "in_flight": shared.in_flight.load(Ordering::SeqCst),
         "aborted": shared.aborted.load(Ordering::SeqCst),
         "poison_kills": shared.poison_kills.load(Ordering::SeqCst),
+        "prompt_tokens_reported": shared.reported.prompt.load(Ordering::SeqCst),
+        "completion_tokens_reported": shared.reported.completion.load(Ordering::SeqCst),
         "per_path": per_path,
     }))
     .into_response()

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::behavior::{FakeBehavior, FakeFailure};
 use crate::generate::Api;
 use crate::reply::Reply;
-use crate::server::Shared;
+use crate::server::{Reported, Shared};
 
 /// Before aborting a cut stream, wait this long so the chunks before the
 /// cut reach the client.
@@ -76,6 +77,16 @@ impl Reply {
         frames
     }
 
+    /// Whether `frame` carries this reply's usage: Ollama's `done` line,
+    /// OpenAI's usage chunk.
+    fn reports_usage(&self, frame: &Frame) -> bool {
+        match frame {
+            Frame::Finish => self.api.is_ollama(),
+            Frame::Usage => !self.api.is_ollama(),
+            _ => false,
+        }
+    }
+
     /// One frame on the wire: an NDJSON line or an SSE event.
     fn render(&self, frame: &Frame) -> Bytes {
         if self.api.is_ollama() {
@@ -101,6 +112,7 @@ pub(crate) fn stream_body(
         gap: Option<Duration>,
         cut: Option<(u32, bool)>,
         shutdown: CancellationToken,
+        reported: Arc<Reported>,
         over: bool,
     }
     let gap = (behavior.tokens_per_second > 0.0 && behavior.tokens_per_second.is_finite())
@@ -112,6 +124,7 @@ pub(crate) fn stream_body(
         gap,
         cut: behavior.cut_after_chunks.map(|n| (n, behavior.cut_clean)),
         shutdown: shared.shutdown.clone(),
+        reported: shared.reported.clone(),
         over: false,
     };
     let stream = futures_util::stream::unfold(pace, |mut pace| async move {
@@ -144,6 +157,11 @@ pub(crate) fn stream_body(
             }
         }
         pace.sent += 1;
+        if pace.reply.reports_usage(&frame) {
+            let reply = &pace.reply;
+            pace.reported
+                .add(reply.prompt_tokens, reply.completion_tokens());
+        }
         let bytes = pace.reply.render(&frame);
         Some((Ok::<_, io::Error>(bytes), pace))
     });

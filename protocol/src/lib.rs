@@ -47,7 +47,10 @@ pub use job::*;
 pub use node::*;
 pub use observe::*;
 pub use route::RouteReason;
-pub use tenancy::{Budget, BudgetPeriod, KeyPolicy, KeyPolicyUpdate, PriorityClass, UsageRow};
+pub use tenancy::{
+    Budget, BudgetPeriod, KeyPolicy, KeyPolicyUpdate, PriorityClass, UsageGroup, UsageQuery,
+    UsageRow, usage_actor,
+};
 
 /// The version prefix of every HTTP route (`/v1/...`).
 pub const API_VERSION: &str = "v1";

@@ -256,11 +256,12 @@ impl KeyPolicy {
 
 /// One row of usage: what one key used of one model on one node in one
 /// hour. `GET /v1/usage` and `kobo-coord usage` answer with these, summed
-/// over what was asked.
+/// over what was asked; a column not grouped by is left out.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UsageRow {
     /// The actor the jobs were submitted by (`apikey:<id>`, `local`, …).
-    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The key's name, when the actor is an API key that still exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_name: Option<String>,
@@ -275,6 +276,81 @@ pub struct UsageRow {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub llm_ms: u64,
+}
+
+/// `GET /v1/usage` query: `key` an API key id (or an actor such as
+/// `local`); usage of the hours overlapping `[since, until)`; `group` a
+/// comma list of [`UsageGroup`] names (default `key,model`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<UnixMillis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UnixMillis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// What usage rows may be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UsageGroup {
+    Hour,
+    Key,
+    Model,
+    Node,
+}
+
+impl UsageGroup {
+    pub const ALL: [UsageGroup; 4] = [
+        UsageGroup::Hour,
+        UsageGroup::Key,
+        UsageGroup::Model,
+        UsageGroup::Node,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageGroup::Hour => "hour",
+            UsageGroup::Key => "key",
+            UsageGroup::Model => "model",
+            UsageGroup::Node => "node",
+        }
+    }
+
+    /// A comma list (`key,model`), in the order given, each once; the error
+    /// names the bad part. Empty or absent: `key,model`.
+    pub fn parse_list(list: Option<&str>) -> Result<Vec<UsageGroup>, String> {
+        let list = list.map(str::trim).filter(|l| !l.is_empty());
+        let Some(list) = list else {
+            return Ok(vec![UsageGroup::Key, UsageGroup::Model]);
+        };
+        let mut groups = Vec::new();
+        for part in list.split(',').map(str::trim) {
+            let group = UsageGroup::ALL
+                .into_iter()
+                .find(|g| g.as_str() == part)
+                .ok_or_else(|| {
+                    format!("unknown grouping {part:?} (a comma list of hour, key, model, node)")
+                })?;
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+        Ok(groups)
+    }
+}
+
+/// The actor a `key` parameter names: an API key id, or an actor as is
+/// (`local`, `session:…`, anything with a colon).
+pub fn usage_actor(key: &str) -> String {
+    if key == "local" || key.contains(':') {
+        key.to_owned()
+    } else {
+        format!("apikey:{key}")
+    }
 }
 
 #[cfg(test)]
@@ -307,6 +383,25 @@ mod tests {
             ..KeyPolicyUpdate::default()
         };
         assert!(unknown.apply(&policy).unwrap_err().contains("\"rmp\""));
+    }
+
+    #[test]
+    fn usage_groups_parse_in_order_once_and_name_a_bad_one() {
+        assert_eq!(
+            UsageGroup::parse_list(None),
+            Ok(vec![UsageGroup::Key, UsageGroup::Model])
+        );
+        assert_eq!(
+            UsageGroup::parse_list(Some("node, hour,node")),
+            Ok(vec![UsageGroup::Node, UsageGroup::Hour])
+        );
+        assert!(
+            UsageGroup::parse_list(Some("key,modle"))
+                .unwrap_err()
+                .contains("\"modle\"")
+        );
+        assert_eq!(usage_actor("abc"), "apikey:abc");
+        assert_eq!(usage_actor("local"), "local");
     }
 
     #[test]

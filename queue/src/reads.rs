@@ -4,6 +4,7 @@
 
 use kobo_protocol::{
     AccessRole, JobDetail, JobId, JobList, JobListQuery, JobState, JobView, NodeStatus, NodeView,
+    UsageRow,
 };
 
 use crate::access::Caller;
@@ -40,6 +41,29 @@ impl Queue {
                 };
                 read(conn, &reveal)
             })
+            .await
+    }
+
+    /// Usage summed as `filter` asks, as `caller` may see it: an admin
+    /// any key's (every key's when none is named), anyone else only its
+    /// own actor's; asking for another key is refused naming `key`.
+    pub async fn usage(
+        &self,
+        caller: &Caller,
+        mut filter: store::UsageFilter,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        if let Some(own) = reveal_only_of(caller) {
+            match &filter.actor {
+                Some(asked) if *asked != own => {
+                    return Err(StoreError::Forbidden(format!(
+                        "key: only an admin may read another key's usage (you are {own})"
+                    )));
+                }
+                _ => filter.actor = Some(own),
+            }
+        }
+        self.store
+            .read(move |conn| store::usage(conn, &filter))
             .await
     }
 

@@ -229,7 +229,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
 }
 
 /// `1h` (that long ago) or an RFC 3339 time, as Unix milliseconds.
-fn parse_since(text: &str) -> anyhow::Result<UnixMillis> {
+pub(super) fn parse_since(text: &str) -> anyhow::Result<UnixMillis> {
     let now = std::time::SystemTime::now();
     let at = match humantime::parse_duration(text) {
         Ok(ago) => now.checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH),

@@ -8,18 +8,21 @@
 //! - `nodes.rs`: `nodes`, `drain`, `resume`, `node`.
 //! - `schedules.rs`: `schedule …`.
 //! - `admin.rs`: `apikey`, `token`, `audit`.
+//! - `usage.rs`: `usage`.
 
 mod admin;
 mod jobs;
 mod nodes;
 mod schedules;
 mod serve;
+mod usage;
 
 pub use admin::*;
 pub use jobs::*;
 pub use nodes::*;
 pub use schedules::*;
 pub use serve::*;
+pub use usage::*;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -77,6 +80,9 @@ pub enum Command {
     /// Node administration: revoke a node's certificates (admin).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Tokens, requests and LLM time per key, model, node or hour (an admin
+    /// sees every key, anyone else its own).
+    Usage(UsageArgs),
     /// Print the audit log, or `audit verify` its hash chain (admin).
     Audit(AuditArgs),
     /// Serve MCP tools on stdio so Claude Code (or any MCP client) drives the cluster.

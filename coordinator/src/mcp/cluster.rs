@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use kobo_protocol::{
     ClusterStatus as StatusView, JobListQuery, JobState, JobView, NodeStatus, NodeView, UnixMillis,
+    UsageQuery,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -213,6 +214,61 @@ pub struct ClusterSummary {
     pub workers: Workers,
     pub last_minute: LastMinute,
     pub last_hour: LastHour,
+    /// Usage per key over the last 24 hours; only for an admin caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_last_day: Option<Vec<KeyUsage>>,
+}
+
+/// One key's usage, as the LLM servers reported it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct KeyUsage {
+    /// The submitting actor (`apikey:<id>`, `local`, …).
+    pub key: String,
+    /// The API key's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub llm_seconds: f64,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Every key's usage over the last day when the caller is an admin, else
+/// `None`: an admin may name another key's usage (here `local`, over an
+/// empty window), anyone else is refused (403, not audited).
+async fn usage_for_admin(client: &ApiClient) -> kobo_client::Result<Option<Vec<KeyUsage>>> {
+    let now = kobo_queue::store::unix_now_ms();
+    let probe = UsageQuery {
+        key: Some("local".into()),
+        since: Some(now),
+        until: Some(now + 1),
+        group: Some("key".into()),
+    };
+    match client.usage(&probe).await {
+        Ok(_) => {}
+        Err(kobo_client::ClientError::Api { status: 403, .. }) => return Ok(None),
+        Err(err) => return Err(err),
+    }
+    let day = UsageQuery {
+        since: Some(now - DAY_MS),
+        group: Some("key".into()),
+        ..UsageQuery::default()
+    };
+    let rows = client.usage(&day).await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| KeyUsage {
+                key: r.key.unwrap_or_default(),
+                name: r.key_name,
+                requests: r.requests,
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+                llm_seconds: r.llm_ms as f64 / 1000.0,
+            })
+            .collect(),
+    ))
 }
 
 /// Reads the coordinator's status and the job listings, and sums them up.
@@ -226,9 +282,15 @@ pub async fn cluster_status(client: &ApiClient) -> kobo_client::Result<ClusterSu
         limit: Some(RECENT_SCAN),
         ..JobListQuery::default()
     };
-    let (status, queued, recent) =
-        tokio::try_join!(client.status(), client.jobs(&queued), client.jobs(&recent),)?;
-    Ok(summarize(&status, &queued.jobs, &recent.jobs))
+    let (status, queued, recent, usage) = tokio::try_join!(
+        client.status(),
+        client.jobs(&queued),
+        client.jobs(&recent),
+        usage_for_admin(client)
+    )?;
+    let mut summary = summarize(&status, &queued.jobs, &recent.jobs);
+    summary.usage_last_day = usage;
+    Ok(summary)
 }
 
 /// The summary from the coordinator's status, the newest queued jobs and
@@ -346,5 +408,6 @@ pub fn summarize(status: &StatusView, queued: &[JobView], recent: &[JobView]) ->
         workers,
         last_minute,
         last_hour,
+        usage_last_day: None,
     }
 }

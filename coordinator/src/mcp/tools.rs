@@ -299,7 +299,8 @@ impl KoboMcp {
         description = "The cluster at a glance: unfinished jobs by state and kind (exact counts), the \
             most common reasons queued jobs wait, job totals, nodes by status, busy and free \
             workers, and throughput (the last minute: jobs finished, tokens, mean LLM time; the \
-            last hour: jobs per minute, mean run and pickup times).",
+            last hour: jobs per minute, mean run and pickup times); for an admin key, usage per \
+            key over the last 24 hours (requests, prompt and completion tokens, LLM seconds).",
         input_schema = schema_for_empty_input(),
         annotations(
             title = "Cluster status",

@@ -6,6 +6,7 @@ mod aborts;
 mod completions;
 mod embeddings;
 mod models;
+mod reported;
 mod shapes;
 
 use serde_json::Value;

@@ -2,12 +2,13 @@
 //! as Prometheus metrics, encoded by `prometheus-client` in the OpenMetrics
 //! text format. Names follow Prometheus conventions: a `kobo_` prefix, base
 //! units (seconds, bytes, ratios) in the name, `_total` on counters, labels
-//! `kind`, `state`, `status`, `node_id`, `region`.
+//! `kind`, `state`, `status`, `node_id`, `region`, `key` and `name` (an
+//! API key's, for usage).
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 
-use kobo_protocol::{ClusterStatus, JobState, NodeStatus};
+use kobo_protocol::{ClusterStatus, JobState, NodeStatus, UsageRow};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,11 +30,13 @@ fn set(family: &FloatGauges, pairs: &[(&str, &str)], value: f64) {
     family.get_or_create(&labels(pairs)).set(value);
 }
 
-/// Encodes `status`, the job metrics and the final-state counts by kind.
+/// Encodes `status`, the job metrics, the final-state counts by kind and
+/// the usage per key.
 pub(super) fn render(
     status: &ClusterStatus,
     jobs: &JobMetrics,
     finished: &[(String, JobState, u64)],
+    usage: &[UsageRow],
 ) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
 
@@ -235,7 +238,48 @@ pub(super) fn render(
         failed.get_or_create(&labels(&id)).inc_by(node.jobs_failed);
     }
 
+    usage_by_key(&mut registry, usage);
+
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// The usage table summed per key, as counters: they only grow, since
+/// usage rows are only added to.
+fn usage_by_key(registry: &mut Registry, usage: &[UsageRow]) {
+    let requests: Family<Labels, Counter> = Family::default();
+    let prompt: Family<Labels, Counter> = Family::default();
+    let completion: Family<Labels, Counter> = Family::default();
+    let llm: Family<Labels, Counter<f64, AtomicU64>> = Family::default();
+    registry.register(
+        "kobo_key_requests",
+        "Successful requests (jobs and gateway calls) by submitting key",
+        requests.clone(),
+    );
+    registry.register(
+        "kobo_key_prompt_tokens",
+        "Prompt tokens the LLM servers reported, by submitting key",
+        prompt.clone(),
+    );
+    registry.register(
+        "kobo_key_completion_tokens",
+        "Completion tokens the LLM servers reported, by submitting key",
+        completion.clone(),
+    );
+    registry.register(
+        "kobo_key_llm_seconds",
+        "Time spent in LLM calls, by submitting key",
+        llm.clone(),
+    );
+    for row in usage {
+        let id = labels(&[
+            ("key", row.key.as_deref().unwrap_or_default()),
+            ("name", row.key_name.as_deref().unwrap_or_default()),
+        ]);
+        requests.get_or_create(&id).inc_by(row.requests);
+        prompt.get_or_create(&id).inc_by(row.prompt_tokens);
+        completion.get_or_create(&id).inc_by(row.completion_tokens);
+        llm.get_or_create(&id).inc_by(row.llm_ms as f64 / 1000.0);
+    }
 }

@@ -360,7 +360,15 @@ impl Observer {
             .iter()
             .map(|((kind, state), n)| (kind.clone(), *state, *n))
             .collect();
-        metrics::render(&status, &self.jobs, &finished)
+        let by_key = store::UsageFilter {
+            group: vec![kobo_protocol::UsageGroup::Key],
+            ..store::UsageFilter::default()
+        };
+        let usage = self
+            .store
+            .read(move |conn| store::usage(conn, &by_key))
+            .await?;
+        metrics::render(&status, &self.jobs, &finished, &usage)
             .map_err(|_| StoreError::Corrupt("encoding metrics failed".into()))
     }
 

@@ -18,6 +18,7 @@ mod schedules;
 mod schema;
 mod security;
 mod timed;
+mod usage;
 mod views;
 mod writer;
 
@@ -36,6 +37,7 @@ pub use schedules::*;
 pub use schema::{MIGRATIONS_APPLIED, QUERIES, migrate, open_connection};
 pub use security::*;
 pub use timed::*;
+pub use usage::*;
 pub use views::*;
 pub use writer::{AfterCommit, Effect, LeaseSender, WriteCtx, WriterHandle};
 

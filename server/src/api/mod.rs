@@ -19,6 +19,7 @@ mod error;
 pub(crate) mod jobs;
 mod observe;
 mod schedules;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -166,6 +167,13 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
             "/v1/status",
             read,
             get(observe::status_get),
+        ),
+        route(
+            "GET",
+            "/v1/usage",
+            "/v1/usage?group=key,model",
+            read,
+            get(usage::usage_get),
         ),
         route(
             "GET",

@@ -35,3 +35,4 @@ mod shapes;
 mod sqlite_reporting;
 mod tenancy;
 mod tidy;
+mod usage;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kobo_client::{ApiClient, Endpoint};
 use kobo_coord::mcp::{McpOptions, server};
-use kobo_protocol::JobState;
+use kobo_protocol::{AccessRole, JobState};
 use kobo_tests::cluster::{AgentSpec, Cluster, PATIENCE, binary};
 use kobo_tests::fake_llm::reply_text;
 use rmcp::model::{
@@ -418,6 +418,18 @@ async fn every_tool_works_against_a_real_cluster() {
     assert_eq!(status["last_minute"]["succeeded"], 6);
     assert!(status["last_hour"]["jobs_per_minute"].is_number());
     assert_eq!(status["totals"]["succeeded"], 6);
+    // An admin sees usage per key over the last day; a read key does not.
+    let usage = status["usage_last_day"]
+        .as_array()
+        .expect("an admin's usage");
+    let requests: u64 = usage.iter().filter_map(|u| u["requests"].as_u64()).sum();
+    assert_eq!(requests, 6, "{status}");
+    assert!(usage.iter().all(|u| u["prompt_tokens"].as_u64() > Some(0)));
+    let (reader, _) = cluster.client_with_role(AccessRole::Read).await;
+    let (read_mcp, _) = connect(reader).await;
+    let read_status = ok(&read_mcp, "cluster_status", json!({})).await;
+    assert!(read_status.get("usage_last_day").is_none(), "{read_status}");
+    assert_eq!(read_status["totals"]["succeeded"], 6);
     assert_eq!(
         status["queue"],
         json!([{"state": "queued", "kind": "translation", "jobs": 1, "oldest_at": status["queue"][0]["oldest_at"]}])

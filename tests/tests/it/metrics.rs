@@ -460,6 +460,53 @@ async fn metrics_parse_and_move_as_jobs_run() {
     assert!((0.0..=1.0).contains(&cpu), "cpu ratio {cpu}");
     assert!(value(&after, "kobo_node_tokens_per_second", &node) > 0.0);
     assert!(value(&after, "kobo_node_last_heartbeat_timestamp_seconds", &node) > 1.6e9);
+
+    // Usage per key: the usage table, summed by key, is what the series say.
+    let db = cluster.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT u.key, coalesce(k.name, ''), sum(u.requests), sum(u.prompt_tokens), sum(u.completion_tokens), sum(u.llm_ms) \
+             FROM usage u LEFT JOIN api_keys k ON u.key = 'apikey:' || k.id GROUP BY u.key",
+        )
+        .expect("usage query");
+    let keys: Vec<(String, String, [i64; 4])> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?],
+            ))
+        })
+        .expect("usage rows")
+        .collect::<Result<_, _>>()
+        .expect("usage rows");
+    assert_eq!(keys.len(), 1, "the admin key's jobs only: {keys:?}");
+    assert_eq!(keys[0].1, "local-admin");
+    assert_eq!(keys[0].2[0], n_ok as i64);
+    for (key, name, [requests, prompt, completion, llm_ms]) in &keys {
+        let id = [("key", key.as_str()), ("name", name.as_str())];
+        assert!(*prompt > 0 && *completion > 0, "{keys:?}");
+        assert_eq!(
+            value(&after, "kobo_key_requests_total", &id),
+            *requests as f64
+        );
+        assert_eq!(
+            value(&after, "kobo_key_prompt_tokens_total", &id),
+            *prompt as f64
+        );
+        assert_eq!(
+            value(&after, "kobo_key_completion_tokens_total", &id),
+            *completion as f64
+        );
+        let seconds = value(&after, "kobo_key_llm_seconds_total", &id);
+        assert!(
+            (seconds - *llm_ms as f64 / 1000.0).abs() < 1e-6,
+            "{seconds} s"
+        );
+    }
+    for family in ["kobo_key_requests", "kobo_key_llm_seconds"] {
+        assert_eq!(after[family].kind, "counter", "{family}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,7 +124,7 @@ async fn views_and_example_queries_run_in_sqlite3() {
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
-    assert!(files.len() >= 11, "example queries in {}", dir.display());
+    assert!(files.len() >= 12, "example queries in {}", dir.display());
     let mut outputs = std::collections::BTreeMap::new();
     for file in files {
         let sql = std::fs::read_to_string(&file).expect("read query");
@@ -154,6 +154,13 @@ async fn views_and_example_queries_run_in_sqlite3() {
     expect("failures_by_error", &["500", "tokyo-01", "general_query"]);
     expect("jobs_per_region_per_day", &["ap-northeast-1", "eu-west-2"]);
     expect("queue_now", &["translation", "queued"]);
+    // The three successful jobs, all the local admin key's.
+    let usage = &outputs["usage_by_key"];
+    let admin = usage
+        .lines()
+        .find(|l| l.starts_with("apikey:") && l.contains("local-admin"))
+        .unwrap_or_else(|| panic!("usage_by_key.sql lacks the admin key:\n{usage}"));
+    assert_eq!(admin.split_whitespace().nth(2), Some("3"), "{usage}");
     expect(
         "node_metrics_last_hour",
         &["tokyo-01", "london-01", "(latest)"],
