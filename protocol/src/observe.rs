@@ -173,6 +173,10 @@ pub struct ClusterStatus {
     pub series: Series,
     /// The newest jobs, newest first.
     pub latest_jobs: Vec<JobSummary>,
+    /// Usage per submitter (API key, `local`, …) over the last 24 hours,
+    /// most tokens first (the dashboard's per-key panel).
+    #[serde(default)]
+    pub keys: Vec<crate::UsageRow>,
 }
 
 /// `POST /v1/session`: exchange an API key for a dashboard session cookie.

@@ -94,6 +94,10 @@ try {
   await page.waitForFunction(() => Number(document.querySelector('#nodes tr[data-node-id="osaka-01"] .gateway')?.dataset.requests || 0) > 0, null, { timeout: WAIT });
   const gateway = await page.$$eval('#nodes tr[data-node-id]', (rows) => rows.map((r) => r.dataset.nodeId + '=' + r.querySelector('.gateway').textContent).sort().join(','));
   say('GATEWAY ' + gateway);
+  // The per-key panel: the gateway request's key, by name, with its usage.
+  await page.waitForFunction(() => [...document.querySelectorAll('#keys tr')].some((r) => r.querySelector('b')), null, { timeout: WAIT });
+  const keys = await page.$$eval('#keys tr', (rows) => rows.map((r) => [...r.children].map((c) => c.textContent.trim()).join('|')).join(';'));
+  say('KEYS ' + keys);
   await page.click('#span-day');
   await page.waitForFunction(plotsReady, PLOTS, { timeout: WAIT });
   say('PLOTS_DAY ' + (await plotPoints()));

@@ -42,6 +42,8 @@ pub const RECENT_WINDOW: Duration = Duration::from_secs(3600);
 /// Jobs the status lists (newest first).
 pub const LATEST_JOBS: u32 = 50;
 /// Events read per query when tailing `job_events`.
+/// The window of the status's per-key usage.
+const KEYS_WINDOW_MS: i64 = 24 * 3_600_000;
 const TAIL_BATCH: u32 = 5000;
 /// Most past events replayed into the per-minute activity at the first
 /// look: bounds that first look's time on a busy database (about a second);
@@ -253,7 +255,7 @@ impl Observer {
         let window_ms = RECENT_WINDOW.as_millis() as u64;
         let hour_start = series::window_start(now, HOUR_STEP_MS, HOUR_BUCKETS);
         let day_start = series::window_start(now, DAY_STEP_MS, DAY_BUCKETS);
-        let (nodes, queue, latest_jobs, hour_usage, day_usage) = self
+        let (nodes, queue, latest_jobs, hour_usage, day_usage, mut keys) = self
             .store
             .read(move |conn| {
                 let since = now - window_ms as i64;
@@ -271,7 +273,15 @@ impl Observer {
                 let latest = store::latest_jobs(conn, LATEST_JOBS)?;
                 let hour_usage = store::node_usage(conn, hour_start, HOUR_STEP_MS)?;
                 let day_usage = store::node_usage(conn, day_start, DAY_STEP_MS)?;
-                Ok((nodes, queue, latest, hour_usage, day_usage))
+                let keys = store::usage(
+                    conn,
+                    &store::UsageFilter {
+                        since: Some(now - KEYS_WINDOW_MS),
+                        group: vec![kobo_protocol::UsageGroup::Key],
+                        ..store::UsageFilter::default()
+                    },
+                )?;
+                Ok((nodes, queue, latest, hour_usage, day_usage, keys))
             })
             .await?;
         let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
@@ -335,7 +345,9 @@ impl Observer {
             mean_run_ms: mean(response_sum, attempts_ok).or(mean(sum.run_ms_sum, sum.runs)),
             mean_pickup_ms: mean(sum.pickup_ms_sum, sum.pickups),
         };
+        keys.sort_by_key(|k| std::cmp::Reverse(k.prompt_tokens + k.completion_tokens));
         Ok(ClusterStatus {
+            keys,
             server_time: now,
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_at,

@@ -201,6 +201,30 @@ async fn the_dashboard_shows_the_nodes_on_the_map_and_a_job_live() {
         gateway.contains("tokyo-01=–") && gateway.contains("london-01=–"),
         "{gateway}"
     );
+    // The per-key panel shows each key's usage as the database has it.
+    let keys = line_after(&seen, "KEYS ");
+    let usage: Vec<(String, i64, i64, i64)> = cluster
+        .db()
+        .prepare("SELECT coalesce(key_name, key), sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM v_usage GROUP BY key")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let submitter = usage
+        .iter()
+        .find(|(name, ..)| name == "test-submit")
+        .unwrap_or_else(|| panic!("the gateway key's usage: {usage:?}"));
+    let expected = [submitter.1, submitter.2, submitter.3].map(|n| n.to_string());
+    assert!(
+        keys.split(';').any(|row| {
+            let cells: Vec<&str> = row.split('|').collect();
+            cells.first().is_some_and(|c| c.starts_with("test-submit"))
+                && cells.len() == 5
+                && cells[1..4] == expected
+        }),
+        "the panel {keys} against the database {usage:?}"
+    );
     let events = seen
         .iter()
         .find(|l| l.starts_with("EVENTS "))

@@ -187,6 +187,7 @@ function render(status) {
   renderNodes(status.nodes);
   renderQueue(status);
   renderJobs(status.latest_jobs);
+  renderKeys(status.keys || []);
   renderPlots(status);
   applyBarWidths(document);
 }
@@ -442,6 +443,19 @@ function renderQueue(st) {
       h('div', { class: 'total' }, h('b', {}, t.scheduled), h('span', {}, 'scheduled'))),
     ...(rows.length ? rows : [h('p', { class: 'empty' }, 'Nothing waiting.')]),
   );
+}
+
+// Usage per submitter over the last day: an API key by its name (and id),
+// `local` and the like as they are.
+function renderKeys(keys) {
+  const rows = keys.map((k) => h('tr', { dataset: { key: k.key || '' } },
+    h('td', {}, k.key_name ? h('span', {}, h('b', {}, k.key_name), ' ', h('span', { class: 'meta' }, k.key || '')) : (k.key || '–')),
+    h('td', { class: 'num' }, String(k.requests)),
+    h('td', { class: 'num' }, String(k.prompt_tokens)),
+    h('td', { class: 'num' }, String(k.completion_tokens)),
+    h('td', { class: 'num' }, ms(k.llm_ms))));
+  $('keys').replaceChildren(...rows);
+  $('keys-empty').hidden = rows.length > 0;
 }
 
 // The router's decision, when recorded: JSON such as {"chosen", "how",
