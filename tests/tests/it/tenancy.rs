@@ -52,6 +52,19 @@ fn batch(prompt: &str, n: usize) -> Vec<SubmitJob> {
         .collect()
 }
 
+/// Each job of `actor`: its first lease's time − its submit time (ms).
+fn first_waits(db: &rusqlite::Connection, actor: &str) -> Vec<i64> {
+    db.prepare(
+        "SELECT a.started_at - j.created_at FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = 1 \
+         WHERE j.submitted_by = ?1",
+    )
+    .expect("prepare")
+    .query_map([actor], |r| r.get(0))
+    .expect("waits")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
 fn count(cluster: &Cluster, sql: &str, key: &str) -> i64 {
     cluster
         .db()
@@ -143,29 +156,10 @@ async fn a_batch_flood_neither_starves_chat_nor_outweighs_a_heavier_key() {
     );
 
     let db = cluster.db();
-    let waits: Vec<i64> = db
-        .prepare(
-            "SELECT a.started_at - j.created_at FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = 1 \
-             WHERE j.submitted_by = ?1",
-        )
-        .expect("prepare")
-        .query_map([&chat_actor], |r| r.get(0))
-        .expect("waits")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let waits = first_waits(&db, &chat_actor);
     assert_eq!(waits.len(), 30, "every chat request is one job");
     let chat_p50 = median(waits.clone());
-    let flood_p50: i64 = median(
-        db.prepare(
-            "SELECT a.started_at - j.created_at FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = 1 \
-             WHERE j.submitted_by = ?1",
-        )
-        .expect("prepare")
-        .query_map([&flood_actor], |r| r.get(0))
-        .expect("waits")
-        .collect::<Result<_, _>>()
-        .expect("rows"),
-    );
+    let flood_p50 = median(first_waits(&db, &flood_actor));
     eprintln!(
         "chat wait p50 {chat_p50} ms (max {} ms) while the flood's p50 was {flood_p50} ms",
         waits.iter().max().copied().unwrap_or(0)
