@@ -134,8 +134,9 @@ pub(crate) struct Probe {
     pub(crate) errors: AtomicU64,
     first_error: Mutex<Option<String>>,
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
-    /// (when sent, round trip) of every successful heartbeat.
-    heartbeats: Mutex<Vec<(Instant, Duration)>>,
+    /// (when sent, round trip, time the coordinator spent on it) of every
+    /// successful heartbeat.
+    heartbeats: Mutex<Vec<(Instant, Duration, Duration)>>,
 }
 
 impl Probe {
@@ -161,15 +162,17 @@ impl Probe {
         first.get_or_insert_with(|| format!("{what}: {err}"));
     }
 
-    /// Round trips of the heartbeats sent at or after `from`.
-    pub(crate) fn heartbeats_since(&self, from: Instant) -> Vec<Duration> {
+    /// Round trips of the heartbeats sent at or after `from`, and the time
+    /// the coordinator spent on each (from its request's arrival to its
+    /// answer: the rest of a round trip is the network and the client).
+    pub(crate) fn heartbeats_since(&self, from: Instant) -> (Vec<Duration>, Vec<Duration>) {
         self.heartbeats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|(at, _)| *at >= from)
-            .map(|(_, rtt)| *rtt)
-            .collect()
+            .filter(|(at, ..)| *at >= from)
+            .map(|(_, rtt, handled)| (*rtt, *handled))
+            .unzip()
     }
 
     pub(crate) fn reported(&self) -> u64 {
@@ -469,15 +472,16 @@ async fn heartbeat_loop(agent: Arc<Running>, stop: CancellationToken) {
         };
         let sent = Instant::now();
         match agent.agent.client.heartbeat(&req).await {
-            Ok(_) => {
+            Ok(answer) => {
                 let rtt = sent.elapsed();
+                let handled = Duration::from_millis(answer.coordinator_ms.into());
                 rtt_ms = Some(rtt.as_millis().min(u32::MAX as u128) as u32);
                 agent
                     .probe
                     .heartbeats
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push((sent, rtt));
+                    .push((sent, rtt, handled));
             }
             Err(err) => agent.probe.error("heartbeat", &err),
         }

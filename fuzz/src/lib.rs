@@ -68,6 +68,73 @@ fn sse(bytes: &[u8]) {
     }
 }
 
+/// Splits `bytes` into its first byte (the case: which API, and for an
+/// answer whether it streams) and the rest.
+fn case(bytes: &[u8]) -> (p::GatewayApi, u8, &[u8]) {
+    let b = bytes.first().copied().unwrap_or(0);
+    let api = p::GatewayApi::ALL[b as usize % p::GatewayApi::ALL.len()];
+    (api, b, bytes.get(1..).unwrap_or_default())
+}
+
+/// A gateway request: headers (`name: value` lines up to a blank line) and
+/// a body. Whatever it is, the client gets a 4xx naming what is wrong, or
+/// the request becomes a job the queue would accept.
+fn gateway(bytes: &[u8]) {
+    use axum::http::{HeaderMap, HeaderName, HeaderValue};
+    let (api, _, rest) = case(bytes);
+    let split = rest.windows(2).position(|w| w == b"\n\n");
+    let (head, body) = match split {
+        Some(at) => (&rest[..at], &rest[at + 2..]),
+        None => (&[][..], rest),
+    };
+    let mut headers = HeaderMap::new();
+    for line in head.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let value = line[colon + 1..].trim_ascii();
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let config = kobo_queue::config::GatewayConfig {
+        model_kinds: vec![("qwen2.5-coder".into(), "code_generation".into())],
+        ..Default::default()
+    };
+    match kobo_server::gateway::fuzzing::job(api, &headers, body, &config) {
+        Err(err) => assert!(
+            err.status.is_client_error(),
+            "{} for {api:?}: {}",
+            err.status,
+            err.message
+        ),
+        Ok(mut job) => {
+            // The gateway's payload is its own; a prompt stands for it.
+            job.prompt = Some("x".into());
+            if let Err(err) = p::validate::submit(&job, "") {
+                panic!("{api:?} accepted a job the queue refuses: {}", err.message);
+            }
+        }
+    }
+}
+
+/// An LLM server's answer to a gateway call, read by the agent: the output
+/// (or the error) must not depend on where the chunks split.
+fn reply(bytes: &[u8]) {
+    use kobo_agent::llm::fuzzing::reply_output;
+    let (api, b, rest) = case(bytes);
+    let stream = (b as usize / p::GatewayApi::ALL.len()) % 2 == 1;
+    let at = rest.first().map_or(0, |b| *b as usize % (rest.len() + 1));
+    let read =
+        |chunks: &[&[u8]]| reply_output(api, stream, chunks).map_err(|e| (e.retryable, e.message));
+    let whole = read(&[rest]);
+    let split = read(&[&rest[..at], &rest[at..]]);
+    assert_eq!(whole, split, "{api:?} (stream {stream}) split at {at}");
+}
+
 pub const TARGETS: &[Target] = &[
     Target {
         name: "submit",
@@ -131,6 +198,25 @@ pub const TARGETS: &[Target] = &[
         run: sse,
         seeds: &[
             "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n: keepalive\r\nevent: x\ndata: a\ndata: b\n\ndata: [DONE]\n\n",
+        ],
+    },
+    Target {
+        name: "gateway",
+        run: gateway,
+        seeds: &[
+            "\x00x-kobo-priority: 5\nx-session-id: s-1\nx-kobo-gpu: true\n\n{\"model\":\"qwen2.5-coder\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true,\"user\":\"u\"}",
+            "\x04x-kobo-kind: chat\nx-kobo-data-location: japan\n\n{\"model\":\"llama3\",\"prompt\":\"hi\",\"options\":{\"temperature\":0.1}}",
+            "\x05{\"model\":\"m\",\"input\":[\"a\",\"b\"]}",
+        ],
+    },
+    Target {
+        name: "reply",
+        run: reply,
+        seeds: &[
+            "\x07\x07data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n",
+            "\x0a\x09{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"prompt_eval_count\":7,\"eval_count\":2}\n",
+            "\x00\x05{\"id\":\"c\",\"object\":\"chat.completion\",\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\",\"tool_calls\":[{\"id\":\"t\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}",
+            "\x02\x01{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":[0.1]}],\"model\":\"m\",\"usage\":{\"prompt_tokens\":1,\"total_tokens\":1}}",
         ],
     },
 ];

@@ -30,6 +30,17 @@ pub enum GatewayApi {
 }
 
 impl GatewayApi {
+    /// Every API the gateway serves.
+    pub const ALL: [GatewayApi; 7] = [
+        GatewayApi::OpenAiChat,
+        GatewayApi::OpenAiCompletions,
+        GatewayApi::OpenAiEmbeddings,
+        GatewayApi::OllamaChat,
+        GatewayApi::OllamaGenerate,
+        GatewayApi::OllamaEmbed,
+        GatewayApi::OllamaEmbeddings,
+    ];
+
     /// The path of this API on a backend (and on the coordinator).
     pub fn path(self) -> &'static str {
         match self {

@@ -140,7 +140,7 @@ pub fn submit(job: &SubmitJob, prefix: &str) -> Result<(), FieldError> {
     if let Some(node) = &job.preferences.node {
         name(&f("preferences.node"), node)?;
     }
-    if !(-1000..=1000).contains(&job.priority) {
+    if !PRIORITY.contains(&job.priority) {
         return fail(f("priority"), "must be between -1000 and 1000");
     }
     if let Some(n) = job.max_attempts
@@ -172,6 +172,9 @@ pub fn submit(job: &SubmitJob, prefix: &str) -> Result<(), FieldError> {
     }
     Ok(())
 }
+
+/// The priorities a job may have.
+pub const PRIORITY: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 /// Longest session id (OpenAI's `user`, `x-session-id`, a job's `session`).
 pub const MAX_SESSION: usize = 256;

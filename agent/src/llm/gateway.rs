@@ -209,15 +209,7 @@ impl GatewayReply {
 mod tests {
     use super::*;
 
-    const ALL_APIS: [GatewayApi; 7] = [
-        GatewayApi::OpenAiChat,
-        GatewayApi::OpenAiCompletions,
-        GatewayApi::OpenAiEmbeddings,
-        GatewayApi::OllamaChat,
-        GatewayApi::OllamaGenerate,
-        GatewayApi::OllamaEmbed,
-        GatewayApi::OllamaEmbeddings,
-    ];
+    const ALL_APIS: [GatewayApi; 7] = GatewayApi::ALL;
 
     #[test]
     fn ollama_serves_both_apis_at_its_endpoint() {

@@ -203,17 +203,7 @@ fn json_output(
 mod tests {
     use super::*;
 
-    const MS: Duration = Duration::from_millis(4);
-
-    fn extract(api: GatewayApi, stream: bool, chunks: &[&[u8]]) -> Result<LlmOutput, LlmError> {
-        let mut extractor = OutputExtractor::new("test", api, stream, "asked");
-        for chunk in chunks {
-            if let Some(output) = extractor.push(chunk, MS)? {
-                return Ok(output);
-            }
-        }
-        extractor.finish(MS)
-    }
+    use crate::llm::fuzzing::reply_output as extract;
 
     fn usage(prompt_tokens: u64, completion_tokens: u64, first_token: bool) -> Usage {
         Usage {

@@ -10,6 +10,8 @@
 //! coordinator) go through [`LlmClient::gateway_open`] instead: the client's
 //! own body, posted unchanged, its answer read chunk by chunk.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod gateway_output;
 mod ollama;

@@ -75,10 +75,11 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         }
         let cpu = (system::cpu_seconds(pid)? - cpu_before) / opened.elapsed().as_secs_f64();
         let rss = coordinator.rss()?;
-        let heartbeats = probe.heartbeats_since(opened);
+        let (heartbeats, handled) = probe.heartbeats_since(opened);
         let fleet_probe = fleet.stop().await;
         super::check_agents(&fleet_probe, "fleet")?;
         let heartbeat = stats::latency(&heartbeats);
+        let handling = stats::latency(&handled);
         let pickup = stats::latency(&pickups);
         let per_agent_kib = (rss.now_mib - idle_rss.now_mib).max(0.0) * 1024.0 / n as f64;
         let rss_mib = rss.now_mib;
@@ -125,6 +126,18 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                 heartbeat.p50_ms,
             ),
             Metric::new(
+                "heartbeat_handled_p50_ms",
+                format!("{n} agents: heartbeat time in the coordinator p50"),
+                "ms",
+                handling.p50_ms,
+            ),
+            Metric::new(
+                "heartbeat_handled_p99_ms",
+                format!("{n} agents: heartbeat time in the coordinator p99"),
+                "ms",
+                handling.p99_ms,
+            ),
+            Metric::new(
                 "heartbeats_per_s",
                 format!("{n} agents: heartbeats per second"),
                 "/s",
@@ -149,7 +162,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         id: "fleet",
         title: "10. A fleet of 10,000",
         method: format!(
-            "{n} simulated agents, each enrolled with its own key and certificate (enrolled in {enrolled_in:.0?}) and on its own HTTPS connection, registered with one slot, heartbeating every 3 s (the default) and parked in long-poll, their starts spread over {STAGGER:?}; after {settle:?} settled, over a {window:?} window: the coordinator's RSS (and per agent, above its idle {} MiB), its CPU (utime + stime from /proc) per second, every heartbeat's round trip as the agent measured it, and the pickup latency of no-op jobs submitted one at a time every {SUBMIT_EVERY:?} (submit sent → lease answer at an agent).",
+            "{n} simulated agents, each enrolled with its own key and certificate (enrolled in {enrolled_in:.0?}) and on its own HTTPS connection, registered with one slot, heartbeating every 3 s (the default) and parked in long-poll, their starts spread over {STAGGER:?}; after {settle:?} settled, over a {window:?} window: the coordinator's RSS (and per agent, above its idle {} MiB), its CPU (utime + stime from /proc) per second, every heartbeat's round trip as the agent measured it and the part of it the coordinator spent (from the request's arrival to its answer, as the answer's `coordinator_ms` says), and the pickup latency of no-op jobs submitted one at a time every {SUBMIT_EVERY:?} (submit sent → lease answer at an agent).",
             idle_rss.now_mib.round()
         ),
         runs,

@@ -2,7 +2,7 @@
 //! carries to the backend unchanged. A field kobo cannot carry is a 400
 //! naming it, never silently dropped.
 
-use kobo_protocol::{GatewayApi, GatewayCall};
+use kobo_protocol::{GatewayApi, GatewayCall, validate};
 use serde_json::{Map, Value};
 
 use super::errors::{Dialect, GatewayError};
@@ -159,6 +159,9 @@ pub(super) fn check(api: GatewayApi, body: &[u8]) -> Result<Checked, GatewayErro
         }
         None => return Err(GatewayError::field(d, "model", "`model` is required")),
     };
+    // As a node's announced models are: no model with a control character
+    // or a space could be served.
+    validate::name("model", &model).map_err(|e| GatewayError::field(d, "model", e.message))?;
     let (input, kind) = required(api);
     let input_ok = match (map.get(input), kind) {
         (Some(Value::Array(items)), "array") => !items.is_empty(),

@@ -92,13 +92,19 @@ pub(super) fn job_of(
     };
     let priority = match header(headers, "x-kobo-priority", d)? {
         None => config.priority,
-        Some(v) => v.parse::<i32>().map_err(|_| {
-            GatewayError::field(
-                d,
-                "x-kobo-priority",
-                format!("header `x-kobo-priority` must be an integer, not `{v}`"),
-            )
-        })?,
+        Some(v) => v
+            .parse::<i32>()
+            .ok()
+            .filter(|p| validate::PRIORITY.contains(p))
+            .ok_or_else(|| {
+                GatewayError::field(
+                    d,
+                    "x-kobo-priority",
+                    format!(
+                        "header `x-kobo-priority` must be an integer from -1000 to 1000, not `{v}`"
+                    ),
+                )
+            })?,
     };
     let mut capabilities = Vec::new();
     if api.is_ollama() {
@@ -215,5 +221,20 @@ mod tests {
         )
         .expect_err("too long");
         assert_eq!(err.param.as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn a_priority_outside_the_queue_range_is_named() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-kobo-priority", "5000".parse().unwrap());
+        let body = serde_json::json!({});
+        let config = GatewayConfig::default();
+        let err = job_of(&headers, "m", &body, &config, GatewayApi::OpenAiChat)
+            .expect_err("out of range");
+        assert_eq!(err.param.as_deref(), Some("x-kobo-priority"));
+        assert!(err.message.contains("-1000 to 1000"), "{}", err.message);
+        headers.insert("x-kobo-priority", "-1000".parse().unwrap());
+        let job = job_of(&headers, "m", &body, &config, GatewayApi::OpenAiChat).expect("edge");
+        assert_eq!(job.priority, -1000);
     }
 }

@@ -13,6 +13,8 @@
 
 pub mod errors;
 mod fields;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hints;
 pub(crate) mod models;
 mod relay;

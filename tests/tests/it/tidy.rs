@@ -61,7 +61,7 @@ const STANDALONE: &[(&str, &str)] = &[
 ];
 
 /// The only crates that may link the agent.
-const AGENT_USERS: &[&str] = &["kobo-coord", "kobo-bench", "kobo-tests"];
+const AGENT_USERS: &[&str] = &["kobo-coord", "kobo-bench", "kobo-tests", "kobo-fuzz"];
 
 /// Crates the rules above name; each must exist, so a rename cannot make a
 /// rule pass by vacuum.
