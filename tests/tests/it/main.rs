@@ -18,6 +18,7 @@ mod gateway;
 mod gateway_midstream;
 mod happy;
 mod idempotency;
+mod kubernetes;
 mod limits;
 mod llm;
 mod mcp;
