@@ -348,6 +348,20 @@ fn outcome(outcome: &Outcome, prefix: &str) -> Result<(), FieldError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn dns_labels_are_what_a_pod_name_can_be() {
+        for good in ["web-5d8f-abcde", "a", "k8s-gpu-0"] {
+            assert_eq!(dns_label("name_suffix", good, false), Ok(()), "{good}");
+        }
+        assert_eq!(dns_label("prefix", "k8s-", true), Ok(()));
+        let long = "a".repeat(64);
+        for bad in ["", "Web", "a_b", "a.b", "-a", "a-", long.as_str()] {
+            let err = dns_label("name_suffix", bad, false).expect_err(bad);
+            assert_eq!(err.field, "name_suffix");
+            assert!(err.message.starts_with("name_suffix: "), "{}", err.message);
+        }
+    }
+
     fn job() -> SubmitJob {
         SubmitJob {
             kind: "general_query".into(),

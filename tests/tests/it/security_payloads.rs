@@ -67,6 +67,7 @@ pub(crate) fn template(path: &str, csr: &str) -> Option<Value> {
         | "/v1/jobs/1/cancel"
         | "/v1/session/logout"
         | "/v1/admin/apikeys/0000000000000000/revoke"
+        | "/v1/admin/enroll-keys/0000000000000000/revoke"
         | "/v1/admin/nodes/x/revoke"
         | "/v1/admin/nodes/x/drain"
         | "/v1/admin/nodes/x/resume"
