@@ -219,7 +219,7 @@ fn config(
     } else {
         tracing::warn!(
             cert = %files.cert.display(),
-            "no node certificate: the coordinator will refuse this agent; enroll with `kobo-agent join`"
+            "no node certificate: the coordinator will refuse this agent; enroll with `kobo-agent join` or an enrollment key (KOBO_ENROLL_KEY)"
         );
         None
     };

@@ -295,6 +295,12 @@ async fn the_coordinator_and_agents_start_as_their_manifests_say() {
         {
             break;
         }
+        if let Ok(Some(status)) = coord.try_wait() {
+            panic!(
+                "the coordinator exited ({status}) as the StatefulSet runs it:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the coordinator never got ready: {}",
@@ -361,12 +367,22 @@ async fn the_coordinator_and_agents_start_as_their_manifests_say() {
         .expect("start kobo-agent as the Deployment says");
     let node_id = format!("k8s-gpu-{pod}");
     cluster
-        .wait_until(&format!("{node_id} enrolled and active"), || async {
-            cluster.client().nodes().await.is_ok_and(|nodes| {
-                nodes
-                    .iter()
-                    .any(|n| n.node_id == node_id && n.status == NodeStatus::Active && n.gpu)
-            })
+        .wait_until(&format!("{node_id} enrolled and active"), || {
+            // A manifest the agent refuses (a wrong flag or variable) ends
+            // it at once: fail with its words, not a timeout.
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the agent exited ({status}) before enrolling:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            async {
+                cluster.client().nodes().await.is_ok_and(|nodes| {
+                    nodes
+                        .iter()
+                        .any(|n| n.node_id == node_id && n.status == NodeStatus::Active && n.gpu)
+                })
+            }
         })
         .await;
     let id = cluster
