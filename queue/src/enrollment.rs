@@ -169,6 +169,10 @@ impl Admin {
                 let target = Some(format!("enrollkey:{}", secret.id));
                 match admin.check_enrollment(ctx, &secret, &req) {
                     Ok(Ok((node_id, issued))) => {
+                        // The name is not live (lost or retired, or new): a
+                        // certificate an earlier holder of it kept dies now,
+                        // so only the new pod acts as this node.
+                        let older = store::revoke_certificates_of(ctx.tx, ctx.now, &node_id)?;
                         store::insert_certificate(
                             ctx.tx,
                             ctx.now,
@@ -186,7 +190,7 @@ impl Admin {
                                 Some(format!("node:{node_id}")),
                                 "ok",
                                 Some(format!(
-                                    "certificate {} via enrollment key {}",
+                                    "certificate {} via enrollment key {}; {older} older certificates revoked",
                                     issued.serial, secret.id
                                 )),
                             ),
@@ -209,6 +213,7 @@ impl Admin {
             })
             .await?;
         let (node_id, issued) = outcome?;
+        self.access.revoke_node_certs(&node_id);
         self.access.put_cert(&issued.serial, &node_id);
         Ok(JoinResponse {
             node_id,

@@ -106,12 +106,21 @@ pub fn retirable_nodes(
         .collect::<Result<_, _>>()?)
 }
 
+/// Revokes every certificate of `node_id`; returns how many.
+pub fn revoke_certificates_of(
+    tx: &Transaction<'_>,
+    now: i64,
+    node_id: &str,
+) -> Result<usize, StoreError> {
+    Ok(tx
+        .prepare_cached(REVOKE_NODE_CERTIFICATES)?
+        .execute(params![node_id, now])?)
+}
+
 /// Retires a node: marks it retired and revoked and revokes every
 /// certificate of it. Returns the certificates revoked.
 pub fn retire_node(tx: &Transaction<'_>, now: i64, node_id: &str) -> Result<usize, StoreError> {
     tx.prepare_cached(RETIRE_NODE)?
         .execute(params![node_id, now])?;
-    Ok(tx
-        .prepare_cached(REVOKE_NODE_CERTIFICATES)?
-        .execute(params![node_id, now])?)
+    revoke_certificates_of(tx, now, node_id)
 }

@@ -175,6 +175,18 @@ async fn pods_killed_outright_are_retired_after_the_bound_and_their_certificates
             })
         })
         .await;
+    let detail: String = cluster
+        .db()
+        .query_row(
+            "SELECT detail FROM audit_log WHERE action = 'node.enroll' AND target = 'node:k8s-cpu-web-1' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the new enrollment's audit row");
+    assert!(
+        detail.ends_with("; 0 older certificates revoked"),
+        "retirement revoked them: {detail}"
+    );
     pod.start_kill().expect("kill");
 }
 
