@@ -1,6 +1,7 @@
 //! The node's identity: a private key made on the node (never sent
 //! anywhere), the certificate the coordinator's CA signed for it, and that
-//! CA. Enrollment with a join token (`kobo-agent join`), certificate signing
+//! CA. Enrollment with a join token (`kobo-agent join`) or a reusable
+//! enrollment key (`kobo-agent enroll`, `KOBO_ENROLL_KEY`), certificate signing
 //! requests (`kobo-agent keygen`), and renewal at 2/3 of the certificate's
 //! life with a fresh key.
 //!
@@ -12,11 +13,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use kobo_protocol::files::{Access, write_atomic};
-use kobo_protocol::{ErrorBody, JoinRequest, JoinResponse, sha256_hex};
+use kobo_protocol::{EnrollRequest, ErrorBody, JoinRequest, JoinResponse, sha256_hex};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
 /// Prefix of join tokens: `kobo-join.<ca sha256>.<id>.<secret>`.
 const JOIN_TOKEN_PREFIX: &str = "kobo-join";
+/// Prefix of enrollment keys, shaped like join tokens.
+const ENROLL_KEY_PREFIX: &str = "kobo-enroll";
 /// Limit for each enrollment call.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -101,12 +104,17 @@ pub fn load_or_create_key(dir: &Path) -> anyhow::Result<KeyPair> {
 
 /// The CA pin a join token carries.
 pub fn token_ca_pin(token: &str) -> anyhow::Result<String> {
+    ca_pin_of(JOIN_TOKEN_PREFIX, "join token", token)
+}
+
+/// The CA pin a join token or an enrollment key (`kind`) carries.
+fn ca_pin_of(kind: &str, what: &str, token: &str) -> anyhow::Result<String> {
     let mut parts = token.trim().split('.');
     match (parts.next(), parts.next()) {
-        (Some(JOIN_TOKEN_PREFIX), Some(pin)) if pin.len() == 64 => Ok(pin.to_ascii_lowercase()),
-        _ => {
-            bail!("not a kobo join token (expected {JOIN_TOKEN_PREFIX}.<ca sha256>.<id>.<secret>)")
+        (Some(prefix), Some(pin)) if prefix == kind && pin.len() == 64 => {
+            Ok(pin.to_ascii_lowercase())
         }
+        _ => bail!("not a kobo {what} (expected {kind}.<ca sha256>.<id>.<secret>)"),
     }
 }
 
@@ -134,8 +142,69 @@ pub async fn join(
     node_id: &str,
     dir: &Path,
 ) -> anyhow::Result<String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let pin = token_ca_pin(token)?;
+    let token = token.trim().to_string();
+    enroll_with(coordinator, &pin, "/v1/join", node_id, dir, |csr_pem| {
+        serde_json::to_value(JoinRequest { token, csr_pem })
+    })
+    .await
+}
+
+/// What an enrollment key enrolls as: the key's prefix and a suffix (a pod
+/// name), or a full node id.
+#[derive(Debug, Clone)]
+pub enum EnrollName {
+    Suffix(String),
+    NodeId(String),
+}
+
+/// Enrolls this node with a reusable enrollment key, like [`join`]; the
+/// coordinator names it (the key's prefix + the suffix) and returns the name.
+pub async fn enroll(
+    coordinator: &str,
+    key: &str,
+    name: &EnrollName,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let pin = ca_pin_of(ENROLL_KEY_PREFIX, "enrollment key", key)?;
+    let common_name = match name {
+        EnrollName::Suffix(name) | EnrollName::NodeId(name) => name.clone(),
+    };
+    let (name_suffix, node_id) = match name {
+        EnrollName::Suffix(suffix) => (Some(suffix.clone()), None),
+        EnrollName::NodeId(node_id) => (None, Some(node_id.clone())),
+    };
+    let key = key.trim().to_string();
+    enroll_with(
+        coordinator,
+        &pin,
+        "/v1/enroll",
+        &common_name,
+        dir,
+        |csr_pem| {
+            serde_json::to_value(EnrollRequest {
+                key,
+                name_suffix,
+                node_id,
+                csr_pem,
+            })
+        },
+    )
+    .await
+}
+
+/// The enrollment both ways share: the pinned CA, a CSR for a key made
+/// here (the coordinator sets the certificate's name itself), the files
+/// written on success.
+async fn enroll_with(
+    coordinator: &str,
+    pin: &str,
+    path: &str,
+    common_name: &str,
+    dir: &Path,
+    body: impl FnOnce(String) -> serde_json::Result<serde_json::Value>,
+) -> anyhow::Result<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let base = coordinator.trim_end_matches('/');
     // The CA is not trusted yet: fetch it without verification, then verify
     // it by its pin before anything secret is sent.
@@ -151,7 +220,7 @@ pub async fn join(
         .error_for_status()?
         .bytes()
         .await?;
-    check_ca_pin(&ca_pem, &pin)?;
+    check_ca_pin(&ca_pem, pin)?;
     let certs = reqwest::Certificate::from_pem_bundle(&ca_pem)?;
     let trusted = reqwest::Client::builder()
         .timeout(JOIN_TIMEOUT)
@@ -159,12 +228,9 @@ pub async fn join(
         .build()?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = load_or_create_key(dir)?;
-    let request = JoinRequest {
-        token: token.trim().to_string(),
-        csr_pem: csr(node_id, &key)?,
-    };
+    let request = body(csr(common_name, &key)?)?;
     let response = trusted
-        .post(format!("{base}/v1/join"))
+        .post(format!("{base}{path}"))
         .json(&request)
         .send()
         .await
@@ -186,6 +252,22 @@ pub async fn join(
         false,
     )?;
     Ok(joined.node_id)
+}
+
+/// The node id a certificate names (its common name).
+pub fn cert_node_id(cert_pem: &[u8]) -> anyhow::Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem)
+        .context("reading the node certificate")?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).context("parsing the node certificate")?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .context("the node certificate names no node (no common name)")?;
+    Ok(name.to_string())
 }
 
 /// When a certificate should be renewed: at 2/3 of its life.

@@ -1,5 +1,7 @@
 //! `kobo-agent`: parses the command line and runs the agent until SIGTERM or
-//! Ctrl-C, then drains. `kobo-agent join` enrolls first; `kobo-agent keygen`
+//! Ctrl-C, then drains. `kobo-agent join` enrolls first (as does `kobo-agent
+//! enroll`, or a plain start with `KOBO_ENROLL_KEY` and no certificate, as
+//! in a Kubernetes pod); `kobo-agent keygen`
 //! makes the node key and prints a certificate signing request; `kobo-agent
 //! supervise` runs it with the settings of an environment file.
 
@@ -37,6 +39,13 @@ enum Command {
         /// The token from `kobo-coord token create --node <node-id>`.
         #[arg(long, env = "KOBO_JOIN_TOKEN", hide_env_values = true)]
         token: String,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+    /// Enroll with a reusable enrollment key as <prefix><suffix>, then run.
+    Enroll {
+        /// Coordinator URL, e.g. https://coord.example:7443.
+        url: String,
         #[command(flatten)]
         run: Box<RunArgs>,
     },
@@ -99,9 +108,17 @@ struct RunArgs {
     /// Node private key (default: <state-dir>/node.key).
     #[arg(long, env = "KOBO_KEY", requires = "cert")]
     key: Option<PathBuf>,
-    /// This node's unique id (the certificate's name).
+    /// This node's unique id (default: the name its certificate carries).
     #[arg(long, env = "KOBO_NODE_ID")]
     node_id: Option<String>,
+    /// An enrollment key (`kobo-coord enroll-key create`): with no node
+    /// certificate yet, the agent enrolls with it at start.
+    #[arg(long, env = "KOBO_ENROLL_KEY", hide_env_values = true)]
+    enroll_key: Option<String>,
+    /// With --enroll-key: the node is named <the key's prefix><suffix>, e.g.
+    /// the pod name from the downward API.
+    #[arg(long, env = "KOBO_NODE_NAME_SUFFIX", conflicts_with = "node_id")]
+    name_suffix: Option<String>,
     /// Region, e.g. ap-northeast-1 (decides data residency).
     #[arg(long, env = "KOBO_REGION")]
     region: Option<String>,
@@ -152,8 +169,9 @@ struct RunArgs {
     /// Latency of the simulated backend (ms).
     #[arg(long, default_value_t = 200)]
     sim_latency_ms: u64,
-    /// On SIGTERM, how long running jobs get to finish (seconds).
-    #[arg(long, default_value_t = 60)]
+    /// On SIGTERM, how long running jobs get to finish (seconds); then they
+    /// are given back at once. Keep it below a pod's grace period.
+    #[arg(long, env = "KOBO_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
     drain_timeout_secs: u64,
 }
 
@@ -201,7 +219,7 @@ fn config(
     } else {
         tracing::warn!(
             cert = %files.cert.display(),
-            "no node certificate: the coordinator will refuse this agent; enroll with `kobo-agent join`"
+            "no node certificate: the coordinator will refuse this agent; enroll with `kobo-agent join` or an enrollment key (KOBO_ENROLL_KEY)"
         );
         None
     };
@@ -258,11 +276,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(node_id = %enrolled, state_dir = %run.state_dir.display(), "enrolled");
             config(*run, Some(url), Some(enrolled))?
         }
-        None => config(cli.run, None, None)?,
+        Some(Command::Enroll { url, run }) => {
+            let enrolled = enroll_if_needed(&run, Some(&url))
+                .await?
+                .context("--enroll-key (or KOBO_ENROLL_KEY) is required")?;
+            config(*run, Some(url), Some(enrolled))?
+        }
+        None => {
+            let coordinator = cli.run.coordinator.clone();
+            let enrolled = enroll_if_needed(&cli.run, coordinator.as_deref()).await?;
+            config(cli.run, None, enrolled)?
+        }
     };
     let shutdown = CancellationToken::new();
     kobo_agent::signals::cancel_on_signal(shutdown.clone());
     kobo_agent::run(config, shutdown).await
+}
+
+/// Enrolls with the enrollment key when there is one and no node
+/// certificate yet; returns the node id, from the enrollment or else from
+/// the certificate already there (so a restarted pod keeps its name).
+async fn enroll_if_needed(run: &RunArgs, url: Option<&str>) -> anyhow::Result<Option<String>> {
+    let files = match (&run.cert, &run.key) {
+        (Some(cert), Some(key)) => IdentityFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => IdentityFiles::in_dir(&run.state_dir),
+    };
+    if files.cert.exists() {
+        if run.node_id.is_some() {
+            return Ok(None);
+        }
+        let pem = std::fs::read(&files.cert)
+            .with_context(|| format!("reading {}", files.cert.display()))?;
+        return identity::cert_node_id(&pem).map(Some);
+    }
+    let Some(key) = &run.enroll_key else {
+        return Ok(None);
+    };
+    let url = url.context("--coordinator (or KOBO_COORDINATOR) is required to enroll")?;
+    let name = match (&run.name_suffix, &run.node_id) {
+        (Some(suffix), _) => identity::EnrollName::Suffix(suffix.clone()),
+        (None, Some(node_id)) => identity::EnrollName::NodeId(node_id.clone()),
+        (None, None) => bail!(
+            "--name-suffix (or KOBO_NODE_NAME_SUFFIX) or --node-id is required to enroll with a key"
+        ),
+    };
+    let node_id = identity::enroll(url, key, &name, &run.state_dir).await?;
+    tracing::info!(%node_id, state_dir = %run.state_dir.display(), "enrolled with an enrollment key");
+    Ok(Some(node_id))
 }
 
 /// `kobo-agent supervise`: its exit code is the agent's (with --no-restart).

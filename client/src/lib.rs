@@ -282,6 +282,42 @@ impl ApiClient {
             .await
     }
 
+    /// `POST /v1/admin/enroll-keys`: the key's secret is in the answer only.
+    pub async fn enroll_key_create(
+        &self,
+        prefix: &str,
+        ttl: Option<Duration>,
+        max_enrollments: Option<u32>,
+    ) -> Result<kobo_protocol::EnrollKeyCreated> {
+        let body = kobo_protocol::EnrollKeyCreate {
+            prefix: prefix.to_string(),
+            ttl_ms: ttl.map(|t| t.as_millis() as u64),
+            max_enrollments,
+        };
+        self.call(
+            Method::POST,
+            "/v1/admin/enroll-keys",
+            Vec::new(),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn enroll_key_list(&self) -> Result<Vec<kobo_protocol::EnrollKeyView>> {
+        self.call(
+            Method::GET,
+            "/v1/admin/enroll-keys",
+            Vec::new(),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn enroll_key_revoke(&self, id: &str) -> Result<()> {
+        self.call_empty(Method::POST, &format!("/v1/admin/enroll-keys/{id}/revoke"))
+            .await
+    }
+
     pub async fn node_revoke(&self, node_id: &str) -> Result<RevokeResponse> {
         self.call(
             Method::POST,

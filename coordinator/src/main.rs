@@ -35,6 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => cli::init(args),
         Command::Apikey(command) => cli::apikey(command).await,
         Command::Token(command) => cli::token(command).await,
+        Command::EnrollKey(command) => cli::enroll_key(command).await,
         Command::Node(command) => cli::node(command).await,
         Command::Audit(args) => cli::audit(args).await,
         Command::Usage(args) => cli::usage(args).await,

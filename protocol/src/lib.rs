@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`admin`]: roles, API keys, join tokens, enrollment, audit.
+//! - [`enroll`]: enrollment keys, reusable and bound to a node-name prefix.
 //! - [`job`]: what a client submits and what it reads back.
 //! - [`agent`]: the agent ↔ coordinator calls (register, lease, heartbeat, complete).
 //! - [`node`]: nodes as clients see them.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod agent;
 pub mod data_dir;
 pub mod digest;
+pub mod enroll;
 pub mod error;
 pub mod files;
 pub mod framing;
@@ -41,6 +43,7 @@ pub use admin::*;
 pub use agent::*;
 pub use data_dir::{ClientFile, DataDir};
 pub use digest::sha256_hex;
+pub use enroll::*;
 pub use error::*;
 pub use gateway::{GatewayApi, GatewayCall, StreamQuery};
 pub use job::*;

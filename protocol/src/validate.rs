@@ -263,6 +263,40 @@ pub fn csr(field: &str, pem: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Longest DNS label, and so the longest enrolled node name.
+pub const MAX_DNS_LABEL: usize = 63;
+
+/// A DNS label (RFC 1123), as a Kubernetes pod name is: lowercase letters,
+/// digits and `-`, starting and ending with a letter or digit, at most 63
+/// bytes. `partial` allows a leading or trailing `-` (a prefix or suffix).
+pub fn dns_label(field: &str, value: &str, partial: bool) -> Result<(), FieldError> {
+    if value.is_empty() {
+        return fail(field, "must not be empty");
+    }
+    if value.len() > MAX_DNS_LABEL {
+        return fail(
+            field,
+            format!("longer than {MAX_DNS_LABEL} bytes (a DNS label)"),
+        );
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return fail(
+            field,
+            format!("contains {c:?}: only lowercase letters, digits and '-' (a DNS label)"),
+        );
+    }
+    if !partial && (value.starts_with('-') || value.ends_with('-')) {
+        return fail(
+            field,
+            "must start and end with a letter or digit (a DNS label)",
+        );
+    }
+    Ok(())
+}
+
 pub fn complete(req: &CompleteRequest) -> Result<(), FieldError> {
     name("node_id", &req.node_id)?;
     outcome(&req.outcome, "")
@@ -316,6 +350,20 @@ fn outcome(outcome: &Outcome, prefix: &str) -> Result<(), FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_labels_are_what_a_pod_name_can_be() {
+        for good in ["web-5d8f-abcde", "a", "k8s-gpu-0"] {
+            assert_eq!(dns_label("name_suffix", good, false), Ok(()), "{good}");
+        }
+        assert_eq!(dns_label("prefix", "k8s-", true), Ok(()));
+        let long = "a".repeat(64);
+        for bad in ["", "Web", "a_b", "a.b", "-a", "a-", long.as_str()] {
+            let err = dns_label("name_suffix", bad, false).expect_err(bad);
+            assert_eq!(err.field, "name_suffix");
+            assert!(err.message.starts_with("name_suffix: "), "{}", err.message);
+        }
+    }
 
     fn job() -> SubmitJob {
         SubmitJob {

@@ -23,10 +23,10 @@ pub const MAX_TOKEN_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// The security operations; cheap to clone.
 #[derive(Clone)]
 pub struct Admin {
-    store: Store,
-    hub: Arc<Hub>,
-    ca: Arc<Ca>,
-    access: Arc<AccessCache>,
+    pub(crate) store: Store,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) ca: Arc<Ca>,
+    pub(crate) access: Arc<AccessCache>,
 }
 
 /// An audit row for `caller`.

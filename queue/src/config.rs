@@ -33,6 +33,11 @@ pub const DEFAULT_LOCALITY_WAIT: Duration = Duration::from_secs(3);
 /// a cold prefill on a free node soon beats waiting for a warm busy one.
 pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_millis(1500);
 
+/// How long a lost node is kept before it is retired: long enough for a
+/// machine to come back from a reboot or a network outage, short enough
+/// that the pods of a scaled-in Deployment do not pile up.
+pub const DEFAULT_RETIRE_LOST_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Timings of the queue, shared by the store, the hub and the reaper.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -53,6 +58,9 @@ pub struct QueueConfig {
     pub weights: Weights,
     /// How long node metrics are kept, raw and per minute.
     pub metrics_retention: crate::store::MetricsRetention,
+    /// A node lost for longer than this is retired (its certificates
+    /// revoked, gone from the listing).
+    pub retire_lost_after_ms: u64,
 }
 
 impl QueueConfig {
@@ -79,6 +87,7 @@ impl Default for QueueConfig {
                 raw: METRICS_RETENTION,
                 minute: METRICS_MINUTE_RETENTION,
             },
+            retire_lost_after_ms: DEFAULT_RETIRE_LOST_AFTER.as_millis() as u64,
         }
     }
 }

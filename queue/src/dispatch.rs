@@ -156,6 +156,14 @@ impl Hub {
             .insert(state.profile.node_id.clone(), state);
     }
 
+    /// Drops a retired node from the routing view.
+    pub fn remove_node(&self, node_id: &str) {
+        self.fleet
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(node_id);
+    }
+
     /// Changes a node in the routing view, if it is there.
     pub fn update_node(&self, node_id: &str, change: impl FnOnce(&mut NodeState)) {
         if let Some(node) = self

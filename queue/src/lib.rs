@@ -19,6 +19,8 @@
 //! - [`store`]: SQLite schema, the group-commit writer, queries.
 //! - [`access`]: principals, roles, the cache of keys and certificates.
 //! - [`admin`]: API keys, join tokens, enrollment, revocation, audit log.
+//! - [`enrollment`]: enrollment keys (create, list, revoke, enroll) and
+//!   retirement of nodes lost for long.
 //! - [`pki`]: the coordinator's CA, server and node certificates.
 //! - [`security`]: secret keys, API keys, join tokens, sealing.
 //! - [`init`]: preparing a data directory (CA, secrets, database, first admin key).
@@ -30,6 +32,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
+pub mod enrollment;
 pub mod init;
 pub mod observe;
 pub mod pki;

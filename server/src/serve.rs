@@ -96,6 +96,21 @@ pub async fn serve(
     let timer_queue = queue.clone();
     let timer_shutdown = shutdown.clone();
     tracker.spawn(async move { timer_queue.run_timer(timer_shutdown).await });
+    let (retire_admin, retire_shutdown) = (prepared.admin.clone(), shutdown.clone());
+    let retire_after = config.queue.retire_lost_after_ms;
+    tracker.spawn(async move {
+        let every = (Duration::from_millis(retire_after) / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = retire_shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(err) = retire_admin.retire_lost(retire_after).await {
+                tracing::error!(error = %err, "retiring lost nodes failed");
+            }
+        }
+    });
     let renew_shutdown = shutdown.clone();
     let (paths, names) = (prepared.paths.clone(), pki::server_names(&config.sans));
     tracker.spawn(async move {

@@ -217,6 +217,8 @@ pub struct AgentSpec {
     /// The coordinator's URL as this agent dials it (a namespace's view, a
     /// proxy); the cluster's URL when `None`.
     pub coordinator_url: Option<String>,
+    /// `--drain-timeout-secs`: how long running jobs get after SIGTERM.
+    pub drain_secs: u64,
 }
 
 impl AgentSpec {
@@ -230,7 +232,14 @@ impl AgentSpec {
             extra_args: Vec::new(),
             prefix: Vec::new(),
             coordinator_url: None,
+            drain_secs: 10,
         }
+    }
+
+    /// How long running jobs get after SIGTERM (`--drain-timeout-secs`).
+    pub fn drain_secs(mut self, secs: u64) -> Self {
+        self.drain_secs = secs;
+        self
     }
 
     /// Runs the agent inside network namespace `netns`, dialing the
@@ -494,7 +503,7 @@ impl Cluster {
             .args(["--capabilities", &spec.capabilities.join(",")])
             .args(["--llm", &spec.backend])
             .args(["--max-workers", &spec.max_workers.to_string()])
-            .args(["--drain-timeout-secs", "10"]);
+            .args(["--drain-timeout-secs", &spec.drain_secs.to_string()]);
         if spec.backend != "sim" {
             command.args(["--llm-endpoint", &self.fake.url()]);
         }

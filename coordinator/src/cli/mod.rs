@@ -8,9 +8,11 @@
 //! - `nodes.rs`: `nodes`, `drain`, `resume`, `node`.
 //! - `schedules.rs`: `schedule …`.
 //! - `admin.rs`: `apikey`, `token`, `audit`.
+//! - `enroll.rs`: `enroll-key`.
 //! - `usage.rs`: `usage`.
 
 mod admin;
+mod enroll;
 mod jobs;
 mod nodes;
 mod schedules;
@@ -18,6 +20,7 @@ mod serve;
 mod usage;
 
 pub use admin::*;
+pub use enroll::*;
 pub use jobs::*;
 pub use nodes::*;
 pub use schedules::*;
@@ -77,6 +80,10 @@ pub enum Command {
     /// Create single-use join tokens for `kobo-agent join` (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Reusable enrollment keys for fleets that name their own nodes, such as
+    /// a Kubernetes Deployment (admin).
+    #[command(subcommand)]
+    EnrollKey(EnrollKeyCommand),
     /// Node administration: revoke a node's certificates (admin).
     #[command(subcommand)]
     Node(NodeCommand),

@@ -95,6 +95,7 @@ impl QueueArgs {
             locality_wait_ms: self.locality_wait_ms,
             session_wait_ms: self.session_wait_ms,
             fair_share: !self.no_fair_share,
+            retire_lost_after_ms: QueueConfig::default().retire_lost_after_ms,
             weights: {
                 let mut weights = kobo_queue::scoring::Weights::default();
                 for assignment in &self.route_weights {
@@ -274,6 +275,10 @@ pub struct RetentionArgs {
     /// Keep per-minute node metrics this long.
     #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
     pub metrics_minute_retention: Duration,
+    /// Retire nodes lost for longer than this: they leave the node listing
+    /// and their certificates are revoked (kept in history for reports).
+    #[arg(long, env = "KOBO_RETIRE_LOST_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retire_lost_after: Duration,
 }
 
 impl RetentionArgs {
@@ -291,6 +296,7 @@ impl ServeArgs {
             data_dir: self.data_dir.data_dir.clone(),
             queue: QueueConfig {
                 metrics_retention: self.retention.retention(),
+                retire_lost_after_ms: self.retention.retire_lost_after.as_millis() as u64,
                 ..self.queue.config()?
             },
             sans: self.sans.clone(),

@@ -1,5 +1,6 @@
-//! API keys (`kobo_<id>_<secret>`) and join tokens
-//! (`kobo-join.<ca sha256>.<id>.<secret>`): generation, parsing, and keyed
+//! API keys (`kobo_<id>_<secret>`), join tokens
+//! (`kobo-join.<ca sha256>.<id>.<secret>`) and enrollment keys
+//! (`kobo-enroll.<ca sha256>.<id>.<secret>`): generation, parsing, and keyed
 //! hashes compared in constant time.
 
 use ring::hmac;
@@ -13,6 +14,8 @@ const ID_BYTES: usize = 8;
 
 /// Prefix of join tokens.
 pub const JOIN_TOKEN_PREFIX: &str = "kobo-join";
+/// Prefix of enrollment keys: the same shape as a join token, another use.
+pub const ENROLL_KEY_PREFIX: &str = "kobo-enroll";
 
 /// HMAC-SHA256 keyed by the data directory's `hmac.key`.
 #[derive(Clone)]
@@ -59,7 +62,7 @@ pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
         .then_some((id, secret))
 }
 
-/// A join token's parts.
+/// A join token's (or an enrollment key's) parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinToken {
     /// Hex SHA-256 of the CA certificate (DER) the agent must find.
@@ -78,11 +81,16 @@ impl JoinToken {
     }
 
     pub fn parse(token: &str) -> Option<JoinToken> {
+        JoinToken::parse_as(JOIN_TOKEN_PREFIX, token)
+    }
+
+    /// Parses `<kind>.<ca sha256>.<id>.<secret>` for `kind`, the prefix.
+    pub fn parse_as(kind: &str, token: &str) -> Option<JoinToken> {
         let mut parts = token.trim().split('.');
         let (prefix, ca_hash, id, secret) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        (prefix == JOIN_TOKEN_PREFIX
+        (prefix == kind
             && parts.next().is_none()
             && hex(ca_hash, 64)
             && hex(id, ID_BYTES * 2)
@@ -92,6 +100,13 @@ impl JoinToken {
             id: id.to_string(),
             secret: secret.to_string(),
         })
+    }
+}
+
+impl JoinToken {
+    /// The text of this secret under `kind`, the prefix.
+    pub fn text_as(&self, kind: &str) -> String {
+        format!("{kind}.{}.{}.{}", self.ca_hash, self.id, self.secret)
     }
 }
 
@@ -137,6 +152,16 @@ mod tests {
         let token = JoinToken::generate(&"ab".repeat(32));
         assert_eq!(JoinToken::parse(&token.to_string()), Some(token.clone()));
         assert_eq!(JoinToken::parse("kobo-join.zz.1.2"), None);
+        let key = token.text_as(ENROLL_KEY_PREFIX);
+        assert_eq!(
+            JoinToken::parse_as(ENROLL_KEY_PREFIX, &key),
+            Some(token.clone())
+        );
+        assert_eq!(
+            JoinToken::parse(&key),
+            None,
+            "an enrollment key is no join token"
+        );
         assert_eq!(JoinToken::parse(&format!("{token}.extra")), None);
     }
 }

@@ -8,6 +8,7 @@
 //! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
 
 mod audit;
+mod enroll;
 mod fleet;
 pub mod health;
 mod jobs;
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use audit::*;
+pub use enroll::*;
 pub use fleet::*;
 pub use jobs::*;
 pub use leases::*;

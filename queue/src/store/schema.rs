@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/migrations/0005_routing.sql"),
     include_str!("../../../sql/migrations/0006_gateway_mark.sql"),
     include_str!("../../../sql/migrations/0007_tenancy.sql"),
+    include_str!("../../../sql/migrations/0008_enrollment.sql"),
 ];
 
 /// The schema version a migrated database has.
@@ -101,6 +102,13 @@ pub const QUERIES: &[&str] = &[
     super::security::SELECT_VALID_CERTIFICATES,
     super::security::REVOKE_NODE_CERTIFICATES,
     super::security::REVOKE_NODE,
+    super::enroll::INSERT_ENROLL_KEY,
+    super::enroll::SELECT_ENROLL_KEYS,
+    super::enroll::COUNT_ENROLLMENT,
+    super::enroll::REVOKE_ENROLL_KEY,
+    super::enroll::SELECT_LIVE_NODE,
+    super::enroll::SELECT_RETIRABLE,
+    super::enroll::RETIRE_NODE,
     super::audit::SELECT_LAST_AUDIT_HASH,
     super::audit::INSERT_AUDIT,
     super::audit::SELECT_AUDIT,

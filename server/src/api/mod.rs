@@ -4,7 +4,7 @@
 //!
 //! | routes | access |
 //! |---|---|
-//! | `GET /healthz`, `GET /v1/join/ca`, `POST /v1/join` | public (join: the token authenticates) |
+//! | `GET /healthz`, `GET /v1/join/ca`, `POST /v1/join`, `POST /v1/enroll` | public (the token or enrollment key authenticates) |
 //! | `GET /`, `GET /assets/…`, `GET /login`, `POST /v1/session…` | public (the dashboard's page and login) |
 //! | `GET /metrics`, `GET /v1/status`, `GET /v1/events` | `read` (also a dashboard session) |
 //! | `GET /v1/jobs…`, `GET /v1/nodes` | `read` |
@@ -15,6 +15,7 @@
 mod admin;
 mod agent;
 pub(crate) mod auth;
+mod enroll;
 mod error;
 pub(crate) mod jobs;
 mod observe;
@@ -125,6 +126,13 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
             get(admin::join_ca),
         ),
         route("POST", "/v1/join", "/v1/join", None, post(admin::join)),
+        route(
+            "POST",
+            "/v1/enroll",
+            "/v1/enroll",
+            None,
+            post(enroll::enroll),
+        ),
         route("GET", "/", "/", None, get(observe::dashboard_index)),
         route(
             "GET",
@@ -302,6 +310,27 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
             "/v1/admin/tokens",
             admin,
             post(admin::tokens_create),
+        ),
+        route(
+            "POST",
+            "/v1/admin/enroll-keys",
+            "/v1/admin/enroll-keys",
+            admin,
+            post(enroll::keys_create),
+        ),
+        route(
+            "GET",
+            "/v1/admin/enroll-keys",
+            "/v1/admin/enroll-keys",
+            admin,
+            get(enroll::keys_list),
+        ),
+        route(
+            "POST",
+            "/v1/admin/enroll-keys/{id}/revoke",
+            "/v1/admin/enroll-keys/0000000000000000/revoke",
+            admin,
+            post(enroll::keys_revoke),
         ),
         route(
             "POST",

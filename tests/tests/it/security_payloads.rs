@@ -13,6 +13,12 @@ const SQL: &str = "'; DROP TABLE jobs; --";
 pub(crate) fn template(path: &str, csr: &str) -> Option<Value> {
     let value = match path {
         "/v1/join" => json!({"token": unknown_join_token(), "csr_pem": csr}),
+        "/v1/enroll" => {
+            json!({"key": unknown_enroll_key(), "name_suffix": "pod-1", "csr_pem": csr})
+        }
+        "/v1/admin/enroll-keys" => {
+            json!({"prefix": "barrage-", "ttl_ms": 60_000, "max_enrollments": 3})
+        }
         "/v1/jobs" => json!({"kind": "general_query", "prompt": "hello"}),
         "/v1/jobs/batch" => json!({"jobs": [{"kind": "general_query", "prompt": "hello"}]}),
         "/v1/admin/apikeys" => json!({"name": "barrage", "role": "read"}),
@@ -61,6 +67,7 @@ pub(crate) fn template(path: &str, csr: &str) -> Option<Value> {
         | "/v1/jobs/1/cancel"
         | "/v1/session/logout"
         | "/v1/admin/apikeys/0000000000000000/revoke"
+        | "/v1/admin/enroll-keys/0000000000000000/revoke"
         | "/v1/admin/nodes/x/revoke"
         | "/v1/admin/nodes/x/drain"
         | "/v1/admin/nodes/x/resume"
@@ -72,6 +79,15 @@ pub(crate) fn template(path: &str, csr: &str) -> Option<Value> {
 }
 
 /// A join token of the right shape that the coordinator never issued.
+fn unknown_enroll_key() -> String {
+    format!(
+        "kobo-enroll.{}.{}.{}",
+        "a".repeat(64),
+        "b".repeat(16),
+        "c".repeat(64)
+    )
+}
+
 fn unknown_join_token() -> String {
     format!(
         "kobo-join.{}.{}.{}",
@@ -214,6 +230,31 @@ pub(crate) fn route_payloads(path: &str, csr: &str) -> Vec<(&'static str, Vec<u8
             (
                 "a PEM-shaped garbage CSR",
                 json!({"token": unknown_join_token(), "csr_pem": garbage_csr}),
+            ),
+        ],
+        "/v1/enroll" => vec![
+            (
+                "a suffix that is no DNS label",
+                json!({"key": unknown_enroll_key(), "name_suffix": "Pod.1", "csr_pem": csr}),
+            ),
+            (
+                "both a suffix and a node id",
+                json!({"key": unknown_enroll_key(), "name_suffix": "a", "node_id": "b", "csr_pem": csr}),
+            ),
+            (
+                "a join token for a key",
+                json!({"key": unknown_join_token(), "name_suffix": "a", "csr_pem": csr}),
+            ),
+        ],
+        "/v1/admin/enroll-keys" => vec![
+            ("an upper-case prefix", json!({"prefix": "K8S-"})),
+            (
+                "max_enrollments 0",
+                json!({"prefix": "k8s-", "max_enrollments": 0}),
+            ),
+            (
+                "ttl_ms u64::MAX",
+                json!({"prefix": "k8s-", "ttl_ms": u64::MAX}),
             ),
         ],
         "/v1/agent/renew" => vec![("a PEM-shaped garbage CSR", json!({"csr_pem": garbage_csr}))],

@@ -136,6 +136,7 @@ fn matrix_body(path: &str) -> &'static str {
         "/v1/jobs/batch" => r#"{"jobs":[{"kind":"general_query","prompt":"role matrix"}]}"#,
         "/v1/admin/apikeys" => r#"{"name":"matrix-made","role":"read"}"#,
         "/v1/admin/tokens" => r#"{"node_id":"matrix-token","ttl_ms":60000}"#,
+        "/v1/admin/enroll-keys" => r#"{"prefix":"matrix-"}"#,
         _ => "{}",
     }
 }
