@@ -17,6 +17,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/migrations/0005_routing.sql"),
     include_str!("../../../sql/migrations/0006_gateway_mark.sql"),
     include_str!("../../../sql/migrations/0007_tenancy.sql"),
+    // 0008 is the enrollment keys of the Kubernetes work (another branch).
+    include_str!("../../../sql/migrations/0009_scaler_role.sql"),
 ];
 
 /// The schema version a migrated database has.
@@ -28,6 +30,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every query constant of the store, for the test that prepares them all.
 pub const QUERIES: &[&str] = &[
+    super::scaling::SELECT_SCALING_COUNTS,
+    super::scaling::SELECT_SCALING_GROUPS,
     super::views::SELECT_LEASE_HOLDER,
     super::timed::REFRESH_NODES_AFTER_RESTART,
     super::timed::REFRESH_LEASES_AFTER_RESTART,
