@@ -24,6 +24,7 @@ mod metrics;
 mod provision;
 mod retries;
 mod routing;
+mod scaling;
 mod security_audit;
 mod security_data;
 mod security_hardening;
