@@ -126,18 +126,14 @@ impl<'a> Applier<'a> {
         action: &Action,
         node_id: &str,
     ) -> anyhow::Result<String> {
-        // A node we drained stays drained when it registers again: undo it.
-        match self.client.resume(node_id).await {
-            Ok(_) => {}
-            Err(err) if err.is_not_found() => {}
-            Err(err) => return Err(err).context("resuming the node"),
-        }
         match &plan.pool.provider {
             PoolProvider::Hosts(_) => {
                 let host = self
                     .inventory
                     .host(&action.host)
                     .with_context(|| format!("no host {}", action.host))?;
+                // Before the health gate, which waits for an active node.
+                self.resume(node_id).await?;
                 let reports = kobo_provisioning::run::run(
                     &[host],
                     &self.run,
@@ -153,6 +149,8 @@ impl<'a> Applier<'a> {
             }
             PoolProvider::Command { start, .. } => {
                 self.script(start, plan, action, node_id, "start").await?;
+                // After the script worked, so a failed start leaves the node as it was.
+                self.resume(node_id).await?;
                 Ok("start script ran".into())
             }
         }
@@ -187,6 +185,16 @@ impl<'a> Applier<'a> {
                 self.script(stop, plan, action, node_id, "stop").await?;
                 Ok(format!("{drained}; stop script ran"))
             }
+        }
+    }
+
+    /// A node we drained stays drained when its agent registers again: the
+    /// drain is undone (a node the coordinator never saw needs nothing).
+    async fn resume(&self, node_id: &str) -> anyhow::Result<()> {
+        match self.client.resume(node_id).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.is_not_found() => Ok(()),
+            Err(err) => Err(err).context("resuming the node"),
         }
     }
 

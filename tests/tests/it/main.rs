@@ -2,6 +2,7 @@
 //! HTTPS, a real SQLite file; only the LLM is the fake in `kobo_tests::fake_llm`.
 //! `llm` tests the agent's LLM backends directly against that fake.
 
+mod autoscale;
 mod bad_input;
 mod cancel;
 mod chaos;
