@@ -243,3 +243,170 @@ async fn a_command_pool_starts_for_a_queue_stops_when_idle_and_backs_off_after_f
     let waiting = cluster.client().job(job_id).await.expect("job");
     assert_eq!(waiting.job.state, JobState::Queued);
 }
+
+/// Two standby hosts behind real sshds, both general_query, 2 slots each.
+const STANDBY: [crate::provision::Node; 2] = [
+    crate::provision::Node {
+        node_id: "standby-1",
+        location: "ap-northeast-1",
+        capabilities: &["general_query"],
+        max_workers: 2,
+    },
+    crate::provision::Node {
+        node_id: "standby-2",
+        location: "ap-northeast-1",
+        capabilities: &["general_query"],
+        max_workers: 2,
+    },
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_hosts_start_over_ssh_for_a_queue_survive_a_killed_host_and_stop_when_idle() {
+    use kobo_tests::ledger::{Expect, Ledger};
+    use std::time::Duration;
+
+    let mut setup = crate::provision::Setup::start(2).await;
+    let inventory = setup.inventory(&STANDBY, |_| String::new());
+    let mut text = std::fs::read_to_string(&inventory).expect("inventory");
+    text.push_str(
+        "pools:\n  - name: standby\n    min: 0\n    max: 2\n    hosts: [standby-1, standby-2]\n    kind: general_query\n    idle_after: 1s\n    cooldown: 1s\n",
+    );
+    std::fs::write(&inventory, text).expect("inventory");
+    let trusted = setup.trust(&inventory);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        crate::provision::text(&trusted)
+    );
+
+    // The calls wait at the LLM until the test lets them go.
+    setup.fake().update_behavior(|b| b.hold = true);
+    let mut ledger = Ledger::new();
+    ledger
+        .submit_many(
+            setup.cluster.client(),
+            ("general_query", "standby"),
+            6,
+            Expect::Succeeded,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("submits");
+    let autoscaler = Autoscaler::start(
+        &setup.cluster,
+        &inventory,
+        &["--health-timeout", "30s", "--connect-timeout", "2s"],
+    );
+
+    // Backlog 6 at 2 slots wants 3 hosts: both (max 2) are installed and started.
+    setup
+        .cluster
+        .wait_until("both standby hosts run two jobs each", || async {
+            setup.fake().in_flight() == 4
+        })
+        .await;
+    for node in ["standby-1", "standby-2"] {
+        let view = setup.node(node).await.expect("registered");
+        assert_eq!(
+            (view.status, view.running),
+            (NodeStatus::Active, 2),
+            "{node}"
+        );
+    }
+
+    // standby-1 dies with its jobs: its sshd and its agent's whole session.
+    let on_first: Vec<i64> = {
+        let db = setup.cluster.db();
+        let mut stmt = db
+            .prepare("SELECT id FROM jobs WHERE state = 'leased' AND node_id = 'standby-1'")
+            .expect("query");
+        stmt.query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(on_first.len(), 2);
+    setup.fleet.stop_sshd(0);
+    let supervisor = setup.fleet.hosts[0].supervisor_pid().expect("supervised");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-supervisor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the host's agent session");
+    setup
+        .cluster
+        .wait_until("standby-1 is lost", || async {
+            setup
+                .node("standby-1")
+                .await
+                .is_some_and(|n| n.status == NodeStatus::Lost)
+        })
+        .await;
+    // The backlog still wants two hosts: the restart of standby-1 fails
+    // (no sshd) and is audited; then the calls are let go.
+    setup
+        .cluster
+        .wait_until("a failed restart of standby-1", || async {
+            scale_rows(&setup.cluster).iter().any(|(a, o, d)| {
+                a == "provision.scale-up" && o == "failed" && d.contains("host standby-1")
+            })
+        })
+        .await;
+    setup.fake().update_behavior(|b| b.hold = false);
+    setup
+        .cluster
+        .wait_until("every job succeeded", || async {
+            count(
+                &setup.cluster,
+                "SELECT count(*) FROM jobs WHERE state = 'succeeded'",
+            ) == 6
+        })
+        .await;
+    ledger
+        .check(&setup.cluster.db_path())
+        .assert_ok("standby hosts, one killed mid-job");
+    for id in &on_first {
+        let node: String = setup
+            .cluster
+            .db()
+            .query_row(
+                "SELECT node_id FROM job_attempts WHERE job_id = ?1 AND outcome = 'succeeded'",
+                [id],
+                |r| r.get(0),
+            )
+            .expect("the succeeded attempt");
+        assert_eq!(node, "standby-2", "job {id} was done elsewhere");
+    }
+
+    // Idle: standby-2 is drained, then its agent stopped over SSH.
+    setup
+        .cluster
+        .wait_until("standby-2 stopped", || async {
+            scale_rows(&setup.cluster).iter().any(|(a, o, d)| {
+                a == "provision.scale-down" && o == "ok" && d.contains("host standby-2")
+            })
+        })
+        .await;
+    let stopped = setup.node("standby-2").await.expect("node");
+    assert_eq!(
+        stopped.status,
+        NodeStatus::Drained,
+        "drained before the stop"
+    );
+    assert!(
+        setup.fleet.hosts[1]
+            .supervisor_pid()
+            .is_none_or(|pid| !crate::provision::alive(pid)),
+        "standby-2's agent still runs"
+    );
+    let rows = scale_rows(&setup.cluster);
+    for host in ["standby-1", "standby-2"] {
+        assert!(
+            rows.iter().any(|(a, o, d)| a == "provision.scale-up"
+                && o == "ok"
+                && d.contains(&format!("host {host}"))),
+            "{host} started: {rows:#?}\n{}",
+            autoscaler.log_text()
+        );
+    }
+}
