@@ -381,6 +381,15 @@ impl ApiClient {
 
     /// `GET /v1/usage`: usage summed per the query's grouping (an admin
     /// sees every key, anyone else only its own).
+    /// `GET /v1/scaling`: the backlog of the work `query` matches and the agents it needs.
+    pub async fn scaling(
+        &self,
+        query: &kobo_protocol::ScalingQuery,
+    ) -> Result<kobo_protocol::ScalingView> {
+        self.call(Method::GET, "/v1/scaling", query_pairs(query), None::<&()>)
+            .await
+    }
+
     pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
         self.call(Method::GET, "/v1/usage", query_pairs(query), None::<&()>)
             .await

@@ -6,10 +6,13 @@
 //! - [`cli`]: the clap definitions and the client commands, by command group.
 //! - [`status`]: `kobo-coord status`.
 //! - [`provision`]: `provision`, `hosts trust`, `keygen` (on `kobo_provisioning`).
+//! - [`autoscale`]: `autoscale` (and `serve --autoscale`): pools of standby hosts
+//!   started and stopped as their backlog needs.
 //! - [`mcp`]: the MCP stdio server (`kobo-coord mcp`) for Claude Code.
 //! - [`demo`]: a coordinator and local agents in one process (the only
 //!   crate that links `kobo-agent`).
 
+pub mod autoscale;
 pub mod cli;
 pub mod demo;
 pub mod mcp;

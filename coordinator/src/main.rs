@@ -23,7 +23,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {}", args.listen))?;
             let shutdown = CancellationToken::new();
             kobo_agent::signals::cancel_on_signal(shutdown.clone());
-            kobo_server::serve(listener, config, shutdown).await
+            let Some(inventory) = args.autoscale.clone() else {
+                return kobo_server::serve(listener, config, shutdown).await;
+            };
+            let server = async {
+                let served = kobo_server::serve(listener, config, shutdown.clone()).await;
+                // A server that failed to start stops the autoscaler too.
+                shutdown.cancel();
+                served
+            };
+            let options = kobo_coord::autoscale::AutoscaleOptions {
+                interval: args.autoscale_interval,
+                ..kobo_coord::autoscale::AutoscaleOptions::default()
+            };
+            // Beside the server in this task: the autoscaler's futures
+            // borrow across awaits and need not be `Send`.
+            let autoscaler = kobo_coord::autoscale::run_beside_server(
+                inventory,
+                options,
+                args.data_dir.data_dir.clone(),
+                shutdown.clone(),
+            );
+            tokio::join!(server, autoscaler).0
         }
         Command::Demo(args) => kobo_coord::demo::run(args).await,
         Command::Submit(args) => cli::submit(args).await,
@@ -45,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Provision(args) => kobo_coord::provision::provision(args).await,
         Command::Hosts(command) => kobo_coord::provision::hosts(command).await,
         Command::Keygen(args) => kobo_coord::provision::keygen(args),
+        Command::Autoscale(args) => kobo_coord::autoscale::autoscale(args).await,
         Command::Mcp(args) => kobo_coord::mcp::serve_stdio(args.client.client()?).await,
     }
 }

@@ -129,7 +129,7 @@ pub struct KeygenArgs {
 }
 
 /// The coordinator, as provisioning needs it, over the HTTPS API.
-struct ApiCoordinator<'a>(&'a ApiClient);
+pub(crate) struct ApiCoordinator<'a>(pub(crate) &'a ApiClient);
 
 fn boxed(err: kobo_client::ClientError) -> CoordinatorError {
     Box::new(err)
@@ -266,7 +266,7 @@ fn head(text: &str, n: usize) -> String {
 }
 
 /// kobo's SSH files in the data directory; writes the ssh config.
-fn ssh_options(
+pub(crate) fn ssh_options(
     data_dir: &Path,
     accept_new: bool,
     connect_timeout: Duration,
@@ -293,7 +293,7 @@ fn ssh_options(
 
 /// `--agent-binary` values by architecture; the default is the kobo-agent
 /// next to this executable, for this machine's architecture.
-fn agent_binaries(values: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+pub(crate) fn agent_binaries(values: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let local_arch = normalise_arch(std::env::consts::ARCH).to_string();
     let mut binaries = BTreeMap::new();
     for value in values {
@@ -321,7 +321,7 @@ fn agent_binaries(values: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>
     Ok(binaries)
 }
 
-fn load_inventory(path: &Path) -> anyhow::Result<kobo_inventory::Inventory> {
+pub(crate) fn load_inventory(path: &Path) -> anyhow::Result<kobo_inventory::Inventory> {
     // The diagnostics are the message: file:line:column for each problem.
     kobo_inventory::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::yaml::Pos;
 
@@ -22,11 +23,66 @@ pub struct Inventory {
     pub hosts: Vec<Host>,
     /// Every group name with the hosts in it (nested groups' hosts included).
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Autoscaling pools (`kobo-coord autoscale`), in the order written.
+    pub pools: Vec<Pool>,
 }
 
 impl Inventory {
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+/// How long a pool's host stays up idle unless the pool says otherwise.
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(300);
+/// How long a pool waits after a scale-up before it scales again, unless it
+/// says otherwise.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(120);
+
+/// A pool of standby capacity the autoscaler starts and stops: between
+/// `min` and `max` hosts, as the backlog of the work it matches needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    /// Where the pool is defined in the file.
+    pub pos: Pos,
+    pub min: u32,
+    pub max: u32,
+    pub provider: PoolProvider,
+    /// The work the pool serves (`GET /v1/scaling`'s filter).
+    pub kind: Option<String>,
+    pub region: Option<String>,
+    pub model: Option<String>,
+    /// Jobs one host runs at once (none: the mean `max_workers` of its hosts,
+    /// or the agent's default for a command pool).
+    pub slots: Option<u32>,
+    /// A host with no leases this long is drained and stopped.
+    pub idle_after: Duration,
+    /// No scaling of the pool this long after it scaled up.
+    pub cooldown: Duration,
+}
+
+/// How a pool's hosts come and go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolProvider {
+    /// Standby hosts of the inventory: the agent is installed and started
+    /// over SSH (provisioning), stopped the same way.
+    Hosts(Vec<String>),
+    /// Scripts run where the autoscaler runs (`sh -c`), with `KOBO_POOL`,
+    /// `KOBO_HOST` and `KOBO_NODE_ID` in their environment; instance names
+    /// are `<pool>-1` … `<pool>-<max>`.
+    Command { start: String, stop: String },
+}
+
+impl Pool {
+    /// The names of the pool's hosts (a command pool's instances), in order.
+    pub fn members(&self) -> Vec<String> {
+        match &self.provider {
+            PoolProvider::Hosts(hosts) => hosts.clone(),
+            PoolProvider::Command { .. } => (1..=self.max)
+                .map(|i| format!("{}-{i}", self.name))
+                .collect(),
+        }
     }
 }
 

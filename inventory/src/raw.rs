@@ -99,6 +99,14 @@ pub(crate) struct HostDef {
     pub(crate) memberships: Vec<Vec<String>>,
 }
 
+/// A pool as written; resolving checks its hosts exist.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolDef {
+    pub(crate) pool: crate::model::Pool,
+    /// Each host named under `hosts:`, where it was written.
+    pub(crate) host_refs: Vec<At<String>>,
+}
+
 /// Everything the schema layer read from one inventory.
 #[derive(Default)]
 pub(crate) struct Raw {
@@ -108,4 +116,5 @@ pub(crate) struct Raw {
     pub(crate) group_order: Vec<String>,
     /// In the order first written.
     pub(crate) hosts: Vec<HostDef>,
+    pub(crate) pools: Vec<PoolDef>,
 }

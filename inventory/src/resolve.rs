@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::checks;
 use crate::error::Problems;
 use crate::model::*;
-use crate::raw::{HostDef, Raw, Vars};
+use crate::raw::{HostDef, PoolDef, Raw, Vars};
 
 /// Each host's settings resolved, then the checks that span fields and
 /// hosts; every problem goes to `problems`.
@@ -53,11 +53,47 @@ pub(crate) fn resolve(raw: Raw, file: &Path, problems: &mut Problems) -> Invento
         );
     }
     fleet_checks(&hosts, problems);
+    let pools = pool_checks(raw.pools, &raw.hosts, problems);
     Inventory {
         file: file.to_path_buf(),
         hosts,
         groups,
+        pools,
     }
+}
+
+/// Every host a pool names is a host of the inventory, in one pool only.
+fn pool_checks(pools: Vec<PoolDef>, hosts: &[HostDef], problems: &mut Problems) -> Vec<Pool> {
+    let mut owner: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for def in pools {
+        let mut ok = true;
+        for host in &def.host_refs {
+            if !hosts.iter().any(|h| h.name == host.value) {
+                problems.report(
+                    host.pos,
+                    format!(
+                        "pool `{}` names host `{}`, which is not in the inventory's hosts",
+                        def.pool.name, host.value
+                    ),
+                );
+                ok = false;
+            } else if let Some(other) = owner.insert(host.value.clone(), def.pool.name.clone()) {
+                problems.report(
+                    host.pos,
+                    format!(
+                        "host `{}` is in pool `{other}` and pool `{}`; a host belongs to one pool",
+                        host.value, def.pool.name
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if ok {
+            out.push(def.pool);
+        }
+    }
+    out
 }
 
 /// The host `def` with its resolved `vars`, in `groups`; none when a

@@ -11,6 +11,7 @@ use crate::model::LLM_TYPES;
 use crate::raw::{At, GroupDef, HostDef, LlmVars, Raw, Vars};
 use crate::yaml::Node;
 
+mod pools;
 mod value;
 
 use value::at;
@@ -19,7 +20,7 @@ use value::at;
 const MAX_WORKERS: u64 = 1024;
 
 /// Keys of the top level.
-const TOP_KEYS: &[&str] = &["defaults", "vars", "groups", "children", "hosts"];
+const TOP_KEYS: &[&str] = &["defaults", "vars", "groups", "children", "hosts", "pools"];
 /// Keys of a group.
 const GROUP_KEYS: &[&str] = &["vars", "hosts", "children", "groups"];
 /// Keys a host, a group's vars or the defaults may set.
@@ -160,6 +161,7 @@ impl Walk<'_> {
                     }
                 }
                 "hosts" => self.hosts_of(value, &[]),
+                "pools" => self.pools(value),
                 _ => self.unknown_key(key, TOP_KEYS, "the inventory"),
             }
         }

@@ -5,10 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::UnixMillis;
 
-/// Roles of API keys, cumulative: `read ⊂ submit ⊂ admin`.
+/// Roles of API keys, cumulative: `scaler ⊂ read ⊂ submit ⊂ admin`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessRole {
+    /// Only what an autoscaler reads: `GET /v1/scaling` and `GET /metrics`.
+    Scaler,
     /// GET routes: jobs, nodes.
     Read,
     /// Read, plus submit jobs and cancel one's own.
@@ -18,10 +20,16 @@ pub enum AccessRole {
 }
 
 impl AccessRole {
-    pub const ALL: [AccessRole; 3] = [AccessRole::Read, AccessRole::Submit, AccessRole::Admin];
+    pub const ALL: [AccessRole; 4] = [
+        AccessRole::Scaler,
+        AccessRole::Read,
+        AccessRole::Submit,
+        AccessRole::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            AccessRole::Scaler => "scaler",
             AccessRole::Read => "read",
             AccessRole::Submit => "submit",
             AccessRole::Admin => "admin",
@@ -184,7 +192,8 @@ pub struct CertificateIssued {
     pub not_after: UnixMillis,
 }
 
-/// What provisioning did on one host.
+/// What provisioning did on one host; `scale-up` and `scale-down` are the
+/// autoscaler's (`kobo-coord autoscale`) starting and stopping a pool's host.
 pub const PROVISION_ACTIONS: &[&str] = &[
     "install",
     "upgrade",
@@ -194,6 +203,8 @@ pub const PROVISION_ACTIONS: &[&str] = &[
     "nothing",
     "remove",
     "rollback",
+    "scale-up",
+    "scale-down",
 ];
 /// How it went: `changed` and `ok` (nothing to do) succeeded.
 pub const PROVISION_OUTCOMES: &[&str] = &["ok", "changed", "failed", "unreachable"];

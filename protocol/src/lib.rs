@@ -21,6 +21,7 @@
 //! - [`framing`]: incremental SSE and NDJSON decoders.
 //! - [`resume`]: continuing a broken gateway stream on another node.
 //! - [`tenancy`]: what each API key may use (weight, class, limits, budget) and its usage.
+//! - [`scaling`]: the backlog and agents needed, for autoscalers (`GET /v1/scaling`).
 
 pub mod admin;
 pub mod agent;
@@ -36,6 +37,7 @@ pub mod node;
 pub mod observe;
 pub mod resume;
 pub mod route;
+pub mod scaling;
 pub mod tenancy;
 pub mod validate;
 
@@ -50,6 +52,7 @@ pub use job::*;
 pub use node::*;
 pub use observe::*;
 pub use route::RouteReason;
+pub use scaling::{ScalingQuery, ScalingView};
 pub use tenancy::{
     Budget, BudgetPeriod, KeyPolicy, KeyPolicyUpdate, PriorityClass, UsageGroup, UsageQuery,
     UsageRow, usage_actor,

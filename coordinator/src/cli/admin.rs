@@ -136,7 +136,8 @@ pub struct AuditArgs {
 }
 
 fn parse_role(s: &str) -> Result<AccessRole, String> {
-    AccessRole::parse(s).ok_or_else(|| format!("unknown role {s:?}; one of read, submit, admin"))
+    AccessRole::parse(s)
+        .ok_or_else(|| format!("unknown role {s:?}; one of scaler, read, submit, admin"))
 }
 
 pub async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {

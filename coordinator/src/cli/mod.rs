@@ -108,6 +108,8 @@ pub enum Command {
     Hosts(crate::provision::HostsCommand),
     /// Make the ed25519 deploy key provisioning logs in with.
     Keygen(crate::provision::KeygenArgs),
+    /// Start and stop the inventory's pools of standby hosts as their backlog needs (admin).
+    Autoscale(crate::autoscale::AutoscaleArgs),
 }
 
 /// `kobo-coord mcp`: the coordinator to drive, as for the client commands.

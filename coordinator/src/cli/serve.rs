@@ -135,6 +135,12 @@ pub struct ServeArgs {
     pub gateway: GatewayArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Also run the autoscaler on this inventory's `pools:` (as `kobo-coord autoscale`).
+    #[arg(long, value_name = "INVENTORY")]
+    pub autoscale: Option<PathBuf>,
+    /// Time between the autoscaler's looks at the backlog (with --autoscale).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub autoscale_interval: Duration,
 }
 
 /// Bounds on connections and request bodies: what a slow or flooding client

@@ -191,3 +191,51 @@ fn every_problem_is_reported_at_once_in_file_order() {
     assert!(found[0].starts_with("fleet.yaml:2:"), "{found:#?}");
     assert!(found[2].starts_with("fleet.yaml:3:"), "{found:#?}");
 }
+
+const POOL_HOSTS: &str = "hosts:\n  a: {host: 10.0.0.1, location: r, capabilities: [q]}\n  b: {host: 10.0.0.2, location: r, capabilities: [q]}\n";
+
+#[test]
+fn pools_name_the_line_of_each_mistake() {
+    assert_one(
+        &format!("{POOL_HOSTS}pools:\n  - {{name: p, min: 3, max: 2, hosts: [a, b]}}\n"),
+        "3, max",
+        &["pool `p`", "min 3 is more than max 2"],
+    );
+    assert_one(
+        &format!("{POOL_HOSTS}pools:\n  - {{name: p, max: 2, hosts: [a, nope]}}\n"),
+        "nope",
+        &["pool `p` names host `nope`", "not in the inventory"],
+    );
+    assert_one(
+        &format!(
+            "{POOL_HOSTS}pools:\n  - {{name: p, max: 1, hosts: [a]}}\n  - {{name: q, max: 1, hosts: [b, a ]}}\n"
+        ),
+        "a ]",
+        &["host `a` is in pool `p` and pool `q`"],
+    );
+    assert_one(
+        &format!("{POOL_HOSTS}pools:\n  - {{name: p, max: 3, hosts: [a, b]}}\n"),
+        "{name: p",
+        &["max 3 but only 2 hosts"],
+    );
+    assert_one(
+        &format!("{POOL_HOSTS}pools:\n  - {{name: p, max: 1, hosts: [a], idle_after: soon}}\n"),
+        "soon",
+        &["idle_after", "expected a duration"],
+    );
+    assert_one(
+        &format!("{POOL_HOSTS}pools:\n  - {{name: p, max: 1, command: {{start: up}}}}\n"),
+        "{start",
+        &["both `start` and `stop`"],
+    );
+    assert_one(
+        &format!("{POOL_HOSTS}pools:\n  - {{name: p, max: 1, hosts: [a], colldown: 1m}}\n"),
+        "colldown",
+        &["unknown key `colldown`", "did you mean `cooldown`"],
+    );
+    assert_one(
+        &format!("{POOL_HOSTS}pools:\n  - {{name: p, max: 1}}\n"),
+        "{name: p",
+        &["neither `hosts`", "nor `command`"],
+    );
+}

@@ -118,3 +118,51 @@ fn a_host_without_a_host_key_uses_its_name_as_the_address() {
         Some("http://127.0.0.1:11434")
     );
 }
+
+#[test]
+fn pools_load_with_their_hosts_commands_and_defaults() {
+    use kobo_inventory::{DEFAULT_COOLDOWN, PoolProvider};
+    use std::time::Duration;
+    let text = r#"hosts:
+  gpu-03: {host: 10.0.0.3, location: tokyo, capabilities: [code_generation], max_workers: 2}
+  gpu-04: {host: 10.0.0.4, location: tokyo, capabilities: [code_generation], max_workers: 2}
+pools:
+  - name: burst
+    min: 0
+    max: 2
+    hosts: [gpu-03, gpu-04]
+    kind: code_generation
+    region: tokyo
+    idle_after: 90s
+  - name: cloud
+    max: 3
+    command: {start: "./vm up", stop: "./vm down"}
+    model: "qwen2.5:7b"
+    slots: 8
+    cooldown: 1m
+"#;
+    let inventory = parse(Path::new("fleet.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let [burst, cloud] = &inventory.pools[..] else {
+        panic!("two pools: {:?}", inventory.pools)
+    };
+    assert_eq!((burst.name.as_str(), burst.min, burst.max), ("burst", 0, 2));
+    assert_eq!(
+        burst.provider,
+        PoolProvider::Hosts(vec!["gpu-03".into(), "gpu-04".into()])
+    );
+    assert_eq!(burst.kind.as_deref(), Some("code_generation"));
+    assert_eq!(burst.region.as_deref(), Some("tokyo"));
+    assert_eq!(burst.idle_after, Duration::from_secs(90));
+    assert_eq!(burst.cooldown, DEFAULT_COOLDOWN);
+    assert_eq!(burst.members(), ["gpu-03", "gpu-04"]);
+    assert_eq!(
+        cloud.provider,
+        PoolProvider::Command {
+            start: "./vm up".into(),
+            stop: "./vm down".into()
+        }
+    );
+    assert_eq!((cloud.min, cloud.slots), (0, Some(8)));
+    assert_eq!(cloud.cooldown, Duration::from_secs(60));
+    assert_eq!(cloud.members(), ["cloud-1", "cloud-2", "cloud-3"]);
+}

@@ -2,13 +2,13 @@
 //! as Prometheus metrics, encoded by `prometheus-client` in the OpenMetrics
 //! text format. Names follow Prometheus conventions: a `kobo_` prefix, base
 //! units (seconds, bytes, ratios) in the name, `_total` on counters, labels
-//! `kind`, `state`, `status`, `node_id`, `region`, `key` and `name` (an
+//! `kind`, `state`, `status`, `node_id`, `region`, `model`, `key` and `name` (an
 //! API key's, for usage).
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 
-use kobo_protocol::{ClusterStatus, JobState, NodeStatus, UsageRow};
+use kobo_protocol::{ClusterStatus, JobState, NodeStatus, ScalingView, UsageRow};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,13 +30,14 @@ fn set(family: &FloatGauges, pairs: &[(&str, &str)], value: f64) {
     family.get_or_create(&labels(pairs)).set(value);
 }
 
-/// Encodes `status`, the job metrics, the final-state counts by kind and
-/// the usage per key.
+/// Encodes `status`, the job metrics, the final-state counts by kind, the
+/// usage per key and the scaling groups.
 pub(super) fn render(
     status: &ClusterStatus,
     jobs: &JobMetrics,
     finished: &[(String, JobState, u64)],
     usage: &[UsageRow],
+    scaling: &[ScalingView],
 ) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
 
@@ -239,6 +240,7 @@ pub(super) fn render(
     }
 
     usage_by_key(&mut registry, usage);
+    scaling_gauges(&mut registry, scaling);
 
     let mut text = String::new();
     encode(&mut text, &registry)?;
@@ -281,5 +283,43 @@ fn usage_by_key(registry: &mut Registry, usage: &[UsageRow]) {
         prompt.get_or_create(&id).inc_by(row.prompt_tokens);
         completion.get_or_create(&id).inc_by(row.completion_tokens);
         llm.get_or_create(&id).inc_by(row.llm_ms as f64 / 1000.0);
+    }
+}
+
+/// The backlog per (kind, region, model) and the agents it needs, for
+/// autoscalers that read Prometheus (KEDA's prometheus scaler, HPA through
+/// an adapter). `region` is the jobs' residency area, `""` for jobs naming
+/// none; `model` is `""` for jobs naming none.
+fn scaling_gauges(registry: &mut Registry, groups: &[ScalingView]) {
+    let backlog = gauges(
+        registry,
+        "kobo_scaling_backlog",
+        "Jobs queued or running, by kind, residency region and model",
+    );
+    let queued = gauges(
+        registry,
+        "kobo_scaling_queued",
+        "Jobs queued, by kind, residency region and model",
+    );
+    let needed = gauges(
+        registry,
+        "kobo_scaling_agents_needed",
+        "Agents the backlog needs: ceil(backlog / mean max_workers of live matching agents)",
+    );
+    let oldest = gauges(
+        registry,
+        "kobo_scaling_oldest_wait_seconds",
+        "How long the oldest queued job has waited since it became ready",
+    );
+    for group in groups {
+        let id = [
+            ("kind", group.kind.as_deref().unwrap_or_default()),
+            ("region", group.region.as_deref().unwrap_or_default()),
+            ("model", group.model.as_deref().unwrap_or_default()),
+        ];
+        set(&backlog, &id, group.backlog as f64);
+        set(&queued, &id, group.queued as f64);
+        set(&needed, &id, group.agents_needed as f64);
+        set(&oldest, &id, group.oldest_wait_ms as f64 / 1000.0);
     }
 }

@@ -127,6 +127,11 @@ fn node_place(node: &kobo_protocol::NodeView) -> Option<kobo_protocol::Place> {
 }
 
 /// The coordinator's observability state; one per process.
+/// Most (kind, region, model) series of the `kobo_scaling_*` gauges; the
+/// smaller groups are summed into one labelled `other`, so a flood of
+/// distinct kinds or models cannot blow up Prometheus' series count.
+pub const MAX_SCALING_SERIES: usize = 50;
+
 pub struct Observer {
     store: Store,
     shutdown: CancellationToken,
@@ -380,8 +385,25 @@ impl Observer {
             .store
             .read(move |conn| store::usage(conn, &by_key))
             .await?;
-        metrics::render(&status, &self.jobs, &finished, &usage)
+        let now = store::unix_now_ms();
+        let scaling = self
+            .store
+            .read(move |conn| store::scaling_groups(conn, now, MAX_SCALING_SERIES))
+            .await?;
+        metrics::render(&status, &self.jobs, &finished, &usage, &scaling)
             .map_err(|_| StoreError::Corrupt("encoding metrics failed".into()))
+    }
+
+    /// The backlog of the work `filter` matches and the agents it needs
+    /// (`GET /v1/scaling`, `kobo-coord autoscale`).
+    pub async fn scaling(
+        &self,
+        filter: store::ScalingFilter,
+    ) -> Result<kobo_protocol::ScalingView, StoreError> {
+        let now = store::unix_now_ms();
+        self.store
+            .read(move |conn| store::scaling(conn, &filter, now))
+            .await
     }
 
     /// Live status updates (JSON of [`ClusterStatus`]), while the pump runs.

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/migrations/0006_gateway_mark.sql"),
     include_str!("../../../sql/migrations/0007_tenancy.sql"),
     include_str!("../../../sql/migrations/0008_enrollment.sql"),
+    include_str!("../../../sql/migrations/0009_scaler_role.sql"),
 ];
 
 /// The schema version a migrated database has.
@@ -29,6 +30,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every query constant of the store, for the test that prepares them all.
 pub const QUERIES: &[&str] = &[
+    super::scaling::SELECT_SCALING_COUNTS,
+    super::scaling::SELECT_SCALING_GROUPS,
     super::views::SELECT_LEASE_HOLDER,
     super::timed::REFRESH_NODES_AFTER_RESTART,
     super::timed::REFRESH_LEASES_AFTER_RESTART,

@@ -140,6 +140,14 @@ async fn require(need: Need, state: AppState, request: Request, next: Next) -> R
     next.run(request).await
 }
 
+pub(super) async fn need_scaler(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    require(Need::Role(AccessRole::Scaler), state, request, next).await
+}
+
 pub(super) async fn need_read(
     State(state): State<AppState>,
     request: Request,

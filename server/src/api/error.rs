@@ -198,7 +198,32 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(value)| ApiQuery(value))
-            .map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))
+            .map_err(|rejection| {
+                let text = rejection.body_text();
+                ApiError::invalid_field(query_field(&text), text)
+            })
+    }
+}
+
+/// The parameter a query-string error is about: `slots: invalid float
+/// literal` names `slots`, `unknown field `kinds`` names `kinds`; else
+/// `query`.
+fn query_field(text: &str) -> String {
+    let message = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    let named = field_of(".", message);
+    if named != "body" {
+        return named;
+    }
+    match message.split_once(": ") {
+        Some((field, _))
+            if !field.is_empty()
+                && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            field.to_string()
+        }
+        _ => "query".to_string(),
     }
 }
 
@@ -224,7 +249,23 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::field_of;
+    use super::{field_of, query_field};
+
+    #[test]
+    fn query_errors_name_the_parameter() {
+        let prefix = "Failed to deserialize query string: ";
+        assert_eq!(
+            query_field(&format!("{prefix}slots: invalid float literal")),
+            "slots"
+        );
+        assert_eq!(
+            query_field(&format!(
+                "{prefix}unknown field `kinds`, expected one of `kind`"
+            )),
+            "kinds"
+        );
+        assert_eq!(query_field(&format!("{prefix}something else")), "query");
+    }
 
     #[test]
     fn fields_are_named_from_serde_errors() {

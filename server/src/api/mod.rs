@@ -6,7 +6,8 @@
 //! |---|---|
 //! | `GET /healthz`, `GET /v1/join/ca`, `POST /v1/join`, `POST /v1/enroll` | public (the token or enrollment key authenticates) |
 //! | `GET /`, `GET /assets/…`, `GET /login`, `POST /v1/session…` | public (the dashboard's page and login) |
-//! | `GET /metrics`, `GET /v1/status`, `GET /v1/events` | `read` (also a dashboard session) |
+//! | `GET /v1/scaling`, `GET /metrics` | `scaler` (and every role above it; a dashboard session) |
+//! | `GET /v1/status`, `GET /v1/events` | `read` (also a dashboard session) |
 //! | `GET /v1/jobs…`, `GET /v1/nodes` | `read` |
 //! | `POST /v1/jobs`, `/v1/jobs/batch`, `/v1/jobs/{id}/cancel` | `submit` |
 //! | `/v1/admin/…` | `admin` |
@@ -19,6 +20,7 @@ mod enroll;
 mod error;
 pub(crate) mod jobs;
 mod observe;
+mod scaling;
 mod schedules;
 mod usage;
 
@@ -100,7 +102,8 @@ pub struct Route {
 /// and [`routes`] lists, so the two cannot disagree.
 fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
     use axum::routing::delete;
-    use kobo_protocol::AccessRole::{Admin, Read, Submit};
+    use kobo_protocol::AccessRole::{Admin, Read, Scaler, Submit};
+    let scaler = Some(Need::Role(Scaler));
     let read = Some(Need::Role(Read));
     let submit = Some(Need::Role(Submit));
     let admin = Some(Need::Role(Admin));
@@ -166,8 +169,15 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
             "GET",
             "/metrics",
             "/metrics",
-            read,
+            scaler,
             get(observe::metrics_get),
+        ),
+        route(
+            "GET",
+            "/v1/scaling",
+            "/v1/scaling?kind=general_query",
+            scaler,
+            get(scaling::scaling_get),
         ),
         route(
             "GET",
@@ -533,6 +543,9 @@ pub fn router(state: AppState) -> Router {
     for (need, group) in groups {
         let group = match need {
             None => group,
+            Some(Need::Role(AccessRole::Scaler)) => {
+                group.route_layer(from_fn_with_state(state.clone(), auth::need_scaler))
+            }
             Some(Need::Role(AccessRole::Read)) => {
                 group.route_layer(from_fn_with_state(state.clone(), auth::need_read))
             }

@@ -125,13 +125,28 @@ async fn audit_ok(state: &AppState, caller: &Caller, target: &str) {
     }
 }
 
-/// `POST /v1/session`: an API key of any role opens a read-only session.
+/// `POST /v1/session`: an API key of any role but `scaler` opens a
+/// read-only session (a scaler key would gain the `read` role).
 pub(super) async fn session_create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<SessionCreate>,
 ) -> Response {
     let id = match state.access.api_key(body.api_key.trim()) {
+        Ok(Principal::ApiKey {
+            role: AccessRole::Scaler,
+            ..
+        }) => {
+            return deny(
+                &state,
+                &caller,
+                StatusCode::FORBIDDEN,
+                "auth.session",
+                "a scaler key reads /v1/scaling and /metrics only; it opens no dashboard session"
+                    .into(),
+            )
+            .await;
+        }
         Ok(Principal::ApiKey { id, .. }) => id,
         Ok(_) => {
             return deny(

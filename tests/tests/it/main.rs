@@ -2,6 +2,7 @@
 //! HTTPS, a real SQLite file; only the LLM is the fake in `kobo_tests::fake_llm`.
 //! `llm` tests the agent's LLM backends directly against that fake.
 
+mod autoscale;
 mod bad_input;
 mod cancel;
 mod chaos;
@@ -27,6 +28,7 @@ mod provision;
 mod retries;
 mod routing;
 mod scale_in;
+mod scaling;
 mod security_audit;
 mod security_data;
 mod security_hardening;

@@ -25,11 +25,11 @@ const BUILD_ID_HEX: usize = 12;
 const HEALTH_TIMEOUT: &str = "30s";
 
 /// A node card of a test host.
-struct Node {
-    node_id: &'static str,
-    location: &'static str,
-    capabilities: &'static [&'static str],
-    max_workers: u32,
+pub(crate) struct Node {
+    pub(crate) node_id: &'static str,
+    pub(crate) location: &'static str,
+    pub(crate) capabilities: &'static [&'static str],
+    pub(crate) max_workers: u32,
 }
 
 /// The seed's three nodes.
@@ -56,17 +56,17 @@ const SEED: [Node; 3] = [
 
 /// A coordinator, real sshd hosts, a fake LLM the hosts can reach, and a
 /// scratch directory for inventories and binaries.
-struct Setup {
-    cluster: Cluster,
-    fleet: SshFleet,
+pub(crate) struct Setup {
+    pub(crate) cluster: Cluster,
+    pub(crate) fleet: SshFleet,
     /// The fake LLM on the gateway address when hosts are namespaces.
-    _fake: Option<FakeLlm>,
+    pub(crate) _fake: Option<FakeLlm>,
     llm_url: String,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Setup {
-    async fn start(n_hosts: usize) -> Setup {
+    pub(crate) async fn start(n_hosts: usize) -> Setup {
         let fleet = SshFleet::start(n_hosts);
         let listen = if fleet.uses_namespaces() {
             "0.0.0.0"
@@ -99,7 +99,7 @@ impl Setup {
     }
 
     /// An inventory of the first `nodes.len()` hosts; `extra(i)` adds lines to host i.
-    fn inventory(&self, nodes: &[Node], extra: impl Fn(usize) -> String) -> PathBuf {
+    pub(crate) fn inventory(&self, nodes: &[Node], extra: impl Fn(usize) -> String) -> PathBuf {
         let mut text = format!(
             "defaults:\n  user: root\n  key: {}\n  coordinator: https://{}:{}\n  llm:\n    type: ollama\n    endpoint: {}\nhosts:\n",
             self.fleet.client_key.display(),
@@ -159,11 +159,16 @@ impl Setup {
         (output.status.success(), hosts)
     }
 
-    fn trust(&self, inventory: &Path) -> Output {
+    /// The fake LLM the hosts' agents call.
+    pub(crate) fn fake(&self) -> &FakeLlm {
+        self._fake.as_ref().unwrap_or(&self.cluster.fake)
+    }
+
+    pub(crate) fn trust(&self, inventory: &Path) -> Output {
         self.kobo(&["hosts", "trust", inventory.to_str().unwrap(), "--yes"])
     }
 
-    async fn node(&self, node_id: &str) -> Option<kobo_protocol::NodeView> {
+    pub(crate) async fn node(&self, node_id: &str) -> Option<kobo_protocol::NodeView> {
         self.cluster
             .client()
             .nodes()
@@ -200,7 +205,7 @@ fn build_id(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).expect("binary"))[..BUILD_ID_HEX].to_string()
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -208,7 +213,7 @@ fn text(output: &Output) -> String {
     )
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // A zombie is not alive: "pid (comm) Z ...".
     !stat.is_empty()

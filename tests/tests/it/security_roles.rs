@@ -1,5 +1,5 @@
 //! Who may call what: every route of `kobo_server::api::routes()` against no
-//! credential, `read`/`submit`/`admin` API keys and a node certificate (401
+//! credential, `scaler`/`read`/`submit`/`admin` API keys and a node certificate (401
 //! for none, 403 for too little, audited either way); key minting and
 //! submitting above one's role, revoked and malformed keys, and cancelling
 //! someone else's job.
@@ -247,6 +247,15 @@ async fn every_route_answers_each_credential_by_its_role() {
         }
     }
     assert_eq!(checked, routes().len() * callers.len());
+    // A scaler key reads what an autoscaler needs and nothing more.
+    let scaler_routes: Vec<&str> = routes()
+        .into_iter()
+        .filter(|r| {
+            r.need.is_some() && verdict(r.need, Cred::Key(AccessRole::Scaler)) == Verdict::Allowed
+        })
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(scaler_routes, ["/metrics", "/v1/scaling"]);
     eprintln!("role matrix: {checked} requests, {refusals} refused; statuses {tally:?}");
     assert!(refusals > 0, "the matrix refused nothing at all");
     let denied = denied_rows(&cluster, "%") - denied_before;
