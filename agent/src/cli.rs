@@ -40,6 +40,10 @@ pub enum Command {
         /// The token from `kobo-coord token create --node <node-id>`.
         #[arg(long, env = "KOBO_JOIN_TOKEN", hide_env_values = true)]
         token: String,
+        /// Exit once enrolled instead of running (e.g. before starting the
+        /// packaged systemd unit, which runs the agent).
+        #[arg(long)]
+        enroll_only: bool,
         #[command(flatten)]
         run: Box<RunArgs>,
     },

@@ -33,13 +33,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Some(Command::Join { url, token, run }) => {
+        Some(Command::Join {
+            url,
+            token,
+            enroll_only,
+            run,
+        }) => {
             let node_id = run
                 .node_id
                 .clone()
                 .context("--node-id is required: the name the token was created for")?;
             let enrolled = identity::join(&url, &token, &node_id, &run.state_dir).await?;
             tracing::info!(node_id = %enrolled, state_dir = %run.state_dir.display(), "enrolled");
+            if enroll_only {
+                return Ok(());
+            }
             config(*run, Some(url), Some(enrolled))?
         }
         None => config(cli.run, None, None)?,
