@@ -23,6 +23,7 @@ mod limits;
 mod llm;
 mod mcp;
 mod metrics;
+mod packaging;
 mod provision;
 mod retries;
 mod routing;
