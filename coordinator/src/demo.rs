@@ -1,7 +1,8 @@
 //! `kobo-coord demo`: a coordinator and three local agents modelled on the
 //! seed's node cards (Tokyo, Osaka, London) in one process, over real HTTPS
 //! and a real SQLite file in a temporary data directory, running a mixed
-//! batch of jobs and printing where each ran.
+//! batch of jobs and printing where each ran; then it serves (the
+//! dashboard, the API) until SIGINT or SIGTERM, or exits with `--exit`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -168,7 +169,10 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     println!("coordinator: {url}  data: {}\n", data_dir.display());
 
+    // Ctrl-C or SIGTERM, during the batch or after it, stops everything
+    // the same way: agents drain, the server shuts down, exit 0.
     let shutdown = CancellationToken::new();
+    kobo_agent::signals::cancel_on_signal(shutdown.clone());
     let config = ServeConfig {
         data_dir: data_dir.clone(),
         queue: QueueConfig {
@@ -230,12 +234,25 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         agents.push(tokio::spawn(kobo_agent::run(config, shutdown.clone())));
     }
 
-    let result = drive(args, &client, model).await;
+    let result = tokio::select! {
+        result = drive(args, &client, model) => result,
+        _ = shutdown.cancelled() => {
+            println!("\ninterrupted: stopping");
+            Ok(())
+        }
+    };
+    if result.is_ok() && !args.exit && !shutdown.is_cancelled() {
+        println!("\nthe demo keeps running: the dashboard link above works until Ctrl-C ({url}/)");
+        shutdown.cancelled().await;
+    }
     shutdown.cancel();
     for agent in agents {
         agent.await.context("agent task")??;
     }
     server.await.context("server task")??;
+    if !args.exit {
+        println!("agents drained, coordinator stopped");
+    }
     result
 }
 

@@ -18,3 +18,5 @@ pub mod demo;
 pub mod mcp;
 pub mod provision;
 pub mod status;
+
+pub use cli::command;

@@ -68,6 +68,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(args) => kobo_coord::provision::keygen(args),
         Command::Autoscale(args) => kobo_coord::autoscale::autoscale(args).await,
         Command::Mcp(args) => kobo_coord::mcp::serve_stdio(args.client.client()?).await,
+        Command::Completions { shell } => {
+            kobo_agent::manual::print_completions(kobo_coord::command(), shell);
+            Ok(())
+        }
+        Command::Man { out } => {
+            for page in kobo_agent::manual::write_man_pages(kobo_coord::command(), &out)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 

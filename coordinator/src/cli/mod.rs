@@ -110,6 +110,22 @@ pub enum Command {
     Keygen(crate::provision::KeygenArgs),
     /// Start and stop the inventory's pools of standby hosts as their backlog needs (admin).
     Autoscale(crate::autoscale::AutoscaleArgs),
+    /// Print a shell completion script, e.g. `kobo-coord completions bash`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: kobo-coord.1 and one per subcommand (kobo-coord-jobs.1, …).
+    Man {
+        /// Directory to write the pages into (created when missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// The whole command tree, for completions, man pages and tests.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// `kobo-coord mcp`: the coordinator to drive, as for the client commands.
@@ -221,41 +237,7 @@ pub fn table(header: &[&str]) -> Table {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, format_time};
-    use clap::CommandFactory;
-
-    /// Every flag and argument of every command, with the path of commands
-    /// leading to it, that has no help text.
-    fn args_without_help(command: &clap::Command, path: &str, out: &mut Vec<String>) {
-        for arg in command.get_arguments() {
-            let id = arg.get_id().as_str();
-            if id == "help" || id == "version" {
-                continue;
-            }
-            if arg.get_help().is_none() && arg.get_long_help().is_none() {
-                out.push(format!("{path} --{id}"));
-            }
-        }
-        for sub in command.get_subcommands() {
-            if sub.get_about().is_none() && sub.get_long_about().is_none() {
-                out.push(format!("{path} {} (the command itself)", sub.get_name()));
-            }
-            args_without_help(sub, &format!("{path} {}", sub.get_name()), out);
-        }
-    }
-
-    #[test]
-    fn every_command_and_flag_has_a_help_text() {
-        let command = Cli::command();
-        command.clone().debug_assert();
-        let mut missing = Vec::new();
-        args_without_help(&command, "kobo-coord", &mut missing);
-        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
-        // The walk reaches nested commands and flattened arguments.
-        let jobs = command.find_subcommand("jobs").expect("jobs");
-        assert!(jobs.get_arguments().any(|a| a.get_id() == "after"));
-        assert!(jobs.get_arguments().any(|a| a.get_id() == "api_key"));
-    }
+    use super::format_time;
 
     #[test]
     fn formats_utc_times() {

@@ -329,6 +329,9 @@ pub struct DemoArgs {
     /// Keep the demo's data directory (printed at the end) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+    /// Exit after the batch instead of serving the dashboard until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
 }
 
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
