@@ -19,6 +19,7 @@ import kubernetes_validate
 import yaml
 
 KUBERNETES_VERSION = "1.37.0"
+KEDA_MODELS = "2.16 (cloudcoil-models-keda)"
 KEDA_PLURALS = {"ScaledObject": "scaledobjects", "TriggerAuthentication": "triggerauthentications"}
 
 
@@ -35,6 +36,24 @@ def keda_schema(directory, kind, api_version):
     path = os.path.join(directory, f"{kind}.schema.json")
     with open(path) as f:
         return os.path.basename(path), json.load(f)
+
+
+def keda_models(doc, name, overlay):
+    """Checks a KEDA resource against KEDA's own types as its CRDs define
+    them (cloudcoil-models-keda, generated from the CRDs of a KEDA release):
+    a wrong type fails validation, and a field the types do not know (a
+    typo the API server would prune) is what a round trip drops."""
+    from cloudcoil.models.keda import v1alpha1
+
+    model = getattr(v1alpha1, doc["kind"])
+    try:
+        obj = model.model_validate(doc)
+    except Exception as err:  # pydantic.ValidationError
+        raise SystemExit(f"{overlay}: {name} fails KEDA's types: {err}")
+    back = obj.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    if back != doc:
+        raise SystemExit(f"{overlay}: {name} has fields KEDA's types do not know: {json.dumps(doc)} became {json.dumps(back)}")
+    return f"KEDA {KEDA_MODELS} types"
 
 
 def strict(schema):
@@ -66,7 +85,7 @@ def main():
                 jsonschema.validate(doc, schema)
             except jsonschema.ValidationError as err:
                 raise SystemExit(f"{overlay}: {name} fails {source}: {err.message} at {list(err.absolute_path)}")
-            checked.append(f"{name} ({source})")
+            checked.append(f"{name} ({source}; {keda_models(doc, name, overlay)})")
         else:
             try:
                 kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)

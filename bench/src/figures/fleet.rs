@@ -31,7 +31,10 @@ const WINDOW_QUICK: Duration = Duration::from_secs(3);
 const SUBMIT_EVERY: Duration = Duration::from_millis(100);
 
 pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
-    let n = env.pick(AGENTS, AGENTS_QUICK);
+    let n = env
+        .fleet_agents
+        .unwrap_or_else(|| env.pick(AGENTS, AGENTS_QUICK))
+        .max(1);
     let settle = env.pick(SETTLE, SETTLE_QUICK);
     let window = env.pick(WINDOW, WINDOW_QUICK);
     let mut coordinator = Coordinator::start(&env.dir("fleet"), Timings::default()).await?;

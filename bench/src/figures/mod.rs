@@ -50,6 +50,8 @@ pub(crate) struct Env {
     pub(crate) root: PathBuf,
     pub(crate) quick: bool,
     pub(crate) repeats: usize,
+    /// `--fleet-agents`: the fleet figure's size instead of its default.
+    pub(crate) fleet_agents: Option<usize>,
 }
 
 impl Env {

@@ -57,6 +57,23 @@ fn render(overlay: &str) -> Vec<Value> {
         documents.len(),
         "{overlay}: every document validated"
     );
+    for doc in documents.iter().filter(|d| {
+        d["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("keda.sh/"))
+    }) {
+        let name = format!(
+            "{}/{}",
+            doc["kind"].as_str().unwrap_or(""),
+            doc["metadata"]["name"].as_str().unwrap_or("")
+        );
+        assert!(
+            checked.iter().any(|c| c
+                .as_str()
+                .is_some_and(|c| c.starts_with(&name) && c.contains("KEDA 2.16"))),
+            "{overlay}: {name} checked against KEDA's own types: {checked:?}"
+        );
+    }
     eprintln!("{overlay}: {checked:?}");
     documents
 }
