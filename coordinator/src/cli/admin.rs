@@ -9,7 +9,7 @@ pub enum ApikeyCommand {
     Create {
         #[command(flatten)]
         client: ClientArgs,
-        /// read, submit or admin (cumulative).
+        /// scaler, read, submit or admin (cumulative: scaler reads only /v1/scaling and /metrics).
         #[arg(long, value_parser = parse_role)]
         role: AccessRole,
         /// A name saying who or what uses the key, e.g. dashboard.
