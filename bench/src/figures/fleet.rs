@@ -64,6 +64,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         let pid = coordinator.pid()?;
         let opened = Instant::now();
         let cpu_before = system::cpu_seconds(pid)?;
+        let own_before = system::cpu_seconds(std::process::id())?;
         let mut pickups = Vec::new();
         while opened.elapsed() < window {
             let sent = Instant::now();
@@ -77,6 +78,8 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             tokio::time::sleep(SUBMIT_EVERY).await;
         }
         let cpu = (system::cpu_seconds(pid)? - cpu_before) / opened.elapsed().as_secs_f64();
+        let own_cpu =
+            (system::cpu_seconds(std::process::id())? - own_before) / opened.elapsed().as_secs_f64();
         let rss = coordinator.rss()?;
         let (heartbeats, handled) = probe.heartbeats_since(opened);
         let fleet_probe = fleet.stop().await;
@@ -112,6 +115,12 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
                     cpu,
                 ),
                 Bound::AtMost(1.0),
+            ),
+            Metric::new(
+                "bench_cpu_cores",
+                format!("{n} agents: the simulated agents' CPU (kobo-bench itself, on the same machine)"),
+                "cores",
+                own_cpu,
             ),
             with(
                 Metric::new(

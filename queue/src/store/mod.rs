@@ -8,6 +8,7 @@
 //! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
 
 mod audit;
+mod checkpoint;
 mod enroll;
 mod fleet;
 pub mod health;
@@ -130,6 +131,7 @@ pub struct Store {
     writer: writer::WriterHandle,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    _checkpointer: Arc<checkpoint::Checkpointer>,
 }
 
 impl Store {
@@ -138,11 +140,15 @@ impl Store {
     pub fn open(path: &Path, after_commit: Arc<dyn AfterCommit>) -> Result<Store, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
+        // The checkpoint thread copies the log into the database instead.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        let checkpointer = checkpoint::spawn(path)?;
         let writer = writer::spawn(conn, after_commit)?;
         Ok(Store {
             writer,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
+            _checkpointer: checkpointer,
         })
     }
 
