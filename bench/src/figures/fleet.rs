@@ -78,8 +78,8 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             tokio::time::sleep(SUBMIT_EVERY).await;
         }
         let cpu = (system::cpu_seconds(pid)? - cpu_before) / opened.elapsed().as_secs_f64();
-        let own_cpu =
-            (system::cpu_seconds(std::process::id())? - own_before) / opened.elapsed().as_secs_f64();
+        let own_cpu = (system::cpu_seconds(std::process::id())? - own_before)
+            / opened.elapsed().as_secs_f64();
         let rss = coordinator.rss()?;
         let (heartbeats, handled) = probe.heartbeats_since(opened);
         let fleet_probe = fleet.stop().await;
@@ -118,7 +118,9 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             ),
             Metric::new(
                 "bench_cpu_cores",
-                format!("{n} agents: the simulated agents' CPU (kobo-bench itself, on the same machine)"),
+                format!(
+                    "{n} agents: the simulated agents' CPU (kobo-bench itself, on the same machine)"
+                ),
                 "cores",
                 own_cpu,
             ),

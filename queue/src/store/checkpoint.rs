@@ -30,8 +30,7 @@ pub(crate) fn spawn(path: &Path) -> Result<Arc<Checkpointer>, StoreError> {
                 std::thread::sleep(INTERVAL);
                 // A busy or failing checkpoint (a full disk) is retried on
                 // the next tick; the log keeps every commit meanwhile.
-                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
+                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::debug!(error = %err, "checkpoint failed; retried");
                 }
             }
