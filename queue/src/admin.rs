@@ -206,11 +206,7 @@ impl Admin {
                     let known = store::list_api_keys(ctx.tx)?
                         .iter()
                         .any(|k| k.view.id == target);
-                    return Err(if known {
-                        StoreError::Conflict(format!("API key {target} is already revoked"))
-                    } else {
-                        StoreError::NotFound(format!("no API key {target}"))
-                    });
+                    return Err(not_revoked(known, "API key", &target));
                 }
                 store::append_audit(
                     ctx.tx,
@@ -520,5 +516,15 @@ impl Admin {
 
     pub async fn audit_verify(&self) -> Result<AuditVerify, StoreError> {
         self.store.read(store::verify_audit).await
+    }
+}
+
+/// Why revoking `what` `id` changed nothing: it was revoked already (409),
+/// or there is no such thing (404).
+pub(crate) fn not_revoked(known: bool, what: &str, id: &str) -> StoreError {
+    if known {
+        StoreError::Conflict(format!("{what} {id} is already revoked"))
+    } else {
+        StoreError::NotFound(format!("no {what} {id}"))
     }
 }

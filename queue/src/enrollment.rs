@@ -116,11 +116,7 @@ impl Admin {
             .write(move |ctx| {
                 if !store::revoke_enroll_key(ctx.tx, ctx.now, &id)? {
                     let known = !store::enroll_keys(ctx.tx, Some(&id))?.is_empty();
-                    return Err(if known {
-                        StoreError::Conflict(format!("enrollment key {id} is already revoked"))
-                    } else {
-                        StoreError::NotFound(format!("no enrollment key {id}"))
-                    });
+                    return Err(crate::admin::not_revoked(known, "enrollment key", &id));
                 }
                 store::append_audit(
                     ctx.tx,

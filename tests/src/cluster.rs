@@ -339,6 +339,17 @@ impl Cluster {
         self.data_dir.join("ca.pem")
     }
 
+    /// Runs `kobo-coord ARGS --data-dir <this cluster's>` to its end.
+    pub async fn kobo_coord(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(binary("kobo-coord"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .await
+            .expect("run kobo-coord")
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("kobo.db")
     }

@@ -120,6 +120,13 @@ impl<'a> Applier<'a> {
         ok
     }
 
+    /// The inventory's host an action names.
+    fn host(&self, action: &Action) -> anyhow::Result<&'a kobo_inventory::Host> {
+        self.inventory
+            .host(&action.host)
+            .with_context(|| format!("no host {}", action.host))
+    }
+
     async fn start(
         &self,
         plan: &PoolPlan,
@@ -128,10 +135,7 @@ impl<'a> Applier<'a> {
     ) -> anyhow::Result<String> {
         match &plan.pool.provider {
             PoolProvider::Hosts(_) => {
-                let host = self
-                    .inventory
-                    .host(&action.host)
-                    .with_context(|| format!("no host {}", action.host))?;
+                let host = self.host(action)?;
                 // Before the health gate, which waits for an active node.
                 self.resume(node_id).await?;
                 let reports = kobo_provisioning::run::run(
@@ -165,10 +169,7 @@ impl<'a> Applier<'a> {
         let drained = self.drain(node_id).await?;
         match &plan.pool.provider {
             PoolProvider::Hosts(_) => {
-                let host = self
-                    .inventory
-                    .host(&action.host)
-                    .with_context(|| format!("no host {}", action.host))?;
+                let host = self.host(action)?;
                 kobo_provisioning::trust::check_pin(host, &self.run.ssh)?;
                 let remote = kobo_provisioning::ssh::connect(host, &self.run.ssh).await?;
                 let layout = kobo_provisioning::render::Layout::new(&host.install_dir);

@@ -4,16 +4,10 @@
 //! every flag explains itself in `--help`.
 
 use kobo_protocol::{JobId, JobListQuery, JobState};
-use kobo_tests::cluster::{Cluster, binary, job};
+use kobo_tests::cluster::{Cluster, job};
 
 async fn kobo_coord(cluster: &Cluster, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(binary("kobo-coord"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(&cluster.data_dir)
-        .output()
-        .await
-        .expect("run kobo-coord");
+    let output = cluster.kobo_coord(args).await;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(
         output.status.success(),

@@ -39,13 +39,7 @@ pub(crate) fn pod_agent(cluster: &Cluster, key: &str, pod: &str, state_dir: &Pat
 
 /// `kobo-coord ARGS --data-dir …`: (success, stdout, stderr).
 async fn kobo_coord(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(binary("kobo-coord"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(&cluster.data_dir)
-        .output()
-        .await
-        .expect("run kobo-coord");
+    let output = cluster.kobo_coord(args).await;
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
