@@ -171,11 +171,18 @@ async fn a_command_pool_starts_for_a_queue_stops_when_idle_and_backs_off_after_f
 
     // Idle for idle_after: drained first, then stopped.
     cluster
-        .wait_until("the stop script ran", || async {
-            lines(&calls)
+        .wait_until(
+            "the stop script ran and its scale-down was audited",
+            || async {
+                lines(&calls)
                 .iter()
                 .any(|l| l.starts_with("stop cloud cloud-1 cloud-1 "))
-        })
+                // The audit row follows the script's exit.
+                && scale_rows(&cluster)
+                    .iter()
+                    .any(|(a, ..)| a == "provision.scale-down")
+            },
+        )
         .await;
     let node = cluster
         .client()
