@@ -482,6 +482,7 @@ impl Admin {
             .write(move |ctx| {
                 let mut changes = Changes::default();
                 let counts = store::revoke_node(ctx.tx, ctx.now, &target, &mut changes)?;
+                hub.beats.forget(&target);
                 store::append_audit(
                     ctx.tx,
                     ctx.now,

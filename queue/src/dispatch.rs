@@ -60,6 +60,8 @@ pub struct Hub {
     pub finish_rate: crate::rate::FinishRate,
     /// Keys' policies and fair-share state.
     pub tenants: Tenants,
+    /// Idle nodes' heartbeats, answered and not yet written.
+    pub beats: crate::beats::Beats,
     timer: Notify,
 }
 
@@ -75,6 +77,7 @@ impl Hub {
             finished: Mutex::new(HashMap::new()),
             finish_rate: crate::rate::FinishRate::default(),
             tenants: Tenants::default(),
+            beats: crate::beats::Beats::default(),
             timer: Notify::new(),
         }
     }
@@ -158,6 +161,7 @@ impl Hub {
 
     /// Drops a retired node from the routing view.
     pub fn remove_node(&self, node_id: &str) {
+        self.beats.forget(node_id);
         self.fleet
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -174,6 +178,15 @@ impl Hub {
         {
             change(node);
         }
+    }
+
+    /// Whether routing sees the node plainly active.
+    pub fn is_active(&self, node_id: &str) -> bool {
+        self.fleet
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node_id)
+            .is_some_and(|node| node.status == NodeStatus::Active)
     }
 
     pub fn fleet(&self) -> Vec<NodeState> {

@@ -29,6 +29,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod beats;
 pub mod clock;
 pub mod config;
 pub mod dispatch;

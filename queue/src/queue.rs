@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::Caller;
 use crate::admin;
+use crate::beats::{self, Kept};
 use crate::dispatch::{self, Hub};
 use crate::scoring::JobRoute;
 use crate::store::{self, Backoff, Changes, Effect, Store, StoreError, WriteCtx};
@@ -302,6 +303,7 @@ impl Queue {
                 if let Some(state) = store::fleet_state(ctx.tx, &req.node_id)? {
                     hub.set_node(state);
                 }
+                hub.beats.admit(&req.node_id, &req.instance_id);
                 apply(&hub, ctx, changes)?;
                 tracing::info!(node_id = %req.node_id, region = %req.region, max_workers = req.max_workers, "agent registered");
                 Ok(RegisterResponse {
@@ -419,10 +421,22 @@ impl Queue {
 
     pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, StoreError> {
         let hub = self.hub.clone();
+        let at = store::unix_now_ms();
+        match hub.beats.keep(at, &req, hub.is_active(&req.node_id)) {
+            Kept::No => {}
+            kept => {
+                note_heartbeat(&hub, &req, NodeStatus::Active);
+                if kept == Kept::First {
+                    self.write_beats_soon();
+                }
+                return Ok(self.heartbeat_answer());
+            }
+        }
+        let answer = self.heartbeat_answer();
         self.store
             .write(move |ctx| {
                 let mut node = current_instance(ctx, &req.node_id, &req.instance_id)?;
-                store::record_heartbeat(ctx.tx, ctx.now, &req)?;
+                store::record_heartbeat(ctx.tx, ctx.now, &hub.beats.for_storage(ctx.now, &req))?;
                 // A draining node with nothing left to run has drained.
                 if node.status == NodeStatus::Draining
                     && req.running.is_empty()
@@ -436,22 +450,12 @@ impl Queue {
                     NodeStatus::Lost => NodeStatus::Active,
                     other => other,
                 };
-                hub.update_node(&req.node_id, |n| {
-                    n.status = status;
-                    n.running = req.running.len() as u32;
-                    n.rtt_ms = req.rtt_ms.or(n.rtt_ms);
-                    if let Some(m) = &req.metrics {
-                        n.cpu_percent = Some(m.cpu_percent);
-                    }
-                    if let Some(loaded) = &req.loaded_models {
-                        n.loaded_models = loaded.clone();
-                    }
-                });
-                let config = &hub.config;
+                note_heartbeat(&hub, &req, status);
+                hub.beats.admit(&req.node_id, &req.instance_id);
                 let (cancelled, revoked) = store::renew_leases(
                     ctx.tx,
                     ctx.now,
-                    config.lease_ttl_ms,
+                    hub.config.lease_ttl_ms,
                     &req.node_id,
                     &req.running,
                 )?;
@@ -459,13 +463,39 @@ impl Queue {
                     cancelled,
                     revoked,
                     drain: matches!(node.status, NodeStatus::Draining | NodeStatus::Drained),
-                    lease_ttl_ms: config.lease_ttl_ms,
-                    heartbeat_interval_ms: config.heartbeat_interval_ms,
-                    // The HTTP handler, which sees the whole call, sets it.
-                    coordinator_ms: 0,
+                    ..answer
                 })
             })
             .await
+    }
+
+    /// The answer to a heartbeat that cancels, revokes and drains nothing.
+    fn heartbeat_answer(&self) -> HeartbeatResponse {
+        HeartbeatResponse {
+            cancelled: Vec::new(),
+            revoked: Vec::new(),
+            drain: false,
+            lease_ttl_ms: self.hub.config.lease_ttl_ms,
+            heartbeat_interval_ms: self.hub.config.heartbeat_interval_ms,
+            // The HTTP handler, which sees the whole call, sets it.
+            coordinator_ms: 0,
+        }
+    }
+
+    /// Writes the idle heartbeats kept in memory, all in one write, a
+    /// moment from now (see [`crate::beats`]).
+    fn write_beats_soon(&self) {
+        let hub = self.hub.clone();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(beats::FLUSH_DELAY).await;
+            let written = store
+                .write(move |ctx| hub.beats.write_pending(ctx.tx))
+                .await;
+            if let Err(err) = written {
+                tracing::warn!(error = %err, "writing idle heartbeats failed; the next ones are written again");
+            }
+        });
     }
 
     /// Applies a batch of reports in one write. A report the store refuses
@@ -604,6 +634,9 @@ impl Queue {
         self.store
             .write(move |ctx| {
                 let mut changes = Changes::default();
+                // Heartbeats answered from memory count before anyone is
+                // declared lost for missing them.
+                hub.beats.write_pending(ctx.tx)?;
                 let lost_after = hub.config.lost_after_ms();
                 let lost =
                     store::mark_lost_nodes(ctx.tx, ctx.now, lost_after, Some(retry), &mut changes)?;
@@ -759,6 +792,21 @@ impl Queue {
             }
         }
     }
+}
+
+/// What a heartbeat tells routing about its node.
+fn note_heartbeat(hub: &Hub, req: &HeartbeatRequest, status: NodeStatus) {
+    hub.update_node(&req.node_id, |n| {
+        n.status = status;
+        n.running = req.running.len() as u32;
+        n.rtt_ms = req.rtt_ms.or(n.rtt_ms);
+        if let Some(m) = &req.metrics {
+            n.cpu_percent = Some(m.cpu_percent);
+        }
+        if let Some(loaded) = &req.loaded_models {
+            n.loaded_models = loaded.clone();
+        }
+    });
 }
 
 /// The answer to a report the store refused.

@@ -11,8 +11,9 @@ use crate::routing::NodeProfile;
 pub const UPSERT_NODE: &str = "INSERT INTO nodes (node_id, instance_id, region, capabilities, max_workers, gpu, backend, models, agent_version, specialization, status, registered_at, last_heartbeat_at, latitude, longitude) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?11, ?12, ?13) ON CONFLICT (node_id) DO UPDATE SET instance_id = excluded.instance_id, region = excluded.region, capabilities = excluded.capabilities, max_workers = excluded.max_workers, gpu = excluded.gpu, backend = excluded.backend, models = excluded.models, agent_version = excluded.agent_version, specialization = excluded.specialization, status = CASE WHEN nodes.status IN ('draining', 'drained') THEN nodes.status ELSE 'active' END, registered_at = excluded.registered_at, last_heartbeat_at = excluded.last_heartbeat_at, latitude = excluded.latitude, longitude = excluded.longitude, revoked_at = NULL, retired_at = NULL";
 pub const SELECT_INSTANCE: &str = "SELECT instance_id FROM nodes WHERE node_id = ?1";
 pub const SELECT_PROFILE: &str = "SELECT node_id, region, capabilities, gpu, models, max_workers, instance_id, status FROM nodes WHERE node_id = ?1";
-pub const TOUCH_NODE: &str = "UPDATE nodes SET last_heartbeat_at = ?2, status = CASE WHEN status = 'lost' THEN 'active' ELSE status END WHERE node_id = ?1";
-pub const UPDATE_HEARTBEAT_INFO: &str = "UPDATE nodes SET rtt_ms = coalesce(?2, rtt_ms), loaded_models = coalesce(?3, loaded_models) WHERE node_id = ?1";
+pub const TOUCH_NODE: &str = "UPDATE nodes SET last_heartbeat_at = max(coalesce(last_heartbeat_at, ?2), ?2), status = CASE WHEN status = 'lost' THEN 'active' ELSE status END WHERE node_id = ?1";
+/// A heartbeat in one statement: [`TOUCH_NODE`] and what it reports.
+pub const RECORD_HEARTBEAT: &str = "UPDATE nodes SET last_heartbeat_at = max(coalesce(last_heartbeat_at, ?2), ?2), status = CASE WHEN status = 'lost' THEN 'active' ELSE status END, rtt_ms = coalesce(?3, rtt_ms), loaded_models = coalesce(?4, loaded_models) WHERE node_id = ?1";
 pub const INSERT_METRICS: &str = "INSERT OR REPLACE INTO node_metrics (node_id, at, cpu_percent, mem_used_bytes, mem_total_bytes, load_1, load_5, load_15, disk_used_bytes, disk_total_bytes, running) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 pub const PRUNE_METRICS: &str = "DELETE FROM node_metrics WHERE (node_id, at) IN (SELECT node_id, at FROM node_metrics WHERE at < ?1 LIMIT 5000)";
 pub const SELECT_NODES: &str = "SELECT n.node_id, n.region, n.status, n.capabilities, n.max_workers, n.gpu, n.backend, n.models, n.agent_version, n.registered_at, n.last_heartbeat_at, n.rtt_ms, n.jobs_succeeded, n.jobs_failed, (SELECT count(*) FROM jobs j WHERE j.state = 'leased' AND j.node_id = n.node_id) , (SELECT avg(a.duration_ms) FROM job_attempts a WHERE a.node_id = n.node_id AND a.outcome = 'succeeded'), n.latitude, n.longitude, n.specialization FROM nodes n WHERE n.retired_at IS NULL ORDER BY n.node_id";
@@ -126,13 +127,12 @@ pub fn record_heartbeat(
     now: i64,
     req: &HeartbeatRequest,
 ) -> Result<(), StoreError> {
-    touch_node(tx, now, &req.node_id)?;
     let loaded = req
         .loaded_models
         .as_ref()
         .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "[]".into()));
-    tx.prepare_cached(UPDATE_HEARTBEAT_INFO)?
-        .execute(params![req.node_id, req.rtt_ms, loaded])?;
+    tx.prepare_cached(RECORD_HEARTBEAT)?
+        .execute(params![req.node_id, now, req.rtt_ms, loaded])?;
     if let Some(m) = &req.metrics {
         tx.prepare_cached(INSERT_METRICS)?.execute(params![
             req.node_id,

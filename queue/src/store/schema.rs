@@ -71,7 +71,7 @@ pub const QUERIES: &[&str] = &[
     super::nodes::SELECT_INSTANCE,
     super::nodes::SELECT_PROFILE,
     super::nodes::TOUCH_NODE,
-    super::nodes::UPDATE_HEARTBEAT_INFO,
+    super::nodes::RECORD_HEARTBEAT,
     super::nodes::INSERT_METRICS,
     super::nodes::PRUNE_METRICS,
     super::nodes::SELECT_NODES,

@@ -20,6 +20,7 @@ mod failover;
 mod gateway;
 mod gateway_midstream;
 mod happy;
+mod heartbeats;
 mod idempotency;
 mod kubernetes;
 mod limits;

@@ -574,10 +574,22 @@ async fn the_heartbeat_round_trip_leaves_out_time_queued_in_the_coordinator() {
     /// the coordinator, heartbeats' included, waits that long (well within
     /// the store's busy timeout of 5 s).
     const HOLD: std::time::Duration = std::time::Duration::from_millis(1500);
-    let mut cluster = Cluster::builder().start().await;
+    // The agent runs a job that never ends: its heartbeats renew a lease,
+    // so they are writes (an idle node's are answered from memory).
+    let mut cluster = Cluster::builder()
+        .fake(FakeBehavior {
+            hang: true,
+            ..FakeBehavior::default()
+        })
+        .start()
+        .await;
     let agent = cluster
         .agent(AgentSpec::new("tokyo-01", &["general_query"]))
         .await;
+    let held = cluster
+        .submit_prompt("general_query", "never answered")
+        .await;
+    cluster.wait_state(held, JobState::Leased).await;
     let db = rusqlite::Connection::open(cluster.db_path()).expect("open the database");
     let slow = "the coordinator was slow to answer a heartbeat";
     // Heartbeats go every 300 ms: those sent while the lock is held wait in
