@@ -1,4 +1,4 @@
-//! Heartbeats of idle nodes, answered from memory and written in bulk.
+//! Heartbeats: those of idle nodes answered from memory and written in bulk.
 //!
 //! Ten thousand agents heartbeat over three thousand times a second. Most
 //! run nothing: their heartbeat renews no lease and changes no state, it
@@ -22,9 +22,11 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use kobo_protocol::HeartbeatRequest;
+use kobo_protocol::{HeartbeatRequest, HeartbeatResponse, NodeStatus};
 use rusqlite::Transaction;
 
+use crate::dispatch::Hub;
+use crate::queue::{Queue, current_instance};
 use crate::store::{self, StoreError};
 
 /// How long an idle heartbeat may wait in memory before it is written.
@@ -139,6 +141,102 @@ impl Beats {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+}
+
+impl Queue {
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, StoreError> {
+        let hub = self.hub.clone();
+        let at = store::unix_now_ms();
+        match hub.beats.keep(at, &req, hub.is_active(&req.node_id)) {
+            Kept::No => {}
+            kept => {
+                note_heartbeat(&hub, &req, NodeStatus::Active);
+                if kept == Kept::First {
+                    self.write_beats_soon();
+                }
+                return Ok(self.heartbeat_answer());
+            }
+        }
+        let answer = self.heartbeat_answer();
+        self.store
+            .write(move |ctx| {
+                let mut node = current_instance(ctx, &req.node_id, &req.instance_id)?;
+                store::record_heartbeat(ctx.tx, ctx.now, &hub.beats.for_storage(ctx.now, &req))?;
+                // A draining node with nothing left to run has drained.
+                if node.status == NodeStatus::Draining
+                    && req.running.is_empty()
+                    && store::running_on(ctx.tx, &req.node_id)? == 0
+                {
+                    store::set_node_status(ctx.tx, &req.node_id, NodeStatus::Drained)?;
+                    node.status = NodeStatus::Drained;
+                    tracing::info!(node_id = %req.node_id, "node drained");
+                }
+                let status = match node.status {
+                    NodeStatus::Lost => NodeStatus::Active,
+                    other => other,
+                };
+                note_heartbeat(&hub, &req, status);
+                hub.beats.admit(&req.node_id, &req.instance_id);
+                let (cancelled, revoked) = store::renew_leases(
+                    ctx.tx,
+                    ctx.now,
+                    hub.config.lease_ttl_ms,
+                    &req.node_id,
+                    &req.running,
+                )?;
+                Ok(HeartbeatResponse {
+                    cancelled,
+                    revoked,
+                    drain: matches!(node.status, NodeStatus::Draining | NodeStatus::Drained),
+                    ..answer
+                })
+            })
+            .await
+    }
+
+    /// The answer to a heartbeat that cancels, revokes and drains nothing.
+    fn heartbeat_answer(&self) -> HeartbeatResponse {
+        HeartbeatResponse {
+            cancelled: Vec::new(),
+            revoked: Vec::new(),
+            drain: false,
+            lease_ttl_ms: self.hub.config.lease_ttl_ms,
+            heartbeat_interval_ms: self.hub.config.heartbeat_interval_ms,
+            // The HTTP handler, which sees the whole call, sets it.
+            coordinator_ms: 0,
+        }
+    }
+
+    /// Writes the idle heartbeats kept in memory, all in one write, a
+    /// moment from now (see [`crate::beats`]).
+    fn write_beats_soon(&self) {
+        let hub = self.hub.clone();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FLUSH_DELAY).await;
+            let written = store
+                .write(move |ctx| hub.beats.write_pending(ctx.tx))
+                .await;
+            if let Err(err) = written {
+                tracing::warn!(error = %err, "writing idle heartbeats failed; the next ones are written again");
+            }
+        });
+    }
+}
+
+/// What a heartbeat tells routing about its node.
+fn note_heartbeat(hub: &Hub, req: &HeartbeatRequest, status: NodeStatus) {
+    hub.update_node(&req.node_id, |n| {
+        n.status = status;
+        n.running = req.running.len() as u32;
+        n.rtt_ms = req.rtt_ms.or(n.rtt_ms);
+        if let Some(m) = &req.metrics {
+            n.cpu_percent = Some(m.cpu_percent);
+        }
+        if let Some(loaded) = &req.loaded_models {
+            n.loaded_models = loaded.clone();
+        }
+    });
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use kobo_protocol::resume::Resume;
 use kobo_protocol::{
-    AccessRole, CompleteBatchRequest, CompleteRequest, CompleteResponse, ErrorDetail,
-    HeartbeatRequest, HeartbeatResponse, JobId, JobState, JobView, Lease, LeaseRequest, NodeStatus,
-    RegisterRequest, RegisterResponse, ReportAnswer, SubmitJob, SubmitResponse,
+    AccessRole, CompleteBatchRequest, CompleteRequest, CompleteResponse, ErrorDetail, JobId,
+    JobState, JobView, Lease, LeaseRequest, NodeStatus, RegisterRequest, RegisterResponse,
+    ReportAnswer, SubmitJob, SubmitResponse,
 };
 use kobo_protocol::{GatewayCall, LlmRequest};
 use tokio::sync::oneshot;
@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::Caller;
 use crate::admin;
-use crate::beats::{self, Kept};
 use crate::dispatch::{self, Hub};
 use crate::scoring::JobRoute;
 use crate::store::{self, Backoff, Changes, Effect, Store, StoreError, WriteCtx};
@@ -72,7 +71,7 @@ fn apply(hub: &Hub, ctx: &mut WriteCtx<'_>, mut changes: Changes) -> Result<(), 
 
 /// Loads a node, refusing a call from an agent instance that is no longer
 /// the node's registered one (a newer process took over the node id).
-fn current_instance(
+pub(crate) fn current_instance(
     ctx: &WriteCtx<'_>,
     node_id: &str,
     instance_id: &str,
@@ -419,85 +418,6 @@ impl Queue {
         }
     }
 
-    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, StoreError> {
-        let hub = self.hub.clone();
-        let at = store::unix_now_ms();
-        match hub.beats.keep(at, &req, hub.is_active(&req.node_id)) {
-            Kept::No => {}
-            kept => {
-                note_heartbeat(&hub, &req, NodeStatus::Active);
-                if kept == Kept::First {
-                    self.write_beats_soon();
-                }
-                return Ok(self.heartbeat_answer());
-            }
-        }
-        let answer = self.heartbeat_answer();
-        self.store
-            .write(move |ctx| {
-                let mut node = current_instance(ctx, &req.node_id, &req.instance_id)?;
-                store::record_heartbeat(ctx.tx, ctx.now, &hub.beats.for_storage(ctx.now, &req))?;
-                // A draining node with nothing left to run has drained.
-                if node.status == NodeStatus::Draining
-                    && req.running.is_empty()
-                    && store::running_on(ctx.tx, &req.node_id)? == 0
-                {
-                    store::set_node_status(ctx.tx, &req.node_id, NodeStatus::Drained)?;
-                    node.status = NodeStatus::Drained;
-                    tracing::info!(node_id = %req.node_id, "node drained");
-                }
-                let status = match node.status {
-                    NodeStatus::Lost => NodeStatus::Active,
-                    other => other,
-                };
-                note_heartbeat(&hub, &req, status);
-                hub.beats.admit(&req.node_id, &req.instance_id);
-                let (cancelled, revoked) = store::renew_leases(
-                    ctx.tx,
-                    ctx.now,
-                    hub.config.lease_ttl_ms,
-                    &req.node_id,
-                    &req.running,
-                )?;
-                Ok(HeartbeatResponse {
-                    cancelled,
-                    revoked,
-                    drain: matches!(node.status, NodeStatus::Draining | NodeStatus::Drained),
-                    ..answer
-                })
-            })
-            .await
-    }
-
-    /// The answer to a heartbeat that cancels, revokes and drains nothing.
-    fn heartbeat_answer(&self) -> HeartbeatResponse {
-        HeartbeatResponse {
-            cancelled: Vec::new(),
-            revoked: Vec::new(),
-            drain: false,
-            lease_ttl_ms: self.hub.config.lease_ttl_ms,
-            heartbeat_interval_ms: self.hub.config.heartbeat_interval_ms,
-            // The HTTP handler, which sees the whole call, sets it.
-            coordinator_ms: 0,
-        }
-    }
-
-    /// Writes the idle heartbeats kept in memory, all in one write, a
-    /// moment from now (see [`crate::beats`]).
-    fn write_beats_soon(&self) {
-        let hub = self.hub.clone();
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(beats::FLUSH_DELAY).await;
-            let written = store
-                .write(move |ctx| hub.beats.write_pending(ctx.tx))
-                .await;
-            if let Err(err) = written {
-                tracing::warn!(error = %err, "writing idle heartbeats failed; the next ones are written again");
-            }
-        });
-    }
-
     /// Applies a batch of reports in one write. A report the store refuses
     /// (stale lease, unknown job) is answered with its error and changes
     /// nothing; the others are applied.
@@ -792,21 +712,6 @@ impl Queue {
             }
         }
     }
-}
-
-/// What a heartbeat tells routing about its node.
-fn note_heartbeat(hub: &Hub, req: &HeartbeatRequest, status: NodeStatus) {
-    hub.update_node(&req.node_id, |n| {
-        n.status = status;
-        n.running = req.running.len() as u32;
-        n.rtt_ms = req.rtt_ms.or(n.rtt_ms);
-        if let Some(m) = &req.metrics {
-            n.cpu_percent = Some(m.cpu_percent);
-        }
-        if let Some(loaded) = &req.loaded_models {
-            n.loaded_models = loaded.clone();
-        }
-    });
 }
 
 /// The answer to a report the store refused.
