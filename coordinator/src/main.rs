@@ -54,6 +54,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes(args) => cli::nodes(args).await,
         Command::Status(args) => kobo_coord::status::run(args).await,
         Command::Init(args) => cli::init(args),
+        Command::Backup(args) => cli::backup(args),
+        Command::Restore(args) => cli::restore(args),
         Command::Apikey(command) => cli::apikey(command).await,
         Command::Token(command) => cli::token(command).await,
         Command::EnrollKey(command) => cli::enroll_key(command).await,

@@ -8,6 +8,7 @@
 //! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
 
 mod audit;
+pub mod backup;
 mod checkpoint;
 mod enroll;
 mod fleet;
@@ -29,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+
+use crate::config::Checkpoints;
 
 pub use audit::*;
 pub use enroll::*;
@@ -131,18 +134,32 @@ pub struct Store {
     writer: writer::WriterHandle,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
-    _checkpointer: Arc<checkpoint::Checkpointer>,
+    _checkpointer: Option<Arc<checkpoint::Checkpointer>>,
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, migrates it and
     /// starts the writer thread.
     pub fn open(path: &Path, after_commit: Arc<dyn AfterCommit>) -> Result<Store, StoreError> {
+        Store::open_with(path, after_commit, Checkpoints::Internal)
+    }
+
+    /// [`Store::open`], with the checkpoints left to another process
+    /// (Litestream) when `checkpoints` is [`Checkpoints::External`].
+    pub fn open_with(
+        path: &Path,
+        after_commit: Arc<dyn AfterCommit>,
+        checkpoints: Checkpoints,
+    ) -> Result<Store, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
-        // The checkpoint thread copies the log into the database instead.
+        // The checkpoint thread (or the replicator) copies the log into the
+        // database instead.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
-        let checkpointer = checkpoint::spawn(path)?;
+        let checkpointer = match checkpoints {
+            Checkpoints::Internal => Some(checkpoint::spawn(path)?),
+            Checkpoints::External => None,
+        };
         let writer = writer::spawn(conn, after_commit)?;
         Ok(Store {
             writer,
