@@ -104,9 +104,10 @@ pub enum StoreError {
     DiskFull(String),
     #[error(
         "database {path} is damaged: PRAGMA quick_check found: {problems}. kobo-coord will not serve from it. \
-         To restore: stop kobo-coord, move kobo.db, kobo.db-wal and kobo.db-shm aside, copy your latest backup \
-         (made with `sqlite3 kobo.db \".backup backup.db\"`) to kobo.db and start again; or salvage what is \
-         readable with `sqlite3 damaged.db .recover | sqlite3 kobo.db`"
+         To restore: stop kobo-coord and run `kobo-coord restore BACKUP --data-dir DIR --force` with your latest \
+         `kobo-coord backup` (the damaged database is moved aside); or move kobo.db, kobo.db-wal and kobo.db-shm \
+         aside, copy a backup made with `sqlite3 kobo.db \".backup backup.db\"` to kobo.db and start again; or \
+         salvage what is readable with `sqlite3 damaged.db .recover | sqlite3 kobo.db`"
     )]
     Damaged { path: PathBuf, problems: String },
     /// Over a key's rate limit or budget: nothing was written but the

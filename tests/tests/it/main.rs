@@ -3,6 +3,7 @@
 //! `llm` tests the agent's LLM backends directly against that fake.
 
 mod autoscale;
+mod backup;
 mod bad_input;
 mod cancel;
 mod chaos;
