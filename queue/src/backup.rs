@@ -31,6 +31,8 @@ pub struct BackupReport {
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
     pub manifest: BackupManifest,
+    /// Files put in place, and their bytes.
+    pub files: usize,
     pub bytes: u64,
     /// Where the database it replaced (with `force`) was moved.
     pub replaced: Option<PathBuf>,
@@ -245,13 +247,27 @@ pub fn verify(src: &Path) -> anyhow::Result<BackupManifest> {
     Ok(manifest)
 }
 
+/// How [`restore`] treats the data directory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Replace a database (moved aside) and keys that differ.
+    pub force: bool,
+    /// Only the keys and certificates: the database comes from elsewhere
+    /// (`litestream restore`), and one already there is left alone.
+    pub keys_only: bool,
+}
+
 /// Restores the backup `src` into the data directory `data_dir`: checks
 /// the backup first ([`verify`]), then takes the directory's lock (refused
 /// while a coordinator serves from it), refuses to replace a database or a
 /// differing key unless `force`, copies every file to a temporary name,
 /// checks the copies against the manifest, flushes them, and renames them
 /// into place, the database last.
-pub fn restore(src: &Path, data_dir: &Path, force: bool) -> anyhow::Result<RestoreReport> {
+pub fn restore(
+    src: &Path,
+    data_dir: &Path,
+    options: RestoreOptions,
+) -> anyhow::Result<RestoreReport> {
     let manifest = verify(src)?;
     let _lock = match lock_data_dir(data_dir, "kobo-coord restore") {
         Ok(lock) => lock,
@@ -266,11 +282,15 @@ pub fn restore(src: &Path, data_dir: &Path, force: bool) -> anyhow::Result<Resto
     let dir = DataDir::new(data_dir);
     let db_name = name_of(&dir.database());
     let kept = dir.kept_files();
-    let target = |name: &str| data_dir.join(name);
-    if !force {
+    let files: Vec<&BackupFile> = manifest
+        .files
+        .iter()
+        .filter(|f| !(options.keys_only && f.name == db_name))
+        .collect();
+    if !options.force {
         let mut in_the_way = Vec::new();
-        for file in &manifest.files {
-            let path = target(&file.name);
+        for file in &files {
+            let path = data_dir.join(&file.name);
             let differs = match hash_file(&path) {
                 Ok((_, sha256)) => sha256 != file.sha256,
                 Err(_) => path.exists(),
@@ -288,24 +308,29 @@ pub fn restore(src: &Path, data_dir: &Path, force: bool) -> anyhow::Result<Resto
         }
     }
     let mut staged = Vec::new();
-    let staged_result = stage(src, data_dir, &manifest, &kept, &db_name, &mut staged);
-    if let Err(err) = staged_result {
+    if let Err(err) = stage(src, data_dir, &files, &kept, &db_name, &mut staged) {
         for (tmp, _) in &staged {
             let _ = fs::remove_file(tmp);
         }
         return Err(err);
     }
     sync_dir(data_dir)?;
-    let replaced = move_old_database_aside(&dir)?;
+    let replaced = if options.keys_only {
+        None
+    } else {
+        move_old_database_aside(&dir)?
+    };
     // The database last: until its rename, the directory holds no database
     // (or the old one, moved aside), never a new database with old keys.
     staged.sort_by_key(|(_, name)| *name == db_name);
     for (tmp, name) in &staged {
-        fs::rename(tmp, target(name)).with_context(|| format!("renaming {}", tmp.display()))?;
+        fs::rename(tmp, data_dir.join(name))
+            .with_context(|| format!("renaming {}", tmp.display()))?;
     }
     sync_dir(data_dir)?;
     Ok(RestoreReport {
-        bytes: manifest.files.iter().map(|f| f.bytes).sum(),
+        files: files.len(),
+        bytes: files.iter().map(|f| f.bytes).sum(),
         manifest,
         replaced,
     })
@@ -316,12 +341,12 @@ pub fn restore(src: &Path, data_dir: &Path, force: bool) -> anyhow::Result<Resto
 fn stage<'a>(
     src: &Path,
     data_dir: &Path,
-    manifest: &'a BackupManifest,
+    files: &[&'a BackupFile],
     kept: &[KeptFile],
     db_name: &str,
     staged: &mut Vec<(PathBuf, &'a str)>,
 ) -> anyhow::Result<()> {
-    for file in &manifest.files {
+    for file in files {
         let tmp = data_dir.join(format!("{}.restoring", file.name));
         let mode = match kept.iter().find(|k| name_of(&k.path) == file.name) {
             Some(KeptFile {

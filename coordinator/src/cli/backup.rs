@@ -23,6 +23,10 @@ pub struct RestoreArgs {
     /// already in the data directory.
     #[arg(long)]
     pub force: bool,
+    /// Restore only the keys and certificates, not the database (which
+    /// `litestream restore` brings); a database already there is kept.
+    #[arg(long)]
+    pub keys_only: bool,
 }
 
 /// `1.2 MiB`, `734 KiB`, `512 B`.
@@ -51,18 +55,26 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let report = kobo_queue::backup::restore(&args.src, &args.data_dir, args.force)?;
+    let options = kobo_queue::backup::RestoreOptions {
+        force: args.force,
+        keys_only: args.keys_only,
+    };
+    let report = kobo_queue::backup::restore(&args.src, &args.data_dir, options)?;
     let manifest = &report.manifest;
     if let Some(old) = &report.replaced {
         println!("the database it replaced is now {}", old.display());
     }
+    let what = if args.keys_only {
+        "the keys and certificates only".to_string()
+    } else {
+        format!("{} jobs", thousands(manifest.jobs.max(0) as u64))
+    };
     println!(
-        "restored {} into {}: {} in {} files, {} jobs, taken {} from {}; start it with `kobo-coord serve --data-dir {}`",
+        "restored {} into {}: {} in {} files, {what}, taken {} from {}; start it with `kobo-coord serve --data-dir {}`",
         args.src.display(),
         args.data_dir.display(),
         size(report.bytes),
-        manifest.files.len(),
-        thousands(manifest.jobs.max(0) as u64),
+        report.files,
         manifest.created_at,
         manifest.source,
         args.data_dir.display()

@@ -24,6 +24,7 @@ mod happy;
 mod idempotency;
 mod kubernetes;
 mod limits;
+mod litestream;
 mod llm;
 mod mcp;
 mod metrics;
