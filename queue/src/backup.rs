@@ -413,3 +413,91 @@ fn move_old_database_aside(dir: &DataDir) -> anyhow::Result<Option<PathBuf>> {
     }
     Ok(moved)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{InitOptions, init};
+
+    fn init_dir(dir: &Path) {
+        init(&InitOptions {
+            data_dir: dir.to_path_buf(),
+            ..InitOptions::default()
+        })
+        .expect("init");
+    }
+
+    #[test]
+    fn a_forced_restore_moves_the_old_database_and_its_log_aside() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (source, copy, target) = (
+            dir.path().join("source"),
+            dir.path().join("backup"),
+            dir.path().join("target"),
+        );
+        init_dir(&source);
+        let made = backup(&source, &copy).expect("backup");
+        assert_eq!(made.manifest.schema_version, store::MIGRATIONS_APPLIED);
+        init_dir(&target);
+        // A log that is not the restored database's: replayed into it, it
+        // would corrupt it.
+        fs::write(target.join("kobo.db-wal"), b"an old log").expect("old log");
+
+        let refused = restore(&copy, &target, RestoreOptions::default()).expect_err("refused");
+        let text = format!("{refused:#}");
+        assert!(
+            text.contains("already holds kobo.db") && text.contains("ca.pem"),
+            "{text}"
+        );
+
+        let forced = RestoreOptions {
+            force: true,
+            ..RestoreOptions::default()
+        };
+        let done = restore(&copy, &target, forced).expect("forced restore");
+        let aside = done.replaced.expect("the old database moved aside");
+        assert!(aside.exists());
+        let aside_log = PathBuf::from(format!("{}-wal", aside.display()));
+        assert_eq!(fs::read(aside_log).expect("old log kept"), b"an old log");
+        assert!(!target.join("kobo.db-wal").exists());
+        store::health::open_checked(&target.join("kobo.db")).expect("opens clean");
+        for name in ["ca.pem", "ca.key", "hmac.key", "data.key"] {
+            assert_eq!(
+                fs::read(target.join(name)).expect("restored"),
+                fs::read(source.join(name)).expect("source"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_only_leaves_the_database_out_and_a_foreign_name_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (source, copy) = (dir.path().join("source"), dir.path().join("backup"));
+        init_dir(&source);
+        backup(&source, &copy).expect("backup");
+        let keys = dir.path().join("keys");
+        let options = RestoreOptions {
+            keys_only: true,
+            ..RestoreOptions::default()
+        };
+        let done = restore(&copy, &keys, options).expect("keys only");
+        assert!(!keys.join("kobo.db").exists());
+        assert_eq!(done.files, done.manifest.files.len() - 1);
+        assert_eq!(
+            fs::read(keys.join("data.key")).expect("data.key"),
+            fs::read(source.join("data.key")).expect("source")
+        );
+
+        let path = copy.join(MANIFEST);
+        let mut manifest: BackupManifest =
+            serde_json::from_slice(&fs::read(&path).expect("manifest")).expect("json");
+        manifest.files[1].name = "../ca.key".into();
+        fs::write(&path, serde_json::to_vec(&manifest).expect("json")).expect("write");
+        let refused = verify(&copy).expect_err("a foreign name");
+        assert!(
+            refused.to_string().contains("no file of a data directory"),
+            "{refused:#}"
+        );
+    }
+}
