@@ -64,20 +64,24 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     if let Some(old) = &report.replaced {
         println!("the database it replaced is now {}", old.display());
     }
-    let what = if args.keys_only {
-        "the keys and certificates only".to_string()
-    } else {
-        format!("{} jobs", thousands(manifest.jobs.max(0) as u64))
-    };
-    println!(
-        "restored {} into {}: {} in {} files, {what}, taken {} from {}; start it with `kobo-coord serve --data-dir {}`",
+    let head = format!(
+        "restored {} into {}: {} in {} files",
         args.src.display(),
         args.data_dir.display(),
         size(report.bytes),
-        report.files,
-        manifest.created_at,
-        manifest.source,
-        args.data_dir.display()
+        report.files
     );
+    let taken = format!("taken {} from {}", manifest.created_at, manifest.source);
+    let dir = args.data_dir.display();
+    if args.keys_only {
+        println!(
+            "{head}, the keys and certificates only, {taken}; now the database: `litestream restore -o {dir}/kobo.db REPLICA_URL`"
+        );
+    } else {
+        println!(
+            "{head}, {} jobs, {taken}; start it with `kobo-coord serve --data-dir {dir}`",
+            thousands(manifest.jobs.max(0) as u64)
+        );
+    }
     Ok(())
 }
