@@ -128,8 +128,9 @@ fn write_backup(dir: &DataDir, dest: &Path, started: Instant) -> anyhow::Result<
     let db_copy = dest.join(&db_name);
     store::backup::copy_online(&dir.database(), &db_copy)
         .with_context(|| format!("copying {}", dir.database().display()))?;
-    set_mode(&db_copy, 0o600)?;
-    File::open(&db_copy)?.sync_all()?;
+    set_mode(&db_copy, 0o600)
+        .and_then(|()| File::open(&db_copy)?.sync_all())
+        .with_context(|| format!("flushing {}", db_copy.display()))?;
     let facts = check_copy(&db_copy).context("checking the copied database")?;
     let (bytes, sha256) = hash_file(&db_copy)?;
     let mut files = vec![BackupFile {
@@ -171,7 +172,7 @@ fn write_backup(dir: &DataDir, dest: &Path, started: Instant) -> anyhow::Result<
     let json = serde_json::to_vec_pretty(&manifest)?;
     write_atomic(&dest.join(MANIFEST), &json, Access::Private)
         .with_context(|| format!("writing {}", dest.join(MANIFEST).display()))?;
-    sync_dir(dest)?;
+    sync_dir(dest).with_context(|| format!("flushing {}", dest.display()))?;
     Ok(BackupReport {
         dest: dest.to_path_buf(),
         bytes: manifest.files.iter().map(|f| f.bytes).sum::<u64>() + json.len() as u64,
@@ -278,7 +279,8 @@ pub fn restore(
         }
         Err(err) => return Err(err.into()),
     };
-    set_mode(data_dir, 0o700)?;
+    set_mode(data_dir, 0o700)
+        .with_context(|| format!("setting the mode of {}", data_dir.display()))?;
     let dir = DataDir::new(data_dir);
     let db_name = name_of(&dir.database());
     let kept = dir.kept_files();
@@ -314,7 +316,7 @@ pub fn restore(
         }
         return Err(err);
     }
-    sync_dir(data_dir)?;
+    sync_dir(data_dir).with_context(|| format!("flushing {}", data_dir.display()))?;
     let replaced = if options.keys_only {
         None
     } else {
@@ -327,7 +329,7 @@ pub fn restore(
         fs::rename(tmp, data_dir.join(name))
             .with_context(|| format!("renaming {}", tmp.display()))?;
     }
-    sync_dir(data_dir)?;
+    sync_dir(data_dir).with_context(|| format!("flushing {}", data_dir.display()))?;
     Ok(RestoreReport {
         files: files.len(),
         bytes: files.iter().map(|f| f.bytes).sum(),
@@ -370,7 +372,8 @@ fn stage<'a>(
         let mut input = File::open(src.join(&file.name))
             .with_context(|| format!("reading {}", src.join(&file.name).display()))?;
         io::copy(&mut input, &mut out).with_context(|| format!("writing {}", tmp.display()))?;
-        out.sync_all()?;
+        out.sync_all()
+            .with_context(|| format!("flushing {}", tmp.display()))?;
         drop(out);
         let (_, sha256) = hash_file(&tmp)?;
         if sha256 != file.sha256 {

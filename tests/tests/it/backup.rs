@@ -380,28 +380,32 @@ async fn a_second_serve_on_the_same_data_directory_is_refused_naming_the_first()
         .and_then(|c| c.id())
         .expect("pid");
     let client_file = std::fs::read_to_string(cluster.data_dir.join("client.json")).expect("json");
-    let second = tokio::process::Command::new(binary("kobo-coord"))
+    // On the same port (the usual mistake: the same command twice) and on
+    // another one.
+    let mut same_port = cluster.serve_command();
+    let mut other_port = tokio::process::Command::new(binary("kobo-coord"));
+    other_port
         .arg("serve")
         .arg("--data-dir")
         .arg(&cluster.data_dir)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .kill_on_drop(true)
-        .output();
-    let second = tokio::time::timeout(PATIENCE, second)
-        .await
-        .expect("the second serve exits by itself")
-        .expect("run kobo-coord");
-    assert!(!second.status.success(), "{}", text(&second));
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        stderr.contains("refusing to serve: one coordinator per data directory")
-            && stderr.contains(&format!(
-                "data directory {} is in use by kobo-coord serve (pid {pid})",
-                cluster.data_dir.display()
-            )),
-        "{}",
-        text(&second)
-    );
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+    for command in [&mut same_port, &mut other_port] {
+        let second = tokio::time::timeout(PATIENCE, command.kill_on_drop(true).output())
+            .await
+            .expect("the second serve exits by itself")
+            .expect("run kobo-coord");
+        assert!(!second.status.success(), "{}", text(&second));
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            stderr.contains("refusing to serve: one coordinator per data directory")
+                && stderr.contains(&format!(
+                    "data directory {} is in use by kobo-coord serve (pid {pid})",
+                    cluster.data_dir.display()
+                )),
+            "{}",
+            text(&second)
+        );
+    }
     // The first is untouched: it serves, and clients still find it.
     assert!(cluster.client().nodes().await.is_ok());
     assert_eq!(
