@@ -186,6 +186,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         node_cert_lifetime: pki::NODE_CERT_LIFETIME,
         gateway: kobo_queue::config::GatewayConfig::default(),
         limits: kobo_queue::config::ConnectionLimits::default(),
+        checkpoints: kobo_queue::config::Checkpoints::Internal,
     };
     let server = tokio::spawn(kobo_server::serve(listener, config, shutdown.clone()));
 

@@ -17,6 +17,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.config()?;
+            // Before the port is bound, so a second coordinator on this data
+            // directory hears that rather than "address in use"; the engine
+            // takes the lock for good when it opens.
+            drop(
+                kobo_queue::data_lock::lock_data_dir(&config.data_dir, "kobo-coord serve")
+                    .context("refusing to serve: one coordinator per data directory")?,
+            );
             raise_fd_limit(config.limits.max_connections as u64);
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -54,6 +61,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes(args) => cli::nodes(args).await,
         Command::Status(args) => kobo_coord::status::run(args).await,
         Command::Init(args) => cli::init(args),
+        Command::Backup(args) => cli::backup(args),
+        Command::Restore(args) => cli::restore(args),
         Command::Apikey(command) => cli::apikey(command).await,
         Command::Token(command) => cli::token(command).await,
         Command::EnrollKey(command) => cli::enroll_key(command).await,

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::Access;
+
 /// A data directory, by its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir {
@@ -89,9 +91,46 @@ impl DataDir {
     pub fn deploy_key(&self) -> PathBuf {
         self.root.join("deploy_key")
     }
+    /// The public half of [`DataDir::deploy_key`].
+    pub fn deploy_key_public(&self) -> PathBuf {
+        self.root.join("deploy_key.pub")
+    }
+    /// Held locked by the `kobo-coord serve` (or `restore`) using this
+    /// directory; holds that process's id.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("kobo.lock")
+    }
     /// The state directory of the demo's local agent `node_id`.
     pub fn demo_agent(&self, node_id: &str) -> PathBuf {
         self.root.join("agents").join(node_id)
+    }
+
+    /// The files besides the database that a copy of this directory needs
+    /// to be usable: the CA (agents pin it and hold certificates it signed),
+    /// the server certificate, the secret keys (without `hmac.key` no API
+    /// key or join token checks; without `data.key` no confidential job
+    /// reads), the local admin key, and provisioning's SSH state when there
+    /// is one. `client.json` is not among them: `serve` writes it anew.
+    pub fn kept_files(&self) -> Vec<KeptFile> {
+        let file = |path: PathBuf, access: Access, required: bool| KeptFile {
+            path,
+            access,
+            required,
+        };
+        vec![
+            file(self.ca_cert(), Access::Public, true),
+            file(self.ca_key(), Access::Private, true),
+            file(self.server_cert(), Access::Public, true),
+            file(self.server_key(), Access::Private, true),
+            file(self.server_names(), Access::Public, true),
+            file(self.hmac_key(), Access::Private, true),
+            file(self.data_key(), Access::Private, true),
+            file(self.admin_key(), Access::Private, false),
+            file(self.known_hosts(), Access::Private, false),
+            file(self.ssh_config(), Access::Private, false),
+            file(self.deploy_key(), Access::Private, false),
+            file(self.deploy_key_public(), Access::Public, false),
+        ]
     }
 
     /// The local admin key, if `init` wrote one here and it is readable.
@@ -101,6 +140,16 @@ impl DataDir {
             .map(|text| text.trim().to_owned())
             .filter(|key| !key.is_empty())
     }
+}
+
+/// A file of the data directory that backups carry ([`DataDir::kept_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptFile {
+    pub path: PathBuf,
+    /// Its mode in a data directory (a backup holds every file 0600).
+    pub access: Access,
+    /// Whether `init` always makes it (a backup without it is incomplete).
+    pub required: bool,
 }
 
 /// `client.json`: written by `kobo-coord serve` once it listens, so local

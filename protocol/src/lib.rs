@@ -16,6 +16,7 @@
 //! - [`route`]: `RouteReason`, why a job went where it went.
 //! - [`validate`]: checks beyond types (sizes, ranges, names), each naming its field.
 //! - [`data_dir`]: `DataDir`, the names of the coordinator's files; `ClientFile`.
+//! - [`backup`]: the manifest of a `kobo-coord backup` directory.
 //! - [`files`]: `write_atomic`, the one writer of key and state files.
 //! - [`digest`]: the one `sha256_hex`, used by every crate.
 //! - [`framing`]: incremental SSE and NDJSON decoders.
@@ -25,6 +26,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod backup;
 pub mod data_dir;
 pub mod digest;
 pub mod enroll;
@@ -43,7 +45,7 @@ pub mod validate;
 
 pub use admin::*;
 pub use agent::*;
-pub use data_dir::{ClientFile, DataDir};
+pub use data_dir::{ClientFile, DataDir, KeptFile};
 pub use digest::sha256_hex;
 pub use enroll::*;
 pub use error::*;

@@ -129,6 +129,19 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Who copies the write-ahead log into the database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpoints {
+    /// kobo's own checkpoint thread (PASSIVE, every 250 ms).
+    #[default]
+    Internal,
+    /// Another process (Litestream) checkpoints: kobo never does, so no
+    /// checkpoint of kobo's moves the log under the replicator (which then
+    /// loses its place and takes a whole new snapshot). Without that
+    /// process the log grows without bound.
+    External,
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -147,6 +160,8 @@ pub struct ServeConfig {
     pub gateway: GatewayConfig,
     /// Bounds on connections and request bodies (slow or flooding clients).
     pub limits: ConnectionLimits,
+    /// Whether kobo checkpoints the write-ahead log itself.
+    pub checkpoints: Checkpoints,
 }
 
 /// Default bound on open connections: a fleet of 10,000 agents (one HTTP/2

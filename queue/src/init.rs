@@ -144,11 +144,17 @@ pub struct Engine {
     pub access: Arc<AccessCache>,
     pub observer: Arc<Observer>,
     pub paths: CertPaths,
+    /// The data directory's lock, held as long as the engine is.
+    pub lock: crate::data_lock::DataDirLock,
 }
 
 /// Prepares the data directory (see [`init`]), opens the store and starts
 /// its writer thread; `shutdown` ends the observer's streams.
 pub fn open(config: &ServeConfig, shutdown: CancellationToken) -> anyhow::Result<Engine> {
+    // Before anything is written: a second coordinator on this directory
+    // stops here.
+    let lock = crate::data_lock::lock_data_dir(&config.data_dir, "kobo-coord serve")
+        .context("refusing to serve: one coordinator per data directory")?;
     init(&InitOptions {
         data_dir: config.data_dir.clone(),
         sans: config.sans.clone(),
@@ -159,8 +165,8 @@ pub fn open(config: &ServeConfig, shutdown: CancellationToken) -> anyhow::Result
     let secrets = Secrets::load_or_create(&config.data_dir).context("reading the secret keys")?;
     let hub = Arc::new(Hub::new(config.queue.clone(), secrets.sealer.clone()));
     let db = dir.database();
-    let store =
-        Store::open(&db, hub.clone()).with_context(|| format!("opening {}", db.display()))?;
+    let store = Store::open_with(&db, hub.clone(), config.checkpoints)
+        .with_context(|| format!("opening {}", db.display()))?;
     let conn = store::open_connection(&db)?;
     let keys = store::list_api_keys(&conn)?;
     hub.tenants.load(&keys);
@@ -181,5 +187,6 @@ pub fn open(config: &ServeConfig, shutdown: CancellationToken) -> anyhow::Result
         access,
         observer,
         paths,
+        lock,
     })
 }

@@ -23,15 +23,19 @@
 //!   retirement of nodes lost for long.
 //! - [`pki`]: the coordinator's CA, server and node certificates.
 //! - [`security`]: secret keys, API keys, join tokens, sealing.
+//! - [`data_lock`]: one process per data directory (`kobo.lock`).
+//! - [`backup`]: `kobo-coord backup` and `restore` of a data directory.
 //! - [`init`]: preparing a data directory (CA, secrets, database, first admin key).
 //! - [`observe`]: the read model: cluster status, metrics.
 //! - [`config`]: timings and settings.
 
 pub mod access;
 pub mod admin;
+pub mod backup;
 pub mod beats;
 pub mod clock;
 pub mod config;
+pub mod data_lock;
 pub mod dispatch;
 pub mod enrollment;
 pub mod init;

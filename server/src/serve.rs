@@ -155,6 +155,8 @@ pub async fn serve(
         tracing::warn!("connections still open after the shutdown grace period; closing them");
     }
     tracing::info!("kobo-coord stopped");
+    // The data directory stays locked until the engine is gone.
+    drop(prepared);
     Ok(())
 }
 

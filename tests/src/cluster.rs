@@ -66,6 +66,9 @@ pub struct ClusterBuilder {
     pub tmpfs_mib: Option<u64>,
     /// More environment of the coordinator process (e.g. libfaketime's).
     pub coordinator_env: Vec<(String, String)>,
+    /// Serve from this data directory (a restored one, say) instead of a
+    /// new temporary one; the caller keeps it.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -115,6 +118,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serves from `dir` (kept by the caller) instead of a new directory.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
     pub fn fake(mut self, behavior: FakeBehavior) -> Self {
         self.fake = behavior;
         self
@@ -129,13 +138,17 @@ impl ClusterBuilder {
         if std::env::var_os("KOBO_KEEP_TEST_DIRS").is_some() {
             eprintln!("keeping test data directory {}", dir.path().display());
         }
-        let mount = self.tmpfs_mib.map(|mib| Tmpfs::mount(dir.path(), mib));
+        let (data_dir, kept) = match &self.data_dir {
+            Some(given) => (given.clone(), KeptDir(None)),
+            None => (dir.path().to_path_buf(), KeptDir(Some(dir))),
+        };
+        let mount = self.tmpfs_mib.map(|mib| Tmpfs::mount(&data_dir, mib));
         let fake = fake_llm::start(self.fake.clone()).await.expect("fake llm");
         let port = free_port();
         let mut cluster = Cluster {
             _mount: mount,
-            data_dir: dir.path().to_path_buf(),
-            _dir: KeptDir(Some(dir)),
+            data_dir,
+            _dir: kept,
             port,
             coordinator: None,
             coordinator_starts: 0,
@@ -328,6 +341,7 @@ impl Cluster {
             listen_ip: "127.0.0.1".to_string(),
             tmpfs_mib: None,
             coordinator_env: Vec::new(),
+            data_dir: None,
         }
     }
 

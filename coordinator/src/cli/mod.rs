@@ -10,8 +10,10 @@
 //! - `admin.rs`: `apikey`, `token`, `audit`.
 //! - `enroll.rs`: `enroll-key`.
 //! - `usage.rs`: `usage`.
+//! - `backup.rs`: `backup`, `restore`.
 
 mod admin;
+mod backup;
 mod enroll;
 mod jobs;
 mod nodes;
@@ -20,6 +22,7 @@ mod serve;
 mod usage;
 
 pub use admin::*;
+pub use backup::*;
 pub use enroll::*;
 pub use jobs::*;
 pub use nodes::*;
@@ -74,6 +77,11 @@ pub enum Command {
     Status(crate::status::StatusArgs),
     /// Prepare a data directory: CA, secrets, database, the first admin key.
     Init(InitArgs),
+    /// Copy the data directory (database, keys, certificates) into a new
+    /// directory while the coordinator serves.
+    Backup(BackupArgs),
+    /// Put a backup back into a data directory no coordinator is serving from.
+    Restore(RestoreArgs),
     /// Manage API keys (admin).
     #[command(subcommand)]
     Apikey(ApikeyCommand),

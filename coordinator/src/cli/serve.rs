@@ -138,9 +138,21 @@ pub struct ServeArgs {
     /// Also run the autoscaler on this inventory's `pools:` (as `kobo-coord autoscale`).
     #[arg(long, value_name = "INVENTORY")]
     pub autoscale: Option<PathBuf>,
+    /// Who checkpoints the write-ahead log: `internal` (kobo, every 250 ms)
+    /// or `external` (Litestream replicating the database: kobo never
+    /// checkpoints; without such a process the log grows without bound).
+    #[arg(long, env = "KOBO_CHECKPOINTS", value_enum, default_value_t = CheckpointsArg::Internal)]
+    pub checkpoints: CheckpointsArg,
     /// Time between the autoscaler's looks at the backlog (with --autoscale).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: Duration,
+}
+
+/// `--checkpoints`: [`config::Checkpoints`] on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckpointsArg {
+    Internal,
+    External,
 }
 
 /// Bounds on connections and request bodies: what a slow or flooding client
@@ -311,6 +323,10 @@ impl ServeArgs {
             node_cert_lifetime: self.node_cert_lifetime,
             gateway: self.gateway.config(),
             limits: self.limits.config()?,
+            checkpoints: match self.checkpoints {
+                CheckpointsArg::Internal => config::Checkpoints::Internal,
+                CheckpointsArg::External => config::Checkpoints::External,
+            },
         })
     }
 }

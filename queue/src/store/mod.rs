@@ -8,6 +8,7 @@
 //! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
 
 mod audit;
+pub mod backup;
 mod checkpoint;
 mod enroll;
 mod fleet;
@@ -29,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+
+use crate::config::Checkpoints;
 
 pub use audit::*;
 pub use enroll::*;
@@ -101,9 +104,10 @@ pub enum StoreError {
     DiskFull(String),
     #[error(
         "database {path} is damaged: PRAGMA quick_check found: {problems}. kobo-coord will not serve from it. \
-         To restore: stop kobo-coord, move kobo.db, kobo.db-wal and kobo.db-shm aside, copy your latest backup \
-         (made with `sqlite3 kobo.db \".backup backup.db\"`) to kobo.db and start again; or salvage what is \
-         readable with `sqlite3 damaged.db .recover | sqlite3 kobo.db`"
+         To restore: stop kobo-coord and run `kobo-coord restore BACKUP --data-dir DIR --force` with your latest \
+         `kobo-coord backup` (the damaged database is moved aside); or move kobo.db, kobo.db-wal and kobo.db-shm \
+         aside, copy a backup made with `sqlite3 kobo.db \".backup backup.db\"` to kobo.db and start again; or \
+         salvage what is readable with `sqlite3 damaged.db .recover | sqlite3 kobo.db`"
     )]
     Damaged { path: PathBuf, problems: String },
     /// Over a key's rate limit or budget: nothing was written but the
@@ -131,18 +135,32 @@ pub struct Store {
     writer: writer::WriterHandle,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
-    _checkpointer: Arc<checkpoint::Checkpointer>,
+    _checkpointer: Option<Arc<checkpoint::Checkpointer>>,
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, migrates it and
     /// starts the writer thread.
     pub fn open(path: &Path, after_commit: Arc<dyn AfterCommit>) -> Result<Store, StoreError> {
+        Store::open_with(path, after_commit, Checkpoints::Internal)
+    }
+
+    /// [`Store::open`], with the checkpoints left to another process
+    /// (Litestream) when `checkpoints` is [`Checkpoints::External`].
+    pub fn open_with(
+        path: &Path,
+        after_commit: Arc<dyn AfterCommit>,
+        checkpoints: Checkpoints,
+    ) -> Result<Store, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
-        // The checkpoint thread copies the log into the database instead.
+        // The checkpoint thread (or the replicator) copies the log into the
+        // database instead.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
-        let checkpointer = checkpoint::spawn(path)?;
+        let checkpointer = match checkpoints {
+            Checkpoints::Internal => Some(checkpoint::spawn(path)?),
+            Checkpoints::External => None,
+        };
         let writer = writer::spawn(conn, after_commit)?;
         Ok(Store {
             writer,

@@ -3,6 +3,7 @@
 //! `llm` tests the agent's LLM backends directly against that fake.
 
 mod autoscale;
+mod backup;
 mod bad_input;
 mod cancel;
 mod chaos;
@@ -24,6 +25,7 @@ mod heartbeats;
 mod idempotency;
 mod kubernetes;
 mod limits;
+mod litestream;
 mod llm;
 mod mcp;
 mod metrics;
