@@ -257,11 +257,15 @@ fn log_frames(db: &Path) -> u32 {
         .unwrap_or(0)
 }
 
-/// Heartbeats the coordinator stored (one metrics row each).
-fn heartbeats(cluster: &Cluster) -> i64 {
+/// The latest heartbeat the coordinator stored, in ms since the epoch.
+fn last_heartbeat(cluster: &Cluster) -> i64 {
     cluster
         .db()
-        .query_row("SELECT count(*) FROM node_metrics", [], |r| r.get(0))
+        .query_row(
+            "SELECT coalesce(max(last_heartbeat_at), 0) FROM nodes",
+            [],
+            |r| r.get(0),
+        )
         .unwrap_or(0)
 }
 
@@ -284,11 +288,11 @@ async fn with_external_checkpoints_kobo_never_checkpoints_and_by_default_it_does
         let db = cluster.db_path();
         if external {
             // Long enough for several of kobo's checkpoints (every 250 ms)
-            // had there been any: ten heartbeats (every 300 ms) stored.
-            let start = heartbeats(&cluster);
+            // had there been any: ten heartbeat intervals (300 ms) stored.
+            let start = last_heartbeat(&cluster);
             cluster
-                .wait_until("ten more heartbeats", || async {
-                    heartbeats(&cluster) >= start + 10
+                .wait_until("ten more heartbeat intervals", || async {
+                    last_heartbeat(&cluster) >= start + 3_000
                 })
                 .await;
             assert!(log_frames(&db) > 0, "the writes are in the log");
