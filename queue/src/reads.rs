@@ -128,7 +128,7 @@ impl Queue {
 
     /// Every node as clients see it.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {
-        self.store.read(store::list_nodes).await
+        self.store.read(|conn| store::list_nodes(conn)).await
     }
 
     /// Fills in why queued jobs wait, from the nodes as they are now.

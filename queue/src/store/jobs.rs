@@ -2,18 +2,26 @@
 //! (events, attempts, retries); the leases themselves are in `leases.rs`.
 //! Every function takes the transaction and the time; none knows about HTTP.
 
+use super::StoreError;
+use super::sql::{Db, args};
+use crate::routing::JobNeeds;
+use crate::scoring::JobRoute;
+use crate::security::Sealer;
 use kobo_protocol::{
     CompleteRequest, CompleteResponse, JobId, JobState, LlmOutput, Outcome, PriorityClass,
     SubmitJob, SubmitResponse,
 };
-use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::StoreError;
-use crate::routing::JobNeeds;
-use crate::scoring::JobRoute;
-use crate::security::Sealer;
-
-pub const INSERT_JOB: &str = "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by, gateway, class, session) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18, ?19, ?20, ?21)";
+macro_rules! insert_job {
+    () => {
+        "INSERT INTO jobs (state, kind, model, priority, request, req_capabilities, req_gpu, data_location, confidential, prefer_region, prefer_node, max_attempts, timeout_ms, idempotency_key, run_at, ready_at, created_at, updated_at, submitted_by, gateway, class, session) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17, ?18, ?19, ?20, ?21)"
+    };
+}
+pub const INSERT_JOB: &str = insert_job!();
+/// On PostgreSQL two writers may insert one idempotency key at once (SQLite
+/// has one writer): the later insert waits for the earlier and inserts
+/// nothing, and the submit answers with the earlier job.
+pub const INSERT_JOB_PG: &str = concat!(insert_job!(), " ON CONFLICT (idempotency_key) DO NOTHING");
 /// The node that served a session last.
 /// The node that served a submitter's session last (sessions are the
 /// submitter's own: two keys' `user` fields never share a node preference).
@@ -22,7 +30,16 @@ pub const FIND_BY_IDEMPOTENCY_KEY: &str = "SELECT id, state FROM jobs WHERE idem
 pub const INSERT_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, attempt, lease_token, node_id, started_at, outcome) VALUES (?1, ?2, ?3, ?4, ?5, 'running')";
 pub const FINISH_ATTEMPT: &str = "UPDATE job_attempts SET finished_at = ?3, outcome = ?4, error = ?5, prompt_tokens = ?6, completion_tokens = ?7, duration_ms = ?8 WHERE job_id = ?1 AND lease_token = ?2";
 pub const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, node_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-pub const SELECT_JOB_ROW: &str = "SELECT state, node_id, lease_token, attempts, max_attempts, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until, submitted_by, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE id = ?1";
+macro_rules! select_job_row {
+    () => {
+        "SELECT state, node_id, lease_token, attempts, max_attempts, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until, submitted_by, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE id = ?1"
+    };
+}
+pub const SELECT_JOB_ROW: &str = select_job_row!();
+/// PostgreSQL locks the row a write decides on until it commits: two
+/// completions of one lease (or a completion and an expiry) take turns, as
+/// SQLite's single writer makes them.
+pub const SELECT_JOB_ROW_PG: &str = concat!(select_job_row!(), " FOR UPDATE");
 pub const SELECT_ATTEMPT_OUTCOME: &str =
     "SELECT node_id, outcome FROM job_attempts WHERE job_id = ?1 AND lease_token = ?2";
 
@@ -117,23 +134,26 @@ pub struct Event<'a> {
     pub detail: Option<&'a str>,
 }
 
-pub fn insert_event(tx: &Transaction<'_>, now: i64, event: Event<'_>) -> Result<(), StoreError> {
-    tx.prepare_cached(INSERT_EVENT)?.execute(params![
-        event.job_id,
-        now,
-        event.from.map(JobState::as_str),
-        event.to.as_str(),
-        event.node_id,
-        event.attempt,
-        event.detail
-    ])?;
+pub fn insert_event(db: &dyn Db, now: i64, event: Event<'_>) -> Result<(), StoreError> {
+    db.execute(
+        INSERT_EVENT,
+        args![
+            event.job_id,
+            now,
+            event.from.map(JobState::as_str),
+            event.to.as_str(),
+            event.node_id,
+            event.attempt,
+            event.detail
+        ],
+    )?;
     Ok(())
 }
 
 /// Inserts a validated job; with an idempotency key already used, returns the
 /// earlier job unchanged.
 pub fn insert_job(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     sealer: &Sealer,
     default_max_attempts: u32,
@@ -143,7 +163,7 @@ pub fn insert_job(
 ) -> Result<SubmitResponse, StoreError> {
     let request = job.llm_request();
     insert_request(
-        tx,
+        db,
         now,
         sealer,
         default_max_attempts,
@@ -159,7 +179,7 @@ pub fn insert_job(
 /// rest of `job` (kind, requirements, preferences) routes it as any job.
 #[allow(clippy::too_many_arguments)]
 pub fn insert_request(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     sealer: &Sealer,
     default_max_attempts: u32,
@@ -169,18 +189,10 @@ pub fn insert_request(
     request: &kobo_protocol::LlmRequest,
     changes: &mut Changes,
 ) -> Result<SubmitResponse, StoreError> {
-    if let Some(key) = &job.idempotency_key {
-        let found = tx
-            .prepare_cached(FIND_BY_IDEMPOTENCY_KEY)?
-            .query_row([key], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .optional()?;
-        if let Some((id, state)) = found {
-            return Ok(SubmitResponse {
-                id,
-                state: parse_state(&state)?,
-                created: false,
-            });
-        }
+    if let Some(key) = &job.idempotency_key
+        && let Some(earlier) = earlier_job(db, key)?
+    {
+        return Ok(earlier);
     }
     let run_at = job.run_at.unwrap_or(now);
     let state = if run_at > now {
@@ -201,41 +213,55 @@ pub fn insert_request(
     // A session's job prefers the node that served the session last (unless
     // it names a node itself), waiting for it only the short session bound.
     let session_node: Option<String> = match (&job.session, &job.preferences.node) {
-        (Some(session), None) => tx
-            .prepare_cached(SELECT_SESSION_NODE)?
-            .query_row([session, submitted_by], |r| r.get(0))
-            .optional()?,
+        (Some(session), None) => {
+            db.optional(SELECT_SESSION_NODE, args![session, submitted_by], |r| {
+                r.get(0)
+            })?
+        }
         _ => None,
     };
     let prefer_node = session_node.as_ref().or(job.preferences.node.as_ref());
     // A plain insert and the new row id: `INSERT … RETURNING` builds a
     // temporary table on every run, which cost more than the insert.
-    tx.prepare_cached(INSERT_JOB)?.execute(params![
-        state.as_str(),
-        job.kind,
-        job.model,
-        job.priority,
-        request,
-        json_list(&req.capabilities),
-        req.gpu,
-        req.data_location,
-        req.confidential,
-        job.preferences.region,
-        prefer_node,
-        job.max_attempts.unwrap_or(default_max_attempts),
-        job.timeout_ms.map(|t| t as i64),
-        job.idempotency_key,
-        run_at,
-        (state == JobState::Queued).then_some(now),
-        now,
-        submitted_by,
-        gateway,
-        class.rank(),
-        job.session,
-    ])?;
-    let id = tx.last_insert_rowid();
+    let inserted = db.insert_id(
+        db.pick(INSERT_JOB, INSERT_JOB_PG),
+        args![
+            state.as_str(),
+            job.kind,
+            job.model,
+            job.priority,
+            request,
+            json_list(&req.capabilities),
+            req.gpu,
+            req.data_location,
+            req.confidential,
+            job.preferences.region,
+            prefer_node,
+            job.max_attempts.unwrap_or(default_max_attempts),
+            job.timeout_ms.map(|t| t as i64),
+            job.idempotency_key,
+            run_at,
+            (state == JobState::Queued).then_some(now),
+            now,
+            submitted_by,
+            gateway,
+            class.rank(),
+            job.session,
+        ],
+    )?;
+    let id = match (inserted, &job.idempotency_key) {
+        (Some(id), _) => id,
+        (None, Some(key)) => {
+            return earlier_job(db, key)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "idempotency key {key:?}: insert conflicted, no job"
+                ))
+            });
+        }
+        (None, None) => return Err(StoreError::Corrupt("job insert inserted nothing".into())),
+    };
     insert_event(
-        tx,
+        db,
         now,
         Event {
             job_id: id,
@@ -287,77 +313,53 @@ pub(super) struct JobRow {
     pub(super) submitted_by: String,
 }
 
-pub(super) fn job_row(tx: &Transaction<'_>, job_id: JobId) -> Result<JobRow, StoreError> {
-    tx.prepare_cached(SELECT_JOB_ROW)?
-        .query_row([job_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, bool>(7)?,
-                r.get::<_, bool>(8)?,
-                r.get::<_, Option<String>>(9)?,
-                r.get::<_, Option<String>>(10)?,
-                (
-                    r.get::<_, Option<String>>(11)?,
-                    r.get::<_, Option<String>>(12)?,
-                    r.get::<_, Option<i64>>(13)?,
-                    r.get::<_, Option<String>>(14)?.unwrap_or_default(),
-                    r.get::<_, bool>(15)?,
-                ),
-            ))
+/// The earlier job of an idempotency key, as a repeated submit answers.
+fn earlier_job(db: &dyn Db, key: &str) -> Result<Option<SubmitResponse>, StoreError> {
+    db.optional(FIND_BY_IDEMPOTENCY_KEY, args![key], |r| {
+        Ok(SubmitResponse {
+            id: r.get(0)?,
+            state: parse_state(&r.get::<String>(1)?)?,
+            created: false,
         })
-        .optional()?
-        .ok_or(StoreError::JobNotFound(job_id))
-        .and_then(
-            |(
-                state,
-                node_id,
-                lease_token,
-                attempts,
-                max_attempts,
-                kind,
-                caps,
-                gpu,
-                confidential,
-                data_location,
-                model,
-                (prefer_region, prefer_node, locality_until, submitted_by, session),
-            )| {
-                Ok(JobRow {
-                    state: parse_state(&state)?,
-                    node_id,
-                    lease_token,
-                    attempts,
-                    max_attempts,
-                    route: JobRoute {
-                        needs: JobNeeds {
-                            kind,
-                            capabilities: parse_list(&caps)?,
-                            gpu,
-                            confidential,
-                            data_location,
-                            model,
-                        },
-                        prefer_region,
-                        prefer_node,
-                        session,
+    })
+}
+
+pub(super) fn job_row(db: &dyn Db, job_id: JobId) -> Result<JobRow, StoreError> {
+    db.optional(
+        db.pick(SELECT_JOB_ROW, SELECT_JOB_ROW_PG),
+        args![job_id],
+        |r| {
+            Ok(JobRow {
+                state: parse_state(&r.get::<String>(0)?)?,
+                node_id: r.get(1)?,
+                lease_token: r.get(2)?,
+                attempts: r.get(3)?,
+                max_attempts: r.get(4)?,
+                route: JobRoute {
+                    needs: JobNeeds {
+                        kind: r.get(5)?,
+                        capabilities: parse_list(&r.get::<String>(6)?)?,
+                        gpu: r.get(7)?,
+                        confidential: r.get(8)?,
+                        data_location: r.get(9)?,
+                        model: r.get(10)?,
                     },
-                    locality_until,
-                    submitted_by,
-                })
-            },
-        )
+                    prefer_region: r.get(11)?,
+                    prefer_node: r.get(12)?,
+                    session: r.get(15)?,
+                },
+                locality_until: r.get(13)?,
+                submitted_by: r.get::<Option<String>>(14)?.unwrap_or_default(),
+            })
+        },
+    )?
+    .ok_or(StoreError::JobNotFound(job_id))
 }
 
 /// Applies an agent's report on an attempt. A report without the current
 /// lease token changes nothing and is a [`StoreError::StaleLease`].
 pub fn complete_job(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     sealer: &Sealer,
     retry: Retry,
@@ -365,17 +367,16 @@ pub fn complete_job(
     report: &CompleteRequest,
     changes: &mut Changes,
 ) -> Result<CompleteResponse, StoreError> {
-    let row = job_row(tx, job_id)?;
+    let row = job_row(db, job_id)?;
     let holds = row.state == JobState::Leased
         && row.lease_token == report.lease_token
         && row.node_id.as_deref() == Some(report.node_id.as_str());
     if !holds {
-        let earlier: Option<(String, String)> = tx
-            .prepare_cached(SELECT_ATTEMPT_OUTCOME)?
-            .query_row(params![job_id, report.lease_token], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
+        let earlier: Option<(String, String)> = db.optional(
+            SELECT_ATTEMPT_OUTCOME,
+            args![job_id, report.lease_token],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let wanted = match report.outcome {
             Outcome::Succeeded { .. } => "succeeded",
             Outcome::Failed { .. } => "failed",
@@ -422,26 +423,29 @@ pub fn complete_job(
             } else {
                 result
             };
-            tx.prepare_cached(
+            db.execute(
                 "UPDATE jobs SET state = 'succeeded', result = ?2, finished_at = ?3, updated_at = ?3, lease_expires_at = NULL, last_error = NULL WHERE id = ?1",
-            )?
-            .execute(params![job_id, result, now])?;
-            tx.prepare_cached(FINISH_ATTEMPT)?.execute(params![
-                job_id,
-                report.lease_token,
-                now,
-                "succeeded",
-                None::<String>,
-                output.usage.prompt_tokens as i64,
-                output.usage.completion_tokens as i64,
-                output.usage.duration_ms as i64
-            ])?;
-            tx.prepare_cached(
+                args![job_id, result, now],
+            )?;
+            db.execute(
+                FINISH_ATTEMPT,
+                args![
+                    job_id,
+                    report.lease_token,
+                    now,
+                    "succeeded",
+                    None::<String>,
+                    output.usage.prompt_tokens as i64,
+                    output.usage.completion_tokens as i64,
+                    output.usage.duration_ms as i64
+                ],
+            )?;
+            db.execute(
                 "UPDATE nodes SET jobs_succeeded = jobs_succeeded + 1 WHERE node_id = ?1",
-            )?
-            .execute([node_id])?;
+                args![node_id],
+            )?;
             insert_event(
-                tx,
+                db,
                 now,
                 Event {
                     job_id,
@@ -452,17 +456,19 @@ pub fn complete_job(
                     detail: None,
                 },
             )?;
-            add_usage(tx, now, &row.submitted_by, node_id, output)?;
+            add_usage(db, now, &row.submitted_by, node_id, output)?;
             changes.finished.push(job_id);
             changes.freed.push((row.submitted_by.clone(), job_id));
             JobState::Succeeded
         }
         Outcome::Failed { error, retryable } => {
-            tx.prepare_cached("UPDATE nodes SET jobs_failed = jobs_failed + 1 WHERE node_id = ?1")?
-                .execute([node_id])?;
+            db.execute(
+                "UPDATE nodes SET jobs_failed = jobs_failed + 1 WHERE node_id = ?1",
+                args![node_id],
+            )?;
             let retry_at = retryable
                 .then(|| now + retry.backoff.delay_ms(row.attempts, retry.unit_random) as i64);
-            end_attempt(tx, now, job_id, &row, "failed", error, retry_at, changes)?
+            end_attempt(db, now, job_id, &row, "failed", error, retry_at, changes)?
         }
     };
     Ok(CompleteResponse {
@@ -473,30 +479,35 @@ pub fn complete_job(
 }
 
 /// Adds a successful attempt to the usage of its submitter, model, node and
-/// hour, exactly as the LLM server reported it.
-pub const ADD_USAGE: &str = "INSERT INTO usage (hour, key, model, node_id, requests, prompt_tokens, completion_tokens, llm_ms) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (hour, key, model, node_id) DO UPDATE SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, llm_ms = llm_ms + excluded.llm_ms";
+/// hour, exactly as the LLM server reported it. (The old row's columns
+/// are qualified: PostgreSQL finds `requests` alone ambiguous.)
+pub const ADD_USAGE: &str = "INSERT INTO usage (hour, key, model, node_id, requests, prompt_tokens, completion_tokens, llm_ms) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (hour, key, model, node_id) DO UPDATE SET requests = usage.requests + 1, prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, completion_tokens = usage.completion_tokens + excluded.completion_tokens, llm_ms = usage.llm_ms + excluded.llm_ms";
 
 /// Tokens (prompt and completion) `key`'s successful attempts reported in
 /// the hours from `since` (a budget period's start, on an hour).
 pub const TOKENS_USED_SINCE: &str = "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage WHERE key = ?1 AND hour >= ?2";
+/// PostgreSQL's `sum` of `bigint` is `numeric`.
+pub const TOKENS_USED_SINCE_PG: &str = "SELECT CAST(coalesce(sum(prompt_tokens + completion_tokens), 0) AS BIGINT) FROM usage WHERE key = ?1 AND hour >= ?2";
 
-pub fn tokens_used_since(tx: &Transaction<'_>, key: &str, since: i64) -> Result<u64, StoreError> {
-    let used: i64 = tx
-        .prepare_cached(TOKENS_USED_SINCE)?
-        .query_row(params![key, since], |r| r.get(0))?;
+pub fn tokens_used_since(db: &dyn Db, key: &str, since: i64) -> Result<u64, StoreError> {
+    let used: i64 = db.one(
+        db.pick(TOKENS_USED_SINCE, TOKENS_USED_SINCE_PG),
+        args![key, since],
+        |r| r.get(0),
+    )?;
     Ok(used.max(0) as u64)
 }
 
 /// How many of `jobs` are new requests: all but repeats of a known
 /// idempotency key (answered with their earlier job).
 pub fn new_requests<'a>(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     jobs: impl Iterator<Item = &'a SubmitJob>,
 ) -> Result<u32, StoreError> {
     let mut n = 0;
     for job in jobs {
         let repeated = match &job.idempotency_key {
-            Some(key) => idempotency_known(tx, key)?,
+            Some(key) => idempotency_known(db, key)?,
             None => false,
         };
         n += u32::from(!repeated);
@@ -506,31 +517,32 @@ pub fn new_requests<'a>(
 
 /// Whether a job with idempotency key `key` exists (a repeated submit,
 /// answered with that job: not a new request for the rate limits).
-pub fn idempotency_known(tx: &Transaction<'_>, key: &str) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(FIND_BY_IDEMPOTENCY_KEY)?
-        .query_row([key], |_| Ok(()))
-        .optional()?
+pub fn idempotency_known(db: &dyn Db, key: &str) -> Result<bool, StoreError> {
+    Ok(db
+        .optional(FIND_BY_IDEMPOTENCY_KEY, args![key], |_| Ok(()))?
         .is_some())
 }
 
 fn add_usage(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     submitted_by: &str,
     node_id: &str,
     output: &LlmOutput,
 ) -> Result<(), StoreError> {
     let hour = now - now.rem_euclid(3_600_000);
-    tx.prepare_cached(ADD_USAGE)?.execute(params![
-        hour,
-        submitted_by,
-        output.model,
-        node_id,
-        output.usage.prompt_tokens as i64,
-        output.usage.completion_tokens as i64,
-        output.usage.duration_ms as i64
-    ])?;
+    db.execute(
+        ADD_USAGE,
+        args![
+            hour,
+            submitted_by,
+            output.model,
+            node_id,
+            output.usage.prompt_tokens as i64,
+            output.usage.completion_tokens as i64,
+            output.usage.duration_ms as i64
+        ],
+    )?;
     Ok(())
 }
 
@@ -540,7 +552,7 @@ fn add_usage(
 /// `retry_at` is not retryable and goes to `dead` at once.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn end_attempt(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     job_id: JobId,
     row: &JobRow,
@@ -550,37 +562,40 @@ pub(super) fn end_attempt(
     changes: &mut Changes,
 ) -> Result<JobState, StoreError> {
     let node_id = row.node_id.as_deref();
-    tx.prepare_cached(FINISH_ATTEMPT)?.execute(params![
-        job_id,
-        row.lease_token,
-        now,
-        outcome,
-        error,
-        None::<i64>,
-        None::<i64>,
-        None::<i64>
-    ])?;
+    db.execute(
+        FINISH_ATTEMPT,
+        args![
+            job_id,
+            row.lease_token,
+            now,
+            outcome,
+            error,
+            None::<i64>,
+            None::<i64>,
+            None::<i64>
+        ],
+    )?;
     changes.freed.push((row.submitted_by.clone(), job_id));
     let retryable = outcome != "failed" || retry_at.is_some();
     let state = if !retryable || row.attempts >= row.max_attempts {
-        tx.prepare_cached(
+        db.execute(
             "UPDATE jobs SET state = 'dead', last_error = ?2, finished_at = ?3, updated_at = ?3, lease_expires_at = NULL WHERE id = ?1",
-        )?
-        .execute(params![job_id, error, now])?;
+            args![job_id, error, now],
+        )?;
         changes.finished.push(job_id);
         JobState::Dead
     } else if let Some(at) = retry_at.filter(|at| *at > now) {
-        tx.prepare_cached(
+        db.execute(
             "UPDATE jobs SET state = 'scheduled', last_error = ?2, run_at = ?3, updated_at = ?4, lease_expires_at = NULL WHERE id = ?1",
-        )?
-        .execute(params![job_id, error, at, now])?;
+            args![job_id, error, at, now],
+        )?;
         changes.scheduled = true;
         JobState::Scheduled
     } else {
-        tx.prepare_cached(
+        db.execute(
             "UPDATE jobs SET state = 'queued', last_error = ?2, ready_at = ?3, updated_at = ?3, lease_expires_at = NULL WHERE id = ?1",
-        )?
-        .execute(params![job_id, error, now])?;
+            args![job_id, error, now],
+        )?;
         changes.ready.push(ReadyJob {
             id: job_id,
             route: row.route.clone(),
@@ -591,7 +606,7 @@ pub(super) fn end_attempt(
     };
     let detail = format!("{outcome}: {error}");
     insert_event(
-        tx,
+        db,
         now,
         Event {
             job_id,
@@ -608,37 +623,40 @@ pub(super) fn end_attempt(
 /// Cancels a job. Queued and scheduled jobs end at once; a leased job ends
 /// too, and its agent learns it from its next heartbeat answer.
 pub fn cancel_job(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     job_id: JobId,
     changes: &mut Changes,
 ) -> Result<JobState, StoreError> {
-    let row = job_row(tx, job_id)?;
+    let row = job_row(db, job_id)?;
     if row.state.is_terminal() {
         return Err(StoreError::Conflict(format!(
             "job {job_id} is already {}",
             row.state
         )));
     }
-    tx.prepare_cached(
+    db.execute(
         "UPDATE jobs SET state = 'cancelled', finished_at = ?2, updated_at = ?2 WHERE id = ?1",
-    )?
-    .execute(params![job_id, now])?;
+        args![job_id, now],
+    )?;
     if row.state == JobState::Leased {
-        tx.prepare_cached(FINISH_ATTEMPT)?.execute(params![
-            job_id,
-            row.lease_token,
-            now,
-            "cancelled",
-            None::<String>,
-            None::<i64>,
-            None::<i64>,
-            None::<i64>
-        ])?;
+        db.execute(
+            FINISH_ATTEMPT,
+            args![
+                job_id,
+                row.lease_token,
+                now,
+                "cancelled",
+                None::<String>,
+                None::<i64>,
+                None::<i64>,
+                None::<i64>
+            ],
+        )?;
         changes.freed.push((row.submitted_by.clone(), job_id));
     }
     insert_event(
-        tx,
+        db,
         now,
         Event {
             job_id,

@@ -2,21 +2,28 @@
 //! renew on heartbeat, release (expired, lost, undelivered, revoked), and the
 //! delay-scheduling mark. Every function takes the transaction and the time.
 
-use kobo_protocol::{HeldLease, JobId, JobState, Lease, LlmRequest, PriorityClass};
-use rusqlite::{OptionalExtension, Transaction, params};
-
 use super::StoreError;
 use super::jobs::*;
+use super::sql::{Db, args};
 use crate::routing::{self, JobNeeds, NodeProfile};
 use crate::scoring::JobRoute;
 use crate::security::Sealer;
 use crate::tenancy::Tenants;
+use kobo_protocol::{HeldLease, JobId, JobState, Lease, LlmRequest, PriorityClass};
 
 /// The distinct submitters with jobs queued of one kind and class: a loose
 /// index scan over `jobs_queued`, one seek per submitter.
 pub const SELECT_QUEUED_KEYS: &str = "WITH RECURSIVE k(key) AS (SELECT (SELECT min(submitted_by) FROM jobs WHERE state = 'queued' AND kind = ?1 AND class = ?2) UNION ALL SELECT (SELECT min(submitted_by) FROM jobs WHERE state = 'queued' AND kind = ?1 AND class = ?2 AND submitted_by > k.key) FROM k WHERE k.key IS NOT NULL) SELECT key FROM k WHERE key IS NOT NULL";
 /// One submitter's queued jobs of one kind and class, in the order it leases them.
-pub const SELECT_QUEUED_OF_KEY: &str = "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE state = 'queued' AND kind = ?1 AND class = ?2 AND submitted_by = ?3 ORDER BY priority DESC, ready_at, id";
+macro_rules! select_queued_of_key {
+    () => {
+        "SELECT id, priority, ready_at, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, locality_until, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE state = 'queued' AND kind = ?1 AND class = ?2 AND submitted_by = ?3 ORDER BY priority DESC, ready_at, id"
+    };
+}
+pub const SELECT_QUEUED_OF_KEY: &str = select_queued_of_key!();
+/// PostgreSQL sends every row of a query before the first is read: the scan
+/// bound ([`MAX_SCAN_PER_KEY`]) goes into the query.
+pub const SELECT_QUEUED_OF_KEY_PG: &str = concat!(select_queued_of_key!(), " LIMIT 1000");
 /// Jobs a submitter has leased now (its concurrency limit).
 pub const COUNT_LEASED_BY: &str =
     "SELECT count(*) FROM jobs WHERE state = 'leased' AND submitted_by = ?1";
@@ -26,7 +33,16 @@ pub const SELECT_NEXT_QUEUED_OF_KEY: &str = "SELECT id FROM jobs WHERE state = '
 /// The columns a lease grant needs, read before [`GRANT_LEASE`]. (A plain
 /// read and update: `UPDATE … RETURNING` builds a temporary table on every
 /// run, which cost more than the update itself.)
-pub const SELECT_FOR_GRANT: &str = "SELECT lease_token + 1, attempts + 1, kind, timeout_ms, request FROM jobs WHERE id = ?1 AND state = 'queued'";
+macro_rules! select_for_grant {
+    () => {
+        "SELECT lease_token + 1, attempts + 1, kind, timeout_ms, request FROM jobs WHERE id = ?1 AND state = 'queued'"
+    };
+}
+pub const SELECT_FOR_GRANT: &str = select_for_grant!();
+/// On PostgreSQL several leasers may run at once: a job another transaction
+/// is granting is passed over (as River, Oban and Solid Queue do), and a job
+/// it granted meanwhile is no longer `queued` when the lock is had.
+pub const SELECT_FOR_GRANT_PG: &str = concat!(select_for_grant!(), " FOR UPDATE SKIP LOCKED");
 pub const GRANT_LEASE: &str = "UPDATE jobs SET state = 'leased', node_id = ?2, lease_token = lease_token + 1, attempts = attempts + 1, lease_expires_at = ?3, updated_at = ?4, queue_reason = NULL, route_reason = ?5 WHERE id = ?1 AND state = 'queued'";
 
 pub const RENEW_LEASE: &str = "UPDATE jobs SET lease_expires_at = ?4 WHERE id = ?1 AND state = 'leased' AND node_id = ?2 AND lease_token = ?3";
@@ -65,7 +81,7 @@ impl Share<'static> {
 /// Grants a lease on a queued job to `node_id`; `None` if the job is no longer
 /// queued.
 pub fn grant_lease(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     sealer: &Sealer,
     lease_ttl_ms: u64,
@@ -74,42 +90,37 @@ pub fn grant_lease(
     route_reason: &str,
 ) -> Result<Option<Lease>, StoreError> {
     let expires_at = now + lease_ttl_ms as i64;
-    let granted = tx
-        .prepare_cached(SELECT_FOR_GRANT)?
-        .query_row([job_id], |r| {
+    let granted = db.optional(
+        db.pick(SELECT_FOR_GRANT, SELECT_FOR_GRANT_PG),
+        args![job_id],
+        |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, String>(4)?,
+                r.get::<i64>(0)?,
+                r.get::<u32>(1)?,
+                r.get::<String>(2)?,
+                r.get::<Option<i64>>(3)?,
+                r.get::<String>(4)?,
             ))
-        })
-        .optional()?;
+        },
+    )?;
     let Some((lease_token, attempt, kind, timeout_ms, request)) = granted else {
         return Ok(None);
     };
-    tx.prepare_cached(GRANT_LEASE)?.execute(params![
-        job_id,
-        node_id,
-        expires_at,
-        now,
-        route_reason
-    ])?;
+    db.execute(
+        GRANT_LEASE,
+        args![job_id, node_id, expires_at, now, route_reason],
+    )?;
     let request = sealer
         .open("request", &request)
         .map_err(|e| StoreError::Corrupt(format!("job {job_id}: {e}")))?;
     let request: LlmRequest = serde_json::from_str(&request)
         .map_err(|e| StoreError::Corrupt(format!("request of job {job_id}: {e}")))?;
-    tx.prepare_cached(INSERT_ATTEMPT)?.execute(params![
-        job_id,
-        attempt,
-        lease_token,
-        node_id,
-        now
-    ])?;
+    db.execute(
+        INSERT_ATTEMPT,
+        args![job_id, attempt, lease_token, node_id, now],
+    )?;
     insert_event(
-        tx,
+        db,
         now,
         Event {
             job_id,
@@ -165,7 +176,7 @@ struct KeyQueue {
 /// per submitter. `explain` gives each grant its `route_reason`.
 #[allow(clippy::too_many_arguments)]
 pub fn lease_for_node(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     sealer: &Sealer,
     lease_ttl_ms: u64,
@@ -180,7 +191,7 @@ pub fn lease_for_node(
         if room == 0 {
             break;
         }
-        let mut queues = queued_by_key(tx, now, node, class, room, share)?;
+        let mut queues = queued_by_key(db, now, node, class, room, share)?;
         while (leases.len() as u32) < max_jobs {
             let Some(at) = next_key(&queues, share) else {
                 break;
@@ -191,7 +202,7 @@ pub fn lease_for_node(
             };
             let reason = explain(&job.route);
             if let Some(lease) = grant_lease(
-                tx,
+                db,
                 now,
                 sealer,
                 lease_ttl_ms,
@@ -235,7 +246,7 @@ fn next_key(queues: &[KeyQueue], share: &Share<'_>) -> Option<usize> {
 /// Per submitter, up to `room` of its queued jobs of `class` that `node`
 /// may run now, over the node's kinds.
 fn queued_by_key(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     node: &NodeProfile,
     class: PriorityClass,
@@ -243,24 +254,16 @@ fn queued_by_key(
     share: &Share<'_>,
 ) -> Result<Vec<KeyQueue>, StoreError> {
     let mut queues: Vec<KeyQueue> = Vec::new();
-    let mut keys_stmt = tx.prepare_cached(SELECT_QUEUED_KEYS)?;
-    let mut jobs_stmt = tx.prepare_cached(SELECT_QUEUED_OF_KEY)?;
     for kind in &node.capabilities {
-        let keys: Vec<String> = keys_stmt
-            .query_map(params![kind, class.rank()], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let keys: Vec<String> =
+            db.many(SELECT_QUEUED_KEYS, args![kind, class.rank()], |r| r.get(0))?;
         for key in keys {
             let at = match queues.iter().position(|q| q.key == key) {
                 Some(at) => at,
                 None => {
                     let (weight, limit) = share.tenants.map_or((1, None), |t| t.share_of(&key));
                     let room = match limit {
-                        Some(limit) => {
-                            let running: u32 = tx
-                                .prepare_cached(COUNT_LEASED_BY)?
-                                .query_row([&key], |r| r.get(0))?;
-                            limit.saturating_sub(running)
-                        }
+                        Some(limit) => limit.saturating_sub(count_leased_by(db, &key)?),
                         None => u32::MAX,
                     };
                     queues.push(KeyQueue {
@@ -276,42 +279,43 @@ fn queued_by_key(
             if wanted == 0 {
                 continue;
             }
-            let mut rows = jobs_stmt.query(params![kind, class.rank(), key])?;
+            let queue = &mut queues[at];
             let mut found = 0usize;
             let mut scanned = 0usize;
-            while let Some(row) = rows.next()? {
-                scanned += 1;
-                let route = JobRoute {
-                    needs: JobNeeds {
-                        kind: kind.clone(),
-                        capabilities: parse_list(&row.get::<_, String>(3)?)?,
-                        gpu: row.get(4)?,
-                        confidential: row.get(5)?,
-                        data_location: row.get(6)?,
-                        model: row.get(7)?,
-                    },
-                    prefer_region: row.get(8)?,
-                    prefer_node: row.get(9)?,
-                    session: row.get(11)?,
-                };
-                let waiting_elsewhere = row
-                    .get::<_, Option<i64>>(10)?
-                    .is_some_and(|until| until > now)
-                    && route.prefer_node.as_deref() != Some(node.node_id.as_str())
-                    && route.prefer_region.as_deref() != Some(node.region.as_str());
-                if !waiting_elsewhere && routing::check(&route.needs, node).is_ok() {
-                    queues[at].jobs.push(Candidate {
-                        priority: row.get(1)?,
-                        ready_at: row.get::<_, Option<i64>>(2)?.unwrap_or(0),
-                        id: row.get(0)?,
-                        route,
-                    });
-                    found += 1;
-                }
-                if found >= wanted || scanned >= MAX_SCAN_PER_KEY {
-                    break;
-                }
-            }
+            db.for_each(
+                db.pick(SELECT_QUEUED_OF_KEY, SELECT_QUEUED_OF_KEY_PG),
+                args![kind, class.rank(), key],
+                &mut |row| {
+                    scanned += 1;
+                    let route = JobRoute {
+                        needs: JobNeeds {
+                            kind: kind.clone(),
+                            capabilities: parse_list(&row.get::<String>(3)?)?,
+                            gpu: row.get(4)?,
+                            confidential: row.get(5)?,
+                            data_location: row.get(6)?,
+                            model: row.get(7)?,
+                        },
+                        prefer_region: row.get(8)?,
+                        prefer_node: row.get(9)?,
+                        session: row.get(11)?,
+                    };
+                    let waiting_elsewhere =
+                        row.get::<Option<i64>>(10)?.is_some_and(|until| until > now)
+                            && route.prefer_node.as_deref() != Some(node.node_id.as_str())
+                            && route.prefer_region.as_deref() != Some(node.region.as_str());
+                    if !waiting_elsewhere && routing::check(&route.needs, node).is_ok() {
+                        queue.jobs.push(Candidate {
+                            priority: row.get(1)?,
+                            ready_at: row.get::<Option<i64>>(2)?.unwrap_or(0),
+                            id: row.get(0)?,
+                            route,
+                        });
+                        found += 1;
+                    }
+                    Ok(found < wanted && scanned < MAX_SCAN_PER_KEY)
+                },
+            )?;
         }
     }
     for queue in &mut queues {
@@ -323,18 +327,11 @@ fn queued_by_key(
 
 /// A submitter's next queued jobs, up to `n`, as jobs ready to hand off
 /// (its concurrency limit freed a slot).
-pub fn next_queued_of_key(
-    tx: &Transaction<'_>,
-    key: &str,
-    n: u32,
-) -> Result<Vec<ReadyJob>, StoreError> {
-    let ids: Vec<JobId> = tx
-        .prepare_cached(SELECT_NEXT_QUEUED_OF_KEY)?
-        .query_map(params![key, n], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+pub fn next_queued_of_key(db: &dyn Db, key: &str, n: u32) -> Result<Vec<ReadyJob>, StoreError> {
+    let ids: Vec<JobId> = db.many(SELECT_NEXT_QUEUED_OF_KEY, args![key, n], |r| r.get(0))?;
     ids.into_iter()
         .map(|id| {
-            let row = job_row(tx, id)?;
+            let row = job_row(db, id)?;
             Ok(ReadyJob {
                 id,
                 route: row.route,
@@ -346,31 +343,31 @@ pub fn next_queued_of_key(
 }
 
 /// Jobs `key` has leased now.
-pub fn count_leased_by(tx: &Transaction<'_>, key: &str) -> Result<u32, StoreError> {
-    Ok(tx
-        .prepare_cached(COUNT_LEASED_BY)?
-        .query_row([key], |r| r.get(0))?)
+pub fn count_leased_by(db: &dyn Db, key: &str) -> Result<u32, StoreError> {
+    db.one(COUNT_LEASED_BY, args![key], |r| r.get(0))
 }
 
 /// Adds `note` to the event of `job_id`'s lease `lease_token` (what the
 /// lease was told beyond the job, such as where a broken stream resumes).
 pub fn note_lease(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     job_id: JobId,
     lease_token: i64,
     note: &str,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
+    db.execute(
         "UPDATE job_events SET detail = detail || '; ' || ?3 WHERE job_id = ?1 AND to_state = 'leased' AND detail = 'lease ' || ?2",
-    )?
-    .execute(params![job_id, lease_token, note])?;
+        args![job_id, lease_token, note],
+    )?;
     Ok(())
 }
 
 /// Starts, or ends, a job's wait for its preferred node or region.
-pub fn set_locality(tx: &Transaction<'_>, job_id: JobId, until: i64) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE jobs SET locality_until = ?2 WHERE id = ?1")?
-        .execute(params![job_id, until])?;
+pub fn set_locality(db: &dyn Db, job_id: JobId, until: i64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE jobs SET locality_until = ?2 WHERE id = ?1",
+        args![job_id, until],
+    )?;
     Ok(())
 }
 
@@ -384,7 +381,7 @@ pub fn set_locality(tx: &Transaction<'_>, job_id: JobId, until: i64) -> Result<(
 /// node down every time (a poison job) does not take the fleet down at
 /// once. Without, it is queued at once.
 pub fn release_leases(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     leases: &[(JobId, i64)],
     outcome: &str,
@@ -393,25 +390,27 @@ pub fn release_leases(
     changes: &mut Changes,
 ) -> Result<(), StoreError> {
     for &(job_id, lease_token) in leases {
-        let mut row = job_row(tx, job_id)?;
+        let mut row = job_row(db, job_id)?;
         if row.state != JobState::Leased || row.lease_token != lease_token {
             continue;
         }
         if outcome == "undelivered" {
-            tx.prepare_cached("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?1")?
-                .execute([job_id])?;
+            db.execute(
+                "UPDATE jobs SET attempts = attempts - 1 WHERE id = ?1",
+                args![job_id],
+            )?;
             row.attempts -= 1;
         }
         let retry_at =
             retry.map(|r| now + r.backoff.delay_ms(row.attempts.max(1), r.unit_random) as i64);
-        end_attempt(tx, now, job_id, &row, outcome, error, retry_at, changes)?;
+        end_attempt(db, now, job_id, &row, outcome, error, retry_at, changes)?;
     }
     Ok(())
 }
 
 /// Releases every lease `node_id` holds.
 pub fn release_node_leases(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     node_id: &str,
     outcome: &str,
@@ -419,18 +418,17 @@ pub fn release_node_leases(
     retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<usize, StoreError> {
-    let held: Vec<(JobId, i64)> = tx
-        .prepare_cached(SELECT_LEASED_BY_NODE)?
-        .query_map([node_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    release_leases(tx, now, &held, outcome, error, retry, changes)?;
+    let held: Vec<(JobId, i64)> = db.many(SELECT_LEASED_BY_NODE, args![node_id], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    release_leases(db, now, &held, outcome, error, retry, changes)?;
     Ok(held.len())
 }
 
 /// Renews the leases an agent says it holds. Returns the held jobs that were
 /// cancelled and those no longer the agent's.
 pub fn renew_leases(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     lease_ttl_ms: u64,
     node_id: &str,
@@ -440,16 +438,14 @@ pub fn renew_leases(
     let mut cancelled = Vec::new();
     let mut revoked = Vec::new();
     for lease in held {
-        let renewed = tx.prepare_cached(RENEW_LEASE)?.execute(params![
-            lease.job_id,
-            node_id,
-            lease.lease_token,
-            expires_at
-        ])?;
+        let renewed = db.execute(
+            RENEW_LEASE,
+            args![lease.job_id, node_id, lease.lease_token, expires_at],
+        )?;
         if renewed == 1 {
             continue;
         }
-        let row = match job_row(tx, lease.job_id) {
+        let row = match job_row(db, lease.job_id) {
             Ok(row) => row,
             Err(StoreError::JobNotFound(_)) => {
                 revoked.push(lease.job_id);
@@ -466,4 +462,14 @@ pub fn renew_leases(
         }
     }
     Ok((cancelled, revoked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_scan_bound_is_the_scan_bound() {
+        assert!(SELECT_QUEUED_OF_KEY_PG.ends_with(&format!(" LIMIT {MAX_SCAN_PER_KEY}")));
+    }
 }

@@ -21,6 +21,7 @@ mod scaling;
 mod schedules;
 mod schema;
 mod security;
+pub mod sql;
 mod timed;
 mod usage;
 mod views;
@@ -42,7 +43,7 @@ pub use nodes::*;
 pub use observe::*;
 pub use scaling::*;
 pub use schedules::*;
-pub use schema::{MIGRATIONS_APPLIED, QUERIES, migrate, open_connection};
+pub use schema::{MIGRATIONS_APPLIED, PORTED_QUERIES, QUERIES, migrate, open_connection};
 pub use security::*;
 pub use timed::*;
 pub use usage::*;
@@ -59,6 +60,8 @@ pub fn unix_now_ms() -> i64 {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
     #[error("failed to open database {path}")]
     Open {
         path: PathBuf,

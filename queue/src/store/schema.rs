@@ -118,6 +118,102 @@ pub const QUERIES: &[&str] = &[
     super::audit::SELECT_AUDIT_ALL,
 ];
 
+/// The queries of the store functions ported to [`super::sql::Db`], as
+/// (SQLite, PostgreSQL) spellings: a test prepares each on its backend.
+pub const PORTED_QUERIES: &[(&str, &str)] = &[
+    (super::jobs::INSERT_JOB, super::jobs::INSERT_JOB_PG),
+    (
+        super::jobs::SELECT_SESSION_NODE,
+        super::jobs::SELECT_SESSION_NODE,
+    ),
+    (
+        super::jobs::FIND_BY_IDEMPOTENCY_KEY,
+        super::jobs::FIND_BY_IDEMPOTENCY_KEY,
+    ),
+    (super::jobs::INSERT_ATTEMPT, super::jobs::INSERT_ATTEMPT),
+    (super::jobs::FINISH_ATTEMPT, super::jobs::FINISH_ATTEMPT),
+    (super::jobs::INSERT_EVENT, super::jobs::INSERT_EVENT),
+    (super::jobs::SELECT_JOB_ROW, super::jobs::SELECT_JOB_ROW_PG),
+    (
+        super::jobs::SELECT_ATTEMPT_OUTCOME,
+        super::jobs::SELECT_ATTEMPT_OUTCOME,
+    ),
+    (super::jobs::ADD_USAGE, super::jobs::ADD_USAGE),
+    (
+        super::jobs::TOKENS_USED_SINCE,
+        super::jobs::TOKENS_USED_SINCE_PG,
+    ),
+    (
+        super::leases::SELECT_QUEUED_KEYS,
+        super::leases::SELECT_QUEUED_KEYS,
+    ),
+    (
+        super::leases::SELECT_QUEUED_OF_KEY,
+        super::leases::SELECT_QUEUED_OF_KEY_PG,
+    ),
+    (
+        super::leases::COUNT_LEASED_BY,
+        super::leases::COUNT_LEASED_BY,
+    ),
+    (
+        super::leases::SELECT_NEXT_QUEUED_OF_KEY,
+        super::leases::SELECT_NEXT_QUEUED_OF_KEY,
+    ),
+    (
+        super::leases::SELECT_FOR_GRANT,
+        super::leases::SELECT_FOR_GRANT_PG,
+    ),
+    (super::leases::GRANT_LEASE, super::leases::GRANT_LEASE),
+    (super::leases::RENEW_LEASE, super::leases::RENEW_LEASE),
+    (
+        super::leases::SELECT_LEASED_BY_NODE,
+        super::leases::SELECT_LEASED_BY_NODE,
+    ),
+    (super::nodes::UPSERT_NODE, super::nodes::UPSERT_NODE),
+    (super::nodes::SELECT_INSTANCE, super::nodes::SELECT_INSTANCE),
+    (super::nodes::SELECT_PROFILE, super::nodes::SELECT_PROFILE),
+    (super::nodes::TOUCH_NODE, super::nodes::TOUCH_NODE_PG),
+    (
+        super::nodes::RECORD_HEARTBEAT,
+        super::nodes::RECORD_HEARTBEAT_PG,
+    ),
+    (
+        super::nodes::INSERT_METRICS,
+        super::nodes::INSERT_METRICS_PG,
+    ),
+    (super::nodes::PRUNE_METRICS, super::nodes::PRUNE_METRICS),
+    (super::nodes::SELECT_NODES, super::nodes::SELECT_NODES_PG),
+    (
+        super::nodes::SELECT_LATEST_METRICS,
+        super::nodes::SELECT_LATEST_METRICS,
+    ),
+    (super::nodes::COUNT_RUNNING, super::nodes::COUNT_RUNNING),
+    (
+        super::timed::SELECT_DUE_SCHEDULED,
+        super::timed::SELECT_DUE_SCHEDULED,
+    ),
+    (
+        super::timed::SELECT_EXPIRED_LEASES,
+        super::timed::SELECT_EXPIRED_LEASES,
+    ),
+    (
+        super::timed::SELECT_LOST_NODES,
+        super::timed::SELECT_LOST_NODES,
+    ),
+    (
+        super::timed::SELECT_LOCALITY_EXPIRED,
+        super::timed::SELECT_LOCALITY_EXPIRED,
+    ),
+    (
+        super::timed::REFRESH_NODES_AFTER_RESTART,
+        super::timed::REFRESH_NODES_AFTER_RESTART,
+    ),
+    (
+        super::timed::REFRESH_LEASES_AFTER_RESTART,
+        super::timed::REFRESH_LEASES_AFTER_RESTART_PG,
+    ),
+];
+
 /// Opens a connection with kobo's settings and checks that they took.
 pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|source| StoreError::Open {

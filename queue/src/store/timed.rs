@@ -2,10 +2,11 @@
 //! lost nodes, and when the next of these is due.
 
 use kobo_protocol::{JobId, JobState};
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::Connection;
 
 use super::jobs::{Changes, Event, ReadyJob, Retry, insert_event};
 use super::leases::{release_leases, release_node_leases};
+use super::sql::{Db, args};
 use super::{StoreError, parse_list};
 use crate::routing::JobNeeds;
 use crate::scoring::JobRoute;
@@ -22,39 +23,35 @@ pub const REFRESH_NODES_AFTER_RESTART: &str =
     "UPDATE nodes SET last_heartbeat_at = ?1 WHERE status IN ('active', 'draining', 'drained')";
 pub const REFRESH_LEASES_AFTER_RESTART: &str =
     "UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?1) WHERE state = 'leased'";
+/// PostgreSQL's scalar maximum is `greatest`.
+pub const REFRESH_LEASES_AFTER_RESTART_PG: &str =
+    "UPDATE jobs SET lease_expires_at = greatest(lease_expires_at, ?1) WHERE state = 'leased'";
 
 /// After a restart: nodes get a fresh heartbeat deadline and leases a fresh
 /// expiry (at least `now + ttl_ms`), instead of being declared lost for the
 /// coordinator's own absence.
-pub fn refresh_after_restart(
-    tx: &rusqlite::Transaction<'_>,
-    now: i64,
-    ttl_ms: i64,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(REFRESH_NODES_AFTER_RESTART)?
-        .execute([now])?;
-    tx.prepare_cached(REFRESH_LEASES_AFTER_RESTART)?
-        .execute([now + ttl_ms])?;
+pub fn refresh_after_restart(db: &dyn Db, now: i64, ttl_ms: i64) -> Result<(), StoreError> {
+    db.execute(REFRESH_NODES_AFTER_RESTART, args![now])?;
+    db.execute(
+        db.pick(
+            REFRESH_LEASES_AFTER_RESTART,
+            REFRESH_LEASES_AFTER_RESTART_PG,
+        ),
+        args![now + ttl_ms],
+    )?;
     Ok(())
 }
 
 /// Moves scheduled jobs whose time has come to `queued`.
-pub fn promote_due(
-    tx: &Transaction<'_>,
-    now: i64,
-    changes: &mut Changes,
-) -> Result<usize, StoreError> {
-    let due: Vec<(JobId, JobRoute, u32, Option<i64>, String)> = {
-        let mut stmt = tx.prepare_cached(SELECT_DUE_SCHEDULED)?;
-        let mut rows = stmt.query(params![now, TIMED_BATCH])?;
-        let mut due = Vec::new();
-        while let Some(r) = rows.next()? {
-            due.push((
+pub fn promote_due(db: &dyn Db, now: i64, changes: &mut Changes) -> Result<usize, StoreError> {
+    let due: Vec<(JobId, JobRoute, u32, Option<i64>, String)> =
+        db.many(SELECT_DUE_SCHEDULED, args![now, TIMED_BATCH], |r| {
+            Ok((
                 r.get(0)?,
                 JobRoute {
                     needs: JobNeeds {
                         kind: r.get(1)?,
-                        capabilities: parse_list(&r.get::<_, String>(2)?)?,
+                        capabilities: parse_list(&r.get::<String>(2)?)?,
                         gpu: r.get(3)?,
                         confidential: r.get(4)?,
                         data_location: r.get(5)?,
@@ -67,17 +64,15 @@ pub fn promote_due(
                 r.get(7)?,
                 r.get(10)?,
                 r.get(11)?,
-            ));
-        }
-        due
-    };
+            ))
+        })?;
     for (id, route, attempts, locality_until, submitted_by) in &due {
-        tx.prepare_cached(
+        db.execute(
             "UPDATE jobs SET state = 'queued', ready_at = ?2, updated_at = ?2 WHERE id = ?1",
-        )?
-        .execute(params![id, now])?;
+            args![id, now],
+        )?;
         insert_event(
-            tx,
+            db,
             now,
             Event {
                 job_id: *id,
@@ -100,17 +95,17 @@ pub fn promote_due(
 
 /// Gives back jobs whose lease ran out.
 pub fn reap_expired(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<usize, StoreError> {
-    let expired: Vec<(JobId, i64)> = tx
-        .prepare_cached(SELECT_EXPIRED_LEASES)?
-        .query_map(params![now, TIMED_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let expired: Vec<(JobId, i64)> =
+        db.many(SELECT_EXPIRED_LEASES, args![now, TIMED_BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     release_leases(
-        tx,
+        db,
         now,
         &expired,
         "expired",
@@ -124,21 +119,22 @@ pub fn reap_expired(
 /// Marks nodes that missed too many heartbeats `lost` and releases their
 /// leases at once. Returns the nodes marked.
 pub fn mark_lost_nodes(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     lost_after_ms: u64,
     retry: Option<Retry>,
     changes: &mut Changes,
 ) -> Result<Vec<String>, StoreError> {
-    let lost: Vec<String> = tx
-        .prepare_cached(SELECT_LOST_NODES)?
-        .query_map([now - lost_after_ms as i64], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let lost: Vec<String> = db.many(SELECT_LOST_NODES, args![now - lost_after_ms as i64], |r| {
+        r.get(0)
+    })?;
     for node_id in &lost {
-        tx.prepare_cached("UPDATE nodes SET status = 'lost' WHERE node_id = ?1")?
-            .execute([node_id])?;
+        db.execute(
+            "UPDATE nodes SET status = 'lost' WHERE node_id = ?1",
+            args![node_id],
+        )?;
         release_node_leases(
-            tx,
+            db,
             now,
             node_id,
             "node_lost",
@@ -161,22 +157,15 @@ pub const SELECT_LOCALITY_EXPIRED: &str = "SELECT id, kind, req_capabilities, re
 
 /// Ends the wait of jobs whose preferred node stayed busy past the bound:
 /// from now on any eligible node may take them.
-pub fn expire_locality(
-    tx: &Transaction<'_>,
-    now: i64,
-    changes: &mut Changes,
-) -> Result<usize, StoreError> {
-    let expired: Vec<ReadyJob> = {
-        let mut stmt = tx.prepare_cached(SELECT_LOCALITY_EXPIRED)?;
-        let mut rows = stmt.query(params![now, TIMED_BATCH])?;
-        let mut expired = Vec::new();
-        while let Some(r) = rows.next()? {
-            expired.push(ReadyJob {
+pub fn expire_locality(db: &dyn Db, now: i64, changes: &mut Changes) -> Result<usize, StoreError> {
+    let expired: Vec<ReadyJob> =
+        db.many(SELECT_LOCALITY_EXPIRED, args![now, TIMED_BATCH], |r| {
+            Ok(ReadyJob {
                 id: r.get(0)?,
                 route: JobRoute {
                     needs: JobNeeds {
                         kind: r.get(1)?,
-                        capabilities: parse_list(&r.get::<_, String>(2)?)?,
+                        capabilities: parse_list(&r.get::<String>(2)?)?,
                         gpu: r.get(3)?,
                         confidential: r.get(4)?,
                         data_location: r.get(5)?,
@@ -188,12 +177,10 @@ pub fn expire_locality(
                 },
                 locality_until: Some(0),
                 submitted_by: r.get(9)?,
-            });
-        }
-        expired
-    };
+            })
+        })?;
     for job in &expired {
-        super::leases::set_locality(tx, job.id, 0)?;
+        super::leases::set_locality(db, job.id, 0)?;
     }
     let n = expired.len();
     changes.ready.extend(expired);

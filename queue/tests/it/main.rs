@@ -1,9 +1,12 @@
 //! kobo-coord integration tests at the store level: the schema and every
 //! query, leasing cost against queue depth, and the lease state machine
-//! against a simple model.
+//! against a simple model; the job lifecycle on SQLite and PostgreSQL.
 
+mod backends;
 mod depth;
 mod lease_model;
+mod lifecycle;
+mod nodes;
 mod routing_props;
 mod schema;
 

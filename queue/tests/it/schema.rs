@@ -68,3 +68,48 @@ fn a_newer_schema_is_refused() {
     let err = store::migrate(&mut conn).expect_err("newer schema");
     assert!(err.to_string().contains("newer"), "{err}");
 }
+
+/// PostgreSQL only: migrating again changes nothing (also from two sessions
+/// at once, under the advisory lock) and a newer schema is refused.
+#[test]
+fn postgres_migrations_run_once_and_refuse_a_newer_schema() {
+    use crate::backends::{Conn, each_backend};
+    use kobo_queue::store::sql::{Dialect, PG_MIGRATIONS_APPLIED, args, migrate_postgres};
+    each_backend(|test| {
+        if test.dialect() != Dialect::Postgres {
+            return;
+        }
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let Conn::Postgres(mut pg) = test.connect() else {
+                        unreachable!("a PostgreSQL test database")
+                    };
+                    migrate_postgres(&mut pg).expect("migrate again");
+                });
+            }
+        });
+        let Conn::Postgres(mut pg) = test.connect() else {
+            unreachable!("a PostgreSQL test database")
+        };
+        let db: &dyn kobo_queue::store::sql::Db = &*pg;
+        let versions: Vec<i64> = db
+            .many(
+                "SELECT version FROM schema_version ORDER BY version",
+                args![],
+                |r| r.get(0),
+            )
+            .expect("versions");
+        assert_eq!(versions, (1..=PG_MIGRATIONS_APPLIED).collect::<Vec<_>>());
+        db.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
+            args![PG_MIGRATIONS_APPLIED + 1],
+        )
+        .expect("pretend a newer kobo-coord migrated");
+        let refused = migrate_postgres(&mut pg);
+        assert!(
+            matches!(refused, Err(store::StoreError::SchemaTooNew { found, .. }) if found == PG_MIGRATIONS_APPLIED + 1),
+            "{refused:?}"
+        );
+    });
+}
