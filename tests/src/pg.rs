@@ -221,12 +221,17 @@ pub(crate) fn pg_tool(name: &str) -> PathBuf {
 }
 
 /// A command run as the server account, in `dir`, in a process group of its
-/// own (so that a kill reaches its children).
+/// own (so that a kill reaches its children), with a minimal environment.
 pub(crate) fn server_command(program: &Path, dir: &Path) -> Command {
     let mut command = Command::new(program);
+    // A clean environment: PG* or PATRONI_* variables of the test's own
+    // would override the configuration.
     command
-        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir)
+        .env("LC_ALL", "C.UTF-8")
+        .current_dir(dir)
         .stdin(Stdio::null())
         .process_group(0);
     if let Some((uid, gid)) = account() {

@@ -208,10 +208,6 @@ impl Patroni {
     /// signals were sent.
     pub fn kill_member(&mut self, idx: usize) -> Instant {
         let member = &mut self.members[idx];
-        let mut patroni = member
-            .patroni
-            .take()
-            .unwrap_or_else(|| panic!("{} was already killed", member.name));
         let postmaster = member
             .postmaster_pid()
             .unwrap_or_else(|| panic!("{} runs no PostgreSQL", member.name));
@@ -219,6 +215,10 @@ impl Patroni {
         // holds the backends too.
         let pg_group = nix::unistd::getpgid(Some(Pid::from_raw(postmaster)))
             .unwrap_or_else(|e| panic!("process group of postmaster {postmaster}: {e}"));
+        let mut patroni = member
+            .patroni
+            .take()
+            .unwrap_or_else(|| panic!("{} was already killed", member.name));
         let killed_at = Instant::now();
         let _ = killpg(Pid::from_raw(patroni.id() as i32), Signal::SIGKILL);
         let _ = killpg(pg_group, Signal::SIGKILL);
@@ -322,11 +322,11 @@ impl Patroni {
                 .filter(|m| m["role"] == role && m["state"] == "running")
                 .count()
         };
-        let standbys = running("sync_standby") + running("replica");
-        if running("leader") != 1 || running("sync_standby") < 1 || standbys != members.len() - 1 {
-            return false;
-        }
-        if members.len() != self.members.len() {
+        if members.len() != self.members.len()
+            || running("leader") != 1
+            || running("sync_standby") < 1
+            || running("sync_standby") + running("replica") != members.len() - 1
+        {
             return false;
         }
         let Some(leader) = self.primary_now(None).await else {
