@@ -64,7 +64,12 @@ impl Postgres {
         let dir = owned_temp_dir("kobo-pg-");
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
-        initdb(dir.path(), &data);
+        // initdb blocks for a second or two: off the runtime's threads, so
+        // servers started together initialise in parallel.
+        let (root, target) = (dir.path().to_path_buf(), data.clone());
+        tokio::task::spawn_blocking(move || initdb(&root, &target))
+            .await
+            .expect("initdb");
         for attempt in 1..=PORT_ATTEMPTS {
             let port = free_port();
             let mut postmaster = server_command(&pg_tool("postgres"), dir.path())
