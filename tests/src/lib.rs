@@ -9,12 +9,15 @@
 //!   processes on a temporary data directory, for end-to-end tests.
 //! - [`ledger`]: the Jepsen-style checker of chaos tests: the clients'
 //!   acknowledgements against the real SQLite file.
+//! - [`pg`]: real PostgreSQL 15: a throwaway server ([`pg::Postgres`]), and
+//!   etcd with Patroni-managed servers in synchronous mode ([`pg::Patroni`]).
 //! - [`proxy`]: a flaky TCP proxy (latency, jitter, torn connections).
 //! - [`sshd`]: real OpenSSH servers (in network namespaces when possible)
 //!   as provisioning targets.
 
 pub mod cluster;
 pub mod ledger;
+pub mod pg;
 pub mod proxy;
 pub mod sshd;
 

@@ -30,6 +30,7 @@ mod llm;
 mod mcp;
 mod metrics;
 mod packaging;
+mod patroni;
 mod provision;
 mod retries;
 mod routing;
