@@ -24,6 +24,8 @@
 //! - [`pki`]: the coordinator's CA, server and node certificates.
 //! - [`security`]: secret keys, API keys, join tokens, sealing.
 //! - [`data_lock`]: one process per data directory (`kobo.lock`).
+//! - [`leader`]: one leader among coordinators sharing a PostgreSQL
+//!   database (advisory lock, epoch-fenced `kobo_leader` row).
 //! - [`backup`]: `kobo-coord backup` and `restore` of a data directory.
 //! - [`init`]: preparing a data directory (CA, secrets, database, first admin key).
 //! - [`observe`]: the read model: cluster status, metrics.
@@ -39,6 +41,7 @@ pub mod data_lock;
 pub mod dispatch;
 pub mod enrollment;
 pub mod init;
+pub mod leader;
 pub mod observe;
 pub mod pki;
 pub mod queue;

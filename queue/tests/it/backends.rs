@@ -39,7 +39,7 @@ impl TestDb {
         TestDb::Sqlite { _dir: dir, path }
     }
 
-    fn postgres(admin: &str) -> TestDb {
+    pub(crate) fn postgres(admin: &str) -> TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "kobo_test_{}_{}",
@@ -59,6 +59,14 @@ impl TestDb {
             admin: admin.to_string(),
             name,
             url,
+        }
+    }
+
+    /// The URL of a PostgreSQL test database (for a session of its own).
+    pub(crate) fn url(&self) -> Option<&str> {
+        match self {
+            TestDb::Sqlite { .. } => None,
+            TestDb::Postgres { url, .. } => Some(url),
         }
     }
 
@@ -139,6 +147,18 @@ fn with_database(url: &str, name: &str) -> String {
     match query {
         Some(query) => format!("{base}/{name}?{query}"),
         None => format!("{base}/{name}"),
+    }
+}
+
+/// A fresh PostgreSQL database when `KOBO_TEST_POSTGRES` names a server;
+/// otherwise `None`, and the skip is printed with `what` the test needs it for.
+pub(crate) fn postgres_only(what: &str) -> Option<TestDb> {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(admin) if !admin.is_empty() => Some(TestDb::postgres(&admin)),
+        _ => {
+            eprintln!("{POSTGRES_ENV} is not set: skipping {what} (PostgreSQL only)");
+            None
+        }
     }
 }
 

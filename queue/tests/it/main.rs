@@ -4,6 +4,7 @@
 
 mod backends;
 mod depth;
+mod leader;
 mod lease_model;
 mod lifecycle;
 mod nodes;

@@ -1,0 +1,352 @@
+//! Leader election among coordinators that share one PostgreSQL database,
+//! with PostgreSQL's own primitives and no consensus of our own.
+//!
+//! Each coordinator keeps one dedicated session (its own thread: the
+//! `postgres` crate blocks) that tries `pg_try_advisory_lock(LEADER_LOCK)`
+//! every [`LIVENESS_INTERVAL`]. The winner bumps the one row of
+//! `kobo_leader` to `epoch + 1` with its advertised address and is leader
+//! while that session lives; the others stand by and read the leader's
+//! address from the row. The session sets `idle_session_timeout`, so a
+//! holder that stops talking (SIGSTOPped, cut off) loses its session, and
+//! with it the lock, after [`LOCK_SESSION_IDLE_TIMEOUT`].
+//!
+//! Safety does not rest on the lock alone: every write transaction of a
+//! leader starts with [`fence`], which reads the row `FOR SHARE` and refuses
+//! the write when the epoch is no longer the writer's. A deposed leader that
+//! has not noticed yet therefore writes nothing, and a new leader's bump
+//! waits for the old leader's in-flight write transactions to end.
+//!
+//! The role is published on a `tokio::sync::watch` channel ([`Leadership::subscribe`]):
+//! the server answers as a standby while it is not [`Role::Leader`].
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::store::StoreError;
+use crate::store::sql::{Db, Dialect, PgConn, args};
+
+/// The advisory lock key the coordinators contend for ("kobold" in ASCII;
+/// distinct from the migration lock, "kobo").
+pub const LEADER_LOCK: i64 = 0x6b6f_626f_6c64;
+
+/// How often the lock session proves it is alive (and a standby tries the
+/// lock): the bound on how long a leader runs on after losing its session.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// PostgreSQL ends a lock session silent this long (`idle_session_timeout`),
+/// which releases the lock: a leader that is stopped or cut off is replaced
+/// within this plus one [`LIVENESS_INTERVAL`], well inside the 10 s takeover
+/// target. Several liveness intervals, so a slow moment is not a failover.
+pub const LOCK_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The wait before reconnecting a lock session that failed.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// What this coordinator is right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// It holds the lock; its writes carry `epoch` (see [`fence`]).
+    Leader { epoch: i64 },
+    /// Another coordinator leads (at `leader_address`, when known), or this
+    /// one has no working lock session.
+    Standby { leader_address: Option<String> },
+}
+
+impl Role {
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Role::Leader { .. })
+    }
+
+    /// The epoch while leader.
+    pub fn epoch(&self) -> Option<i64> {
+        match self {
+            Role::Leader { epoch } => Some(*epoch),
+            Role::Standby { .. } => None,
+        }
+    }
+}
+
+/// How a coordinator campaigns.
+#[derive(Debug, Clone)]
+pub struct LeadershipConfig {
+    /// The PostgreSQL URL (the same database the store uses).
+    pub database_url: String,
+    /// The URL clients reach this coordinator at, advertised while leader.
+    pub address: String,
+    /// Who this is, for people reading `kobo_leader` (host and process).
+    pub holder: String,
+    pub liveness_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl LeadershipConfig {
+    pub fn new(database_url: impl Into<String>, address: impl Into<String>) -> LeadershipConfig {
+        LeadershipConfig {
+            database_url: database_url.into(),
+            address: address.into(),
+            holder: format!("pid {}", std::process::id()),
+            liveness_interval: LIVENESS_INTERVAL,
+            idle_timeout: LOCK_SESSION_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The campaign of one coordinator: its role, and the thread keeping the
+/// lock session. Dropping it (or [`Leadership::stop`]) closes the session,
+/// which releases the lock at once.
+pub struct Leadership {
+    role: watch::Receiver<Role>,
+    stop: Option<mpsc::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The last moment the lock session was seen alive while leading.
+type Confirmed = Arc<Mutex<Option<(i64, Instant)>>>;
+
+impl Leadership {
+    /// Starts campaigning; the role starts as a standby that knows no leader.
+    pub fn start(config: LeadershipConfig) -> Leadership {
+        let (role_tx, role) = watch::channel(Role::Standby {
+            leader_address: None,
+        });
+        let role_tx = Arc::new(role_tx);
+        let confirmed: Confirmed = Arc::new(Mutex::new(None));
+        let (stop, stopped) = mpsc::channel();
+        let (watchdog_stop, watchdog_stopped) = mpsc::channel();
+        let campaign = {
+            let (role_tx, confirmed, config) = (role_tx.clone(), confirmed.clone(), config.clone());
+            std::thread::Builder::new()
+                .name("kobo-leader".into())
+                .spawn(move || {
+                    run(&config, &role_tx, &confirmed, &stopped);
+                    role_tx.send_replace(Role::Standby {
+                        leader_address: None,
+                    });
+                    drop(watchdog_stop);
+                })
+                .expect("spawn the leader thread")
+        };
+        let watchdog = std::thread::Builder::new()
+            .name("kobo-leader-watchdog".into())
+            .spawn(move || watchdog(&config, &role_tx, &confirmed, &watchdog_stopped))
+            .expect("spawn the leader watchdog");
+        Leadership {
+            role,
+            stop: Some(stop),
+            threads: vec![campaign, watchdog],
+        }
+    }
+
+    /// The role now.
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// A receiver of every change of role.
+    pub fn subscribe(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// Steps down: closes the lock session and waits for the threads.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.stop.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Refuses a write transaction of the leader of `epoch` once another
+/// coordinator has taken over. Run first in every write transaction on
+/// PostgreSQL: the row is read `FOR SHARE`, so a takeover's bump waits until
+/// this transaction ends, and a write that passed the fence commits before
+/// the new leader's epoch begins. On SQLite (one coordinator per data
+/// directory, `kobo.lock`) there is nothing to fence.
+pub fn fence(db: &dyn Db, epoch: i64) -> Result<(), StoreError> {
+    if db.dialect() == Dialect::Sqlite {
+        return Ok(());
+    }
+    let now: i64 = db.one(
+        "SELECT epoch FROM kobo_leader WHERE id = 1 FOR SHARE",
+        args![],
+        |r| r.get(0),
+    )?;
+    if now != epoch {
+        return Err(StoreError::Conflict(format!(
+            "deposed: epoch {epoch} is no longer the leader's (now {now})"
+        )));
+    }
+    Ok(())
+}
+
+/// The leader row: epoch and advertised address.
+pub fn current_leader(db: &dyn Db) -> Result<(i64, String), StoreError> {
+    db.one(
+        "SELECT epoch, address FROM kobo_leader WHERE id = 1",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// Campaigns until `stopped` fires, one lock session after another.
+fn run(
+    config: &LeadershipConfig,
+    role: &watch::Sender<Role>,
+    confirmed: &Confirmed,
+    stopped: &mpsc::Receiver<()>,
+) {
+    loop {
+        let failed = match campaign(config, role, confirmed, stopped) {
+            Ok(()) => return,
+            Err(err) => err,
+        };
+        *confirmed.lock().expect("leader state") = None;
+        let was = role.send_replace(Role::Standby {
+            leader_address: None,
+        });
+        if let Role::Leader { epoch } = was {
+            warn!(epoch, error = %failed, "deposed: the leader lock session failed");
+        } else {
+            warn!(error = %failed, "the leader lock session failed; reconnecting");
+        }
+        if wait(stopped, RECONNECT_DELAY) {
+            return;
+        }
+    }
+}
+
+/// One lock session: `Ok` when stopped, `Err` when the session failed (the
+/// lock, if held, is gone with it).
+fn campaign(
+    config: &LeadershipConfig,
+    role: &watch::Sender<Role>,
+    confirmed: &Confirmed,
+    stopped: &mpsc::Receiver<()>,
+) -> Result<(), StoreError> {
+    let mut conn = PgConn::connect(&config.database_url)?;
+    conn.batch_execute(&format!(
+        "SET idle_session_timeout = {}; SET application_name = 'kobo-leader'",
+        config.idle_timeout.as_millis()
+    ))?;
+    let db: &dyn Db = &conn;
+    let mut held: Option<i64> = None;
+    loop {
+        match held {
+            None => {
+                let won: bool =
+                    db.one("SELECT pg_try_advisory_lock(?1)", args![LEADER_LOCK], |r| {
+                        r.get(0)
+                    })?;
+                if won {
+                    let epoch = take_over(db, config)?;
+                    held = Some(epoch);
+                    *confirmed.lock().expect("leader state") = Some((epoch, Instant::now()));
+                    role.send_replace(Role::Leader { epoch });
+                    info!(epoch, address = %config.address, "leading");
+                } else {
+                    let (_, address) = current_leader(db)?;
+                    let standby = Role::Standby {
+                        leader_address: (!address.is_empty()).then_some(address),
+                    };
+                    role.send_if_modified(|now| {
+                        let changed = *now != standby;
+                        *now = standby.clone();
+                        changed
+                    });
+                }
+            }
+            Some(epoch) => {
+                // The session is alive and the row still names this epoch
+                // (nobody bumps it while the lock is held; if someone did,
+                // this coordinator is deposed all the same).
+                let (now, _) = current_leader(db)?;
+                if now != epoch {
+                    return Err(StoreError::Conflict(format!(
+                        "deposed: epoch {epoch} is no longer the leader's (now {now})"
+                    )));
+                }
+                *confirmed.lock().expect("leader state") = Some((epoch, Instant::now()));
+                role.send_if_modified(|now| {
+                    let changed = *now != Role::Leader { epoch };
+                    *now = Role::Leader { epoch };
+                    changed
+                });
+            }
+        }
+        if wait(stopped, config.liveness_interval) {
+            return Ok(());
+        }
+    }
+}
+
+/// Bumps the leader row to the next epoch with this coordinator's address.
+fn take_over(db: &dyn Db, config: &LeadershipConfig) -> Result<i64, StoreError> {
+    db.one(
+        "UPDATE kobo_leader SET epoch = epoch + 1, address = ?1, holder = ?2, since = ?3 \
+         WHERE id = 1 RETURNING epoch",
+        args![config.address, config.holder, crate::clock::unix_now_ms()],
+        |r| r.get(0),
+    )
+}
+
+/// Steps a leader down when its lock session has not answered for half the
+/// idle timeout (a statement stuck on a dead network): past the idle
+/// timeout PostgreSQL may already have released the lock to another.
+fn watchdog(
+    config: &LeadershipConfig,
+    role: &watch::Sender<Role>,
+    confirmed: &Confirmed,
+    stopped: &mpsc::Receiver<()>,
+) {
+    let silent_limit = config.idle_timeout / 2;
+    loop {
+        if wait(stopped, config.liveness_interval / 4) {
+            return;
+        }
+        let Some((epoch, at)) = *confirmed.lock().expect("leader state") else {
+            continue;
+        };
+        if at.elapsed() > silent_limit {
+            let deposed = role.send_if_modified(|now| {
+                let leading = *now == Role::Leader { epoch };
+                if leading {
+                    *now = Role::Standby {
+                        leader_address: None,
+                    };
+                }
+                leading
+            });
+            if deposed {
+                warn!(
+                    epoch,
+                    silent_ms = at.elapsed().as_millis() as u64,
+                    "stepping down: the leader lock session stopped answering"
+                );
+            }
+        }
+    }
+}
+
+/// Waits `timeout` or until stopped (a message, or the sender dropped):
+/// `true` when stopped.
+fn wait(stopped: &mpsc::Receiver<()>, timeout: Duration) -> bool {
+    !matches!(
+        stopped.recv_timeout(timeout),
+        Err(RecvTimeoutError::Timeout)
+    )
+}
