@@ -35,7 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Enroll with a single-use join token, then run.
     Join {
-        /// Coordinator URL, e.g. https://coord.example:7443.
+        /// Coordinator URL, e.g. https://coord.example:7443 (several,
+        /// comma-separated: the agent follows the leader).
         url: String,
         /// The token from `kobo-coord token create --node <node-id>`.
         #[arg(long, env = "KOBO_JOIN_TOKEN", hide_env_values = true)]
@@ -49,7 +50,8 @@ pub enum Command {
     },
     /// Enroll with a reusable enrollment key as <prefix><suffix>, then run.
     Enroll {
-        /// Coordinator URL, e.g. https://coord.example:7443.
+        /// Coordinator URL, e.g. https://coord.example:7443 (several,
+        /// comma-separated: the agent follows the leader).
         url: String,
         /// Exit once enrolled instead of running.
         #[arg(long)]
@@ -112,7 +114,9 @@ pub fn default_state_dir() -> PathBuf {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Coordinator URL, e.g. https://coord.example:7443.
+    /// Coordinator URL, e.g. https://coord.example:7443; with several
+    /// coordinators, their URLs comma-separated: the agent calls the one
+    /// that answers and follows a standby to the leader.
     #[arg(long, env = "KOBO_COORDINATOR")]
     pub coordinator: Option<String>,
     /// Where the node key, certificate and CA live (node.key, node.pem, ca.pem).

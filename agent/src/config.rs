@@ -11,7 +11,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `https://host:port` of the coordinator.
+    /// `https://host:port` of the coordinator, or several comma-separated.
     pub coordinator: String,
     /// PEM of the CA to trust for the coordinator (none: system roots).
     pub ca_pem: Option<Vec<u8>>,

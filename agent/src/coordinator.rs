@@ -1,9 +1,12 @@
 //! The agent's side of the agent ↔ coordinator calls. The agent always dials;
-//! the coordinator never does.
+//! the coordinator never does. Given several coordinator URLs it calls the
+//! one that answers and follows a standby's pointer to the leader
+//! (`kobo_client::follow`); the callers' backoff paces the retries.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use kobo_client::follow::{self, Answer, Coordinators};
 use kobo_protocol::{
     CompleteBatchRequest, CompleteBatchResponse, CompleteRequest, CompleteResponse, ErrorBody,
     HeartbeatRequest, HeartbeatResponse, JobId, LeaseRequest, LeaseResponse, RegisterRequest,
@@ -59,7 +62,7 @@ pub enum StreamAnswer {
 #[derive(Clone)]
 pub struct CoordinatorClient {
     http: Arc<RwLock<reqwest::Client>>,
-    base: String,
+    coordinators: Coordinators,
     ca_pem: Option<Vec<u8>>,
 }
 
@@ -103,9 +106,43 @@ impl CoordinatorClient {
     ) -> anyhow::Result<CoordinatorClient> {
         Ok(CoordinatorClient {
             http: Arc::new(RwLock::new(build_http(ca_pem, identity)?)),
-            base: url.trim_end_matches('/').to_string(),
+            coordinators: Coordinators::parse(url).map_err(anyhow::Error::msg)?,
             ca_pem: ca_pem.map(<[u8]>::to_vec),
         })
+    }
+
+    /// The coordinator calls go to now.
+    pub fn current_url(&self) -> String {
+        self.coordinators.current()
+    }
+
+    /// After a call to `base` failed to connect: the next URL, for the
+    /// caller's retry.
+    fn unreachable(&self, base: &str, path: &str, err: &reqwest::Error) -> CallError {
+        if err.is_connect() {
+            let next = self.coordinators.advance(base);
+            if next != base {
+                tracing::info!(url = %base, next = %next, "coordinator unreachable; trying the next");
+            }
+        }
+        CallError::Unavailable(format!("{base}{path}: {err:#}"))
+    }
+
+    /// Whether the answer was a standby's refusal; points the next call at
+    /// the leader it names, or at the next URL when it names none.
+    fn redirected(&self, base: &str, response: &reqwest::Response) -> Option<String> {
+        match follow::answer(response.status(), response.headers()) {
+            Answer::Served => None,
+            Answer::Leader(leader) if leader != base => {
+                tracing::info!(standby = %base, %leader, "following the leader");
+                self.coordinators.follow(&leader);
+                Some(leader)
+            }
+            Answer::Leader(_) | Answer::NoLeader => {
+                self.coordinators.advance(base);
+                None
+            }
+        }
     }
 
     /// Presents `identity` from now on (new connections).
@@ -128,14 +165,26 @@ impl CoordinatorClient {
         body: &B,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let response = self
-            .http()
-            .post(format!("{}{path}", self.base))
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| CallError::Unavailable(format!("{e:#}")))?;
+        // A standby's refusal changed nothing: the call is sent again to
+        // the leader it names, once per URL known (standbys naming each
+        // other cannot loop).
+        let mut hops_left = self.coordinators.urls().len() + 1;
+        let response = loop {
+            let base = self.coordinators.current();
+            let response = self
+                .http()
+                .post(format!("{base}{path}"))
+                .timeout(timeout)
+                .json(body)
+                .send()
+                .await
+                .map_err(|e| self.unreachable(&base, path, &e))?;
+            if self.redirected(&base, &response).is_some() && hops_left > 0 {
+                hops_left -= 1;
+                continue;
+            }
+            break response;
+        };
         let status = response.status();
         let bytes = response
             .bytes()
@@ -161,15 +210,18 @@ impl CoordinatorClient {
         body: reqwest::Body,
     ) -> Result<StreamAnswer, CallError> {
         let path = format!("/v1/agent/jobs/{job_id}/stream");
+        let base = self.coordinators.current();
         let response = self
             .http()
-            .post(format!("{}{path}", self.base))
+            .post(format!("{base}{path}"))
             .query(query)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
             .await
-            .map_err(|e| CallError::Unavailable(format!("{path}: {e:#}")))?;
+            .map_err(|e| self.unreachable(&base, &path, &e))?;
+        // The body is spent: a standby's refusal only points the next call.
+        self.redirected(&base, &response);
         let status = response.status();
         if status.is_success() {
             return Ok(StreamAnswer::Taken);

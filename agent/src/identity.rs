@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use kobo_client::follow::{self, Answer, Coordinators};
 use kobo_protocol::files::{Access, write_atomic};
 use kobo_protocol::{EnrollRequest, ErrorBody, JoinRequest, JoinResponse, sha256_hex};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
@@ -205,21 +206,15 @@ async fn enroll_with(
     body: impl FnOnce(String) -> serde_json::Result<serde_json::Value>,
 ) -> anyhow::Result<String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let base = coordinator.trim_end_matches('/');
+    let coordinators = Coordinators::parse(coordinator).map_err(anyhow::Error::msg)?;
     // The CA is not trusted yet: fetch it without verification, then verify
     // it by its pin before anything secret is sent.
     let untrusted = reqwest::Client::builder()
         .timeout(JOIN_TIMEOUT)
         .danger_accept_invalid_certs(true)
         .build()?;
-    let ca_pem = untrusted
-        .get(format!("{base}/v1/join/ca"))
-        .send()
-        .await
-        .with_context(|| format!("fetching the CA from {base}"))?
-        .error_for_status()?
-        .bytes()
-        .await?;
+    let (base, ca_pem) = fetch_ca(&coordinators, &untrusted).await?;
+    let base = base.as_str();
     check_ca_pin(&ca_pem, pin)?;
     let certs = reqwest::Certificate::from_pem_bundle(&ca_pem)?;
     let trusted = reqwest::Client::builder()
@@ -252,6 +247,55 @@ async fn enroll_with(
         false,
     )?;
     Ok(joined.node_id)
+}
+
+/// The CA from the first coordinator that answers as the leader (one that
+/// does not answer moves on to the next URL, a standby to the leader it
+/// names), and that coordinator's URL, where the enrollment goes.
+async fn fetch_ca(
+    coordinators: &Coordinators,
+    untrusted: &reqwest::Client,
+) -> anyhow::Result<(String, bytes::Bytes)> {
+    // Every URL once, plus a leader named by a standby for each.
+    let attempts = coordinators.urls().len() * 2;
+    let mut failures = Vec::new();
+    for _ in 0..attempts {
+        let base = coordinators.current();
+        let response = match untrusted.get(format!("{base}/v1/join/ca")).send().await {
+            Ok(response) => response,
+            Err(err) if err.is_connect() => {
+                failures.push(format!("{base}: {err:#}"));
+                coordinators.advance(&base);
+                continue;
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("fetching the CA from {base}"));
+            }
+        };
+        match follow::answer(response.status(), response.headers()) {
+            Answer::Served => {}
+            Answer::Leader(leader) => {
+                failures.push(format!("{base}: a standby of {leader}"));
+                coordinators.follow(&leader);
+                continue;
+            }
+            Answer::NoLeader => {
+                failures.push(format!("{base}: a standby that knows no leader yet"));
+                coordinators.advance(&base);
+                continue;
+            }
+        }
+        let ca_pem = response
+            .error_for_status()
+            .with_context(|| format!("fetching the CA from {base}"))?
+            .bytes()
+            .await?;
+        return Ok((base, ca_pem));
+    }
+    bail!(
+        "no coordinator answered as the leader: {}",
+        failures.join("; ")
+    )
 }
 
 /// The node id a certificate names (its common name).

@@ -68,12 +68,13 @@ impl Shared {
     }
 }
 
-/// Doubling delay for retries, reset on success.
-struct Retry(Duration);
+/// Doubling delay for retries, reset on success (kobo's one jittered
+/// backoff, shared with the CLI's search for the leader).
+struct Retry(kobo_client::follow::Backoff);
 
 impl Retry {
     fn new() -> Retry {
-        Retry(RETRY_FIRST)
+        Retry(kobo_client::follow::Backoff::new(RETRY_FIRST, RETRY_CAP))
     }
 
     /// Sleeps the current delay (with jitter), or until `stop` is cancelled.
@@ -85,10 +86,7 @@ impl Retry {
     }
 
     async fn sleep(&mut self) {
-        let jitter = 0.5 + rand::random::<f64>() * 0.5;
-        let delay = self.0.mul_f64(jitter);
-        self.0 = (self.0 * 2).min(RETRY_CAP);
-        tokio::time::sleep(delay).await;
+        self.0.sleep().await;
     }
 }
 

@@ -8,8 +8,11 @@
 //! - [`error`]: [`ClientError`], typed (status, API error code, field), so no
 //!   caller ever matches strings.
 //! - [`https`]: the one HTTPS client builder of kobo (CLI, MCP, agent).
+//! - [`follow`]: several coordinator URLs, following a standby's pointer to
+//!   the leader, and the jittered [`Backoff`](follow::Backoff) of retries.
 
 pub mod error;
+pub mod follow;
 pub mod https;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +37,9 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 /// Where and how to reach a coordinator.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// One URL, or several comma-separated (coordinators sharing a
+    /// database): calls go to the first that answers and follow a
+    /// standby's pointer to the leader.
     pub url: String,
     pub ca_pem: Option<Vec<u8>>,
     /// Sent as `Authorization: Bearer <key>`.
@@ -103,20 +109,75 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client> {
     })
 }
 
+/// How long a call keeps looking for the leader (coordinators that do not
+/// answer, standbys that know no leader yet) before it gives up: longer
+/// than a takeover (10 s at most), short enough for a person at a prompt.
+const FOLLOW_PATIENCE: Duration = Duration::from_secs(15);
+
 #[derive(Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
-    base: String,
+    coordinators: follow::Coordinators,
     api_key: Option<String>,
 }
 
 impl ApiClient {
     pub fn new(endpoint: &Endpoint) -> Result<ApiClient> {
+        let coordinators = follow::Coordinators::parse(&endpoint.url)
+            .map_err(|what| ClientError::Setup { what, source: None })?;
         Ok(ApiClient {
             http: http_client(endpoint.ca_pem.as_deref())?,
-            base: endpoint.url.trim_end_matches('/').to_string(),
+            coordinators,
             api_key: endpoint.api_key.clone(),
         })
+    }
+
+    /// Sends the request `build` makes for a coordinator's base URL, to
+    /// the leader: a standby's `503` naming the leader sends it there at
+    /// once; with several URLs, one that does not answer (nothing was
+    /// sent) or stands by without knowing the leader moves it to the next,
+    /// after a jittered backoff, for up to [`FOLLOW_PATIENCE`]. The last
+    /// answer (or failure) is returned as it is.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let deadline = tokio::time::Instant::now() + FOLLOW_PATIENCE;
+        let mut backoff = follow::Backoff::default();
+        // Hops straight to a named leader without waiting, bounded so two
+        // standbys naming each other cannot loop.
+        let mut hops_left = self.coordinators.urls().len() + 1;
+        loop {
+            let base = self.coordinators.current();
+            let mut request = build(&base);
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            let patient = tokio::time::Instant::now() < deadline;
+            match request.send().await {
+                Ok(response) => match follow::answer(response.status(), response.headers()) {
+                    follow::Answer::Served => return Ok(response),
+                    _ if !patient => return Ok(response),
+                    follow::Answer::Leader(leader) if leader != base && hops_left > 0 => {
+                        hops_left -= 1;
+                        tracing::info!(standby = %base, %leader, "following the leader");
+                        self.coordinators.follow(&leader);
+                        continue;
+                    }
+                    follow::Answer::Leader(_) | follow::Answer::NoLeader => {
+                        tracing::info!(standby = %base, "the coordinator stands by; trying another");
+                        self.coordinators.advance(&base);
+                    }
+                },
+                Err(err) if err.is_connect() && patient && self.coordinators.urls().len() > 1 => {
+                    tracing::info!(url = %base, error = %err, "coordinator unreachable; trying another");
+                    self.coordinators.advance(&base);
+                }
+                Err(err) => return Err(self.unreachable_at(&base, err)),
+            }
+            hops_left = self.coordinators.urls().len() + 1;
+            backoff.sleep().await;
+        }
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -126,18 +187,18 @@ impl ApiClient {
         query: Vec<(String, String)>,
         body: Option<&B>,
     ) -> Result<T> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
-        if !query.is_empty() {
-            request = request.query(&query);
-        }
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let response = self
+            .send(|base| {
+                let mut request = self.http.request(method.clone(), format!("{base}{path}"));
+                if !query.is_empty() {
+                    request = request.query(&query);
+                }
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                request
+            })
+            .await?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
@@ -214,15 +275,42 @@ impl ApiClient {
     }
 
     fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        self.unreachable_at(&self.coordinators.current(), source)
+    }
+
+    fn unreachable_at(&self, url: &str, source: reqwest::Error) -> ClientError {
         ClientError::Unreachable {
-            url: self.base.clone(),
+            url: url.to_string(),
             source,
         }
     }
 
-    /// The coordinator's base URL.
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// The coordinator calls go to now (the leader, once one was found).
+    pub fn base_url(&self) -> String {
+        self.coordinators.current()
+    }
+
+    /// Every coordinator URL this client was given, comma-separated: what
+    /// an agent it sets up should be given too.
+    pub fn coordinator_urls(&self) -> String {
+        self.coordinators.joined()
+    }
+
+    /// `GET /readyz`: whether this coordinator leads (200) or stands by
+    /// (503, naming the leader); answered by the coordinator itself, never
+    /// followed elsewhere.
+    pub async fn readiness(&self) -> Result<kobo_protocol::Readiness> {
+        let response = self
+            .send(|base| self.http.get(format!("{base}/readyz")))
+            .await?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        if (status.is_success() || status == StatusCode::SERVICE_UNAVAILABLE)
+            && let Ok(readiness) = serde_json::from_slice(&bytes)
+        {
+            return Ok(readiness);
+        }
+        Err(api_error(status, &bytes))
     }
 
     /// `GET /v1/status`: the cluster summary.
@@ -364,11 +452,8 @@ impl ApiClient {
     /// `GET /v1/join/ca`: the coordinator's CA certificate (PEM).
     pub async fn join_ca(&self) -> Result<String> {
         let response = self
-            .http
-            .get(format!("{}/v1/join/ca", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send(|base| self.http.get(format!("{base}/v1/join/ca")))
+            .await?;
         let status = response.status();
         let bytes = response.bytes().await.unwrap_or_default();
         if !status.is_success() {
@@ -468,14 +553,15 @@ impl ApiClient {
         body: &serde_json::Value,
         headers: &[(&str, String)],
     ) -> Result<reqwest::Response> {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let response = self
+            .send(|base| {
+                let mut request = self.http.post(format!("{base}{path}")).json(body);
+                for (name, value) in headers {
+                    request = request.header(*name, value);
+                }
+                request
+            })
+            .await?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -486,11 +572,9 @@ impl ApiClient {
 
     /// A call whose success has no body (204).
     async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let response = self
+            .send(|base| self.http.request(method.clone(), format!("{base}{path}")))
+            .await?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

@@ -364,7 +364,7 @@ pub async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
             run.accept_new,
             run.connect_timeout,
         )?,
-        coordinator_url: client.base_url().to_string(),
+        coordinator_url: client.coordinator_urls(),
         ca_pem,
     };
     let bars = Bars::new();

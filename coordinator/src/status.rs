@@ -26,7 +26,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    print!("{}", render(&status, client.base_url()));
+    print!("{}", render(&status, &client.base_url()));
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! - [`node`]: nodes as clients see them.
 //! - [`observe`]: the cluster summary (status, dashboard), dashboard sessions.
 //! - [`error`]: the one error body every route answers with.
+//! - [`leader`]: a standby's leader header and `GET /readyz`'s answer.
 //! - [`gateway`]: OpenAI/Ollama calls carried as jobs, and the agent's stream upload.
 //! - [`route`]: `RouteReason`, why a job went where it went.
 //! - [`validate`]: checks beyond types (sizes, ranges, names), each naming its field.
@@ -35,6 +36,7 @@ pub mod files;
 pub mod framing;
 pub mod gateway;
 pub mod job;
+pub mod leader;
 pub mod node;
 pub mod observe;
 pub mod resume;
@@ -51,6 +53,7 @@ pub use enroll::*;
 pub use error::*;
 pub use gateway::{GatewayApi, GatewayCall, StreamQuery};
 pub use job::*;
+pub use leader::{LEADER_HEADER, ROLE_HEADER, Readiness, STANDBY_CODE};
 pub use node::*;
 pub use observe::*;
 pub use route::RouteReason;

@@ -162,6 +162,10 @@ pub struct ServeConfig {
     pub limits: ConnectionLimits,
     /// Whether kobo checkpoints the write-ahead log itself.
     pub checkpoints: Checkpoints,
+    /// This coordinator's role among several sharing one database (a
+    /// [`crate::leader::Leadership`]'s channel, or a fixed standby); `None`:
+    /// the only coordinator, always the leader.
+    pub role: Option<tokio::sync::watch::Receiver<crate::leader::Role>>,
 }
 
 /// Default bound on open connections: a fleet of 10,000 agents (one HTTP/2

@@ -84,6 +84,10 @@ pub async fn serve(
         observe: observer.clone(),
         sessions: sessions.clone(),
         gateway: Arc::new(config.gateway.clone()),
+        role: config.role.clone().unwrap_or_else(|| {
+            // A lone coordinator leads, for good: nothing ever changes the role.
+            tokio::sync::watch::channel(kobo_queue::leader::Role::Leader { epoch: 0 }).1
+        }),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(observer.clone().run_pump());

@@ -398,7 +398,13 @@ impl Cluster {
                     ca_pem: std::fs::read(self.ca_path()).ok(),
                     api_key: kobo_protocol::DataDir::new(&self.data_dir).local_admin_key(),
                 })
-                && client.nodes().await.is_ok()
+                // A standby (`--standby-for`) answers only its readiness
+                // (asked first: other calls move the client to the leader).
+                && (client
+                    .readiness()
+                    .await
+                    .is_ok_and(|r| r.role == "standby")
+                    || client.nodes().await.is_ok())
             {
                 self.client = Some(client);
                 return;

@@ -66,7 +66,7 @@ impl<'a> Applier<'a> {
             health_timeout: options.health_timeout,
             binaries,
             ssh: ssh_options(data_dir, false, options.connect_timeout)?,
-            coordinator_url: client.base_url().to_string(),
+            coordinator_url: client.coordinator_urls(),
             ca_pem,
         };
         Ok(Applier {
@@ -243,7 +243,7 @@ impl<'a> Applier<'a> {
             .env("KOBO_HOST", &action.host)
             .env("KOBO_NODE_ID", node_id)
             .env("KOBO_ACTION", verb)
-            .env("KOBO_URL", self.client.base_url())
+            .env("KOBO_URL", self.client.coordinator_urls())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())

@@ -160,7 +160,9 @@ pub fn default_data_dir() -> PathBuf {
 pub struct ClientArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
-    /// Coordinator URL (default: the local coordinator of --data-dir).
+    /// Coordinator URL (default: the local coordinator of --data-dir); with
+    /// several coordinators, their URLs comma-separated: calls go to the
+    /// first that answers and follow a standby to the leader.
     #[arg(long, env = "KOBO_URL")]
     pub url: Option<String>,
     /// CA certificate to trust (default: <data-dir>/ca.pem when present).

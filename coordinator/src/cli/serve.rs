@@ -146,6 +146,25 @@ pub struct ServeArgs {
     /// Time between the autoscaler's looks at the backlog (with --autoscale).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: Duration,
+    /// Stand by for the leader at this URL: every route but /healthz and
+    /// /readyz answers 503 with `Kobo-Leader: URL`, and agents and clients
+    /// move there (a coordinator taken out of service by hand).
+    #[arg(long, value_name = "LEADER_URL", value_parser = leader_url)]
+    pub standby_for: Option<String>,
+}
+
+/// `--standby-for`: an https URL (clients are sent there as it is written).
+fn leader_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("--standby-for: {text:?} is not an https:// URL"))?;
+    if rest.trim_end_matches('/').is_empty() || text.chars().any(|c| c.is_whitespace() || c == ',')
+    {
+        return Err(format!(
+            "--standby-for: {text:?} is not one https://host:port URL"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_string())
 }
 
 /// `--checkpoints`: [`config::Checkpoints`] on the command line.
@@ -327,6 +346,12 @@ impl ServeArgs {
                 CheckpointsArg::Internal => config::Checkpoints::Internal,
                 CheckpointsArg::External => config::Checkpoints::External,
             },
+            role: self.standby_for.clone().map(|url| {
+                tokio::sync::watch::channel(kobo_queue::leader::Role::Standby {
+                    leader_address: Some(url),
+                })
+                .1
+            }),
         })
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | routes | access |
 //! |---|---|
-//! | `GET /healthz`, `GET /v1/join/ca`, `POST /v1/join`, `POST /v1/enroll` | public (the token or enrollment key authenticates) |
+//! | `GET /healthz`, `GET /readyz`, `GET /v1/join/ca`, `POST /v1/join`, `POST /v1/enroll` | public (the token or enrollment key authenticates) |
 //! | `GET /`, `GET /assets/…`, `GET /login`, `POST /v1/session…` | public (the dashboard's page and login) |
 //! | `GET /v1/scaling`, `GET /metrics` | `scaler` (and every role above it; a dashboard session) |
 //! | `GET /v1/status`, `GET /v1/events` | `read` (also a dashboard session) |
@@ -22,6 +22,7 @@ pub(crate) mod jobs;
 mod observe;
 mod scaling;
 mod schedules;
+mod standby;
 mod usage;
 
 use std::net::SocketAddr;
@@ -86,6 +87,9 @@ pub struct AppState {
     pub sessions: Arc<crate::session::Sessions>,
     /// How gateway requests become jobs.
     pub gateway: Arc<kobo_queue::config::GatewayConfig>,
+    /// Leader or standby: a standby answers every route but health and
+    /// readiness with `503 standby` naming the leader (`standby.rs`).
+    pub role: tokio::sync::watch::Receiver<kobo_queue::leader::Role>,
 }
 
 /// One route: its method, its path as the router matches it, a concrete
@@ -121,6 +125,7 @@ fn declared() -> Vec<(Route, MethodRouter<AppState>)> {
     };
     vec![
         route("GET", "/healthz", "/healthz", None, get(|| async { "ok" })),
+        route("GET", "/readyz", "/readyz", None, get(standby::readyz)),
         route(
             "GET",
             "/v1/join/ca",
@@ -563,6 +568,7 @@ pub fn router(state: AppState) -> Router {
     }
     app.fallback(|| async { ApiError::not_found("no such route") })
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(from_fn_with_state(state.clone(), standby::only_on_leader))
         .layer(axum::middleware::from_fn(
             crate::gateway::errors::api_shaped,
         ))

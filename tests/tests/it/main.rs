@@ -24,6 +24,7 @@ mod happy;
 mod heartbeats;
 mod idempotency;
 mod kubernetes;
+mod leader_follow;
 mod limits;
 mod litestream;
 mod llm;
