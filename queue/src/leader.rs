@@ -239,10 +239,7 @@ fn campaign(
     stopped: &mpsc::Receiver<()>,
 ) -> Result<(), StoreError> {
     let mut conn = PgConn::connect(&config.database_url)?;
-    conn.batch_execute(&format!(
-        "SET idle_session_timeout = {}; SET application_name = 'kobo-leader'",
-        config.idle_timeout.as_millis()
-    ))?;
+    conn.batch_execute(&lock_session_settings(config.idle_timeout))?;
     let db: &dyn Db = &conn;
     let mut held: Option<i64> = None;
     loop {
@@ -292,6 +289,15 @@ fn campaign(
             return Ok(());
         }
     }
+}
+
+/// The settings of a lock session: PostgreSQL ends it (releasing the lock)
+/// after `idle_timeout` without a statement; named for `pg_stat_activity`.
+pub fn lock_session_settings(idle_timeout: Duration) -> String {
+    format!(
+        "SET idle_session_timeout = {}; SET application_name = 'kobo-leader'",
+        idle_timeout.as_millis()
+    )
 }
 
 /// Bumps the leader row to the next epoch with this coordinator's address.

@@ -134,7 +134,8 @@ fn two_contenders_elect_exactly_one_leader() {
     let holders: i64 = (&conn as &dyn Db)
         .one(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-             AND ((classid::bigint << 32) | objid::bigint) = ?1",
+             AND ((classid::bigint << 32) | objid::bigint) = ?1 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             args![leader::LEADER_LOCK],
             |r| r.get(0),
         )
@@ -263,5 +264,166 @@ fn a_write_fenced_with_an_old_epoch_changes_nothing() {
     assert_eq!(
         write(&mut writer, new_epoch).expect("the new leader writes"),
         1
+    );
+}
+
+/// Polls `check` until it holds (a state PostgreSQL reports), or panics
+/// naming `what` after `limit`.
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_takeover_waits_for_the_old_leaders_write_in_flight() {
+    let Some(db) = postgres_only("leader fencing of writes in flight") else {
+        return;
+    };
+    let mut election = elect(&db);
+    let leader = election.leader;
+    let old_epoch = election.contenders[leader].role().epoch().expect("leading");
+    let mut writer = db.connect();
+    writer
+        .write(|db| {
+            db.execute(
+                "CREATE TABLE fenced_writes (epoch BIGINT NOT NULL)",
+                args![],
+            )
+            .map(drop)
+        })
+        .expect("scratch table");
+    let third = connect(&db);
+    let third: &dyn Db = &third;
+
+    // A write passes the fence, then the leader's session dies: the
+    // standby wins the lock, but its bump waits for this transaction.
+    writer
+        .write(|tx| {
+            leader::fence(tx, old_epoch)?;
+            let pid = lock_holder_pid(third);
+            third.execute("SELECT pg_terminate_backend(?1::integer)", args![pid])?;
+            wait_until(
+                TAKEOVER_LIMIT,
+                "the standby's bump waits on the fence",
+                || {
+                    third
+                        .one(
+                            "SELECT count(*) FROM pg_stat_activity \
+                         WHERE application_name = 'kobo-leader' AND wait_event_type = 'Lock' \
+                         AND datname = current_database()",
+                            args![],
+                            |r| r.get::<i64>(0),
+                        )
+                        .expect("pg_stat_activity")
+                        == 1
+                },
+            );
+            assert!(
+                !election.contenders[1 - leader].role().is_leader(),
+                "no new leader while the old one's write is in flight"
+            );
+            tx.execute(
+                "INSERT INTO fenced_writes (epoch) VALUES (?1)",
+                args![old_epoch],
+            )
+        })
+        .expect("the write that passed the fence commits");
+    let new = wait_role(
+        &mut election.roles[1 - leader],
+        TAKEOVER_LIMIT,
+        "the standby takes over once the write ended",
+        Role::is_leader,
+    );
+    assert_eq!(
+        new,
+        Role::Leader {
+            epoch: old_epoch + 1
+        }
+    );
+    let refused = writer.write(|tx| {
+        leader::fence(tx, old_epoch)?;
+        tx.execute(
+            "INSERT INTO fenced_writes (epoch) VALUES (?1)",
+            args![old_epoch],
+        )
+    });
+    assert!(
+        refused.is_err(),
+        "the old epoch writes nothing after the bump"
+    );
+    let rows: Vec<i64> = writer
+        .db()
+        .many("SELECT epoch FROM fenced_writes", args![], |r| r.get(0))
+        .expect("read back");
+    assert_eq!(
+        rows,
+        vec![old_epoch],
+        "only the write made before the takeover"
+    );
+}
+
+#[test]
+fn a_leader_that_falls_silent_loses_the_lock_to_the_standby() {
+    let Some(db) = postgres_only("leader lock lease") else {
+        return;
+    };
+    // A leader frozen after winning (SIGSTOPped, cut off): its session took
+    // the lock and bumped the epoch as a campaign does, then says nothing.
+    let mut frozen = connect(&db);
+    frozen
+        .batch_execute(&leader::lock_session_settings(
+            leader::LOCK_SESSION_IDLE_TIMEOUT,
+        ))
+        .expect("session settings");
+    let frozen_db: &dyn Db = &frozen;
+    let won: bool = frozen_db
+        .one(
+            "SELECT pg_try_advisory_lock(?1)",
+            args![leader::LEADER_LOCK],
+            |r| r.get(0),
+        )
+        .expect("lock");
+    assert!(won);
+    frozen_db
+        .execute(
+            "UPDATE kobo_leader SET epoch = epoch + 1, address = 'https://frozen:7700' WHERE id = 1",
+            args![],
+        )
+        .expect("bump");
+    let silent_from = Instant::now();
+
+    let standby = campaign(&db, "https://coord-b:7700");
+    let mut role = standby.subscribe();
+    wait_role(
+        &mut role,
+        TAKEOVER_LIMIT,
+        "the contender stands by for the frozen leader",
+        |r| {
+            *r == Role::Standby {
+                leader_address: Some("https://frozen:7700".into()),
+            }
+        },
+    );
+    let new = wait_role(
+        &mut role,
+        TAKEOVER_LIMIT,
+        "the contender takes over from the silent leader",
+        Role::is_leader,
+    );
+    let after = silent_from.elapsed();
+    assert_eq!(new, Role::Leader { epoch: 2 });
+    assert!(
+        after >= leader::LOCK_SESSION_IDLE_TIMEOUT,
+        "not before the idle timeout ({after:?})"
+    );
+    eprintln!("takeover from a silent leader: {after:?}");
+    assert!(
+        frozen_db
+            .one("SELECT 1", args![], |r| r.get::<i64>(0))
+            .is_err(),
+        "the silent leader's session was ended by PostgreSQL"
     );
 }
