@@ -196,3 +196,23 @@ async fn the_cli_follows_a_standbys_pointer_to_the_leader() {
         "the standby still stands by"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_given_only_a_standby_follows_it_to_the_leader() {
+    let (mut leader, standby) = leader_and_standby().await;
+    let idx = leader
+        .agent(AgentSpec::new("follow-02", &["general_query"]).via(&standby.url()))
+        .await;
+    let id = leader
+        .submit_prompt("general_query", "found through the standby")
+        .await;
+    let done = leader.wait_done(id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{}", leader.logs());
+    assert_eq!(done.node_id.as_deref(), Some("follow-02"));
+    let log = leader.agents[idx].log_text();
+    assert!(
+        log.contains("following the leader") && log.contains(&leader.url()),
+        "the agent's log tells it followed the standby to {}:\n{log}",
+        leader.url()
+    );
+}
