@@ -128,6 +128,20 @@ pub fn https_url(value: &str) -> Result<(), String> {
     url(value, &["https"])
 }
 
+/// One or several comma-separated `https://host[:port]` — coordinators
+/// sharing a database (the agent follows the leader); the error names the
+/// entry at fault.
+pub fn https_urls(value: &str) -> Result<(), String> {
+    let entries: Vec<&str> = value.split(',').collect();
+    for (idx, entry) in entries.iter().enumerate() {
+        https_url(entry.trim()).map_err(|err| match entries.len() {
+            1 => err,
+            _ => format!("coordinator URL {} of {}: {err}", idx + 1, entries.len()),
+        })?;
+    }
+    Ok(())
+}
+
 /// `http(s)://host[:port][/path]` — an LLM server.
 pub fn http_url(value: &str) -> Result<(), String> {
     url(value, &["http", "https"])
@@ -296,6 +310,10 @@ mod tests {
         assert!(https_url("https://-x:1").is_err());
         assert!(https_url("https://a:99999").is_err());
         assert!(http_url("http://a:1/$(id)").is_err());
+        assert_eq!(https_urls("https://a:7443, https://b:7443"), Ok(()));
+        let second = https_urls("https://a:7443,http://b:7443").expect_err("http");
+        assert!(second.starts_with("coordinator URL 2 of 2: "), "{second}");
+        assert!(https_urls("https://a:7443,").is_err());
     }
 
     #[test]

@@ -98,8 +98,8 @@ pub struct Host {
     pub ssh: SshTarget,
     /// Where the agent lives on the host: `bin/`, `etc/`, `state/`, `run/`, `log/`.
     pub install_dir: String,
-    /// The coordinator's URL as the agent reaches it (none: the URL the
-    /// provisioning client uses).
+    /// The coordinator's URL as the agent reaches it, or several
+    /// comma-separated (none: the URLs the provisioning client uses).
     pub coordinator: Option<String>,
     pub node: NodeCard,
 }

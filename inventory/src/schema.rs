@@ -305,7 +305,7 @@ impl Walk<'_> {
                 "jump" => vars.jump = self.jump(value, f),
                 "become" => vars.become_root = self.boolean(value, f),
                 "install_dir" => vars.install_dir = self.checked(value, f, checks::install_dir),
-                "coordinator" => vars.coordinator = self.checked(value, f, checks::https_url),
+                "coordinator" => vars.coordinator = self.checked(value, f, checks::https_urls),
                 "location" | "region" => {
                     if !self.synonym_once(&mut region_key, key, name, ": they mean the same") {
                         continue;
