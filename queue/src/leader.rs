@@ -8,7 +8,8 @@
 //! while that session lives; the others stand by and read the leader's
 //! address from the row. The session sets `idle_session_timeout`, so a
 //! holder that stops talking (SIGSTOPped, cut off) loses its session, and
-//! with it the lock, after [`LOCK_SESSION_IDLE_TIMEOUT`].
+//! with it the lock, after [`LOCK_SESSION_IDLE_TIMEOUT`]
+//! (`idle_session_timeout` needs PostgreSQL 14 or later).
 //!
 //! Safety does not rest on the lock alone: every write transaction of a
 //! leader starts with [`fence`], which reads the row `FOR SHARE` and refuses

@@ -9,7 +9,9 @@
 //! - `limits`, `body_rate`: connection bounds (global, unauthenticated, per
 //!   source; refusals audited) and request bodies' deadline and minimum rate.
 //! - [`api`]: the router, `ROUTES` and the handlers; `api/error.rs` has
-//!   `ApiError` and the extractors that name bad fields.
+//!   `ApiError` and the extractors that name bad fields; `api/standby.rs`
+//!   answers `503 standby` naming the leader while this coordinator is not
+//!   the leader, and `GET /readyz`.
 //! - [`gateway`]: the OpenAI- and Ollama-compatible routes and the stream relay.
 //! - [`tls`]: the rustls configuration and the renewable server certificate.
 //! - [`session`]: dashboard session cookies and one-time login tokens.
