@@ -28,6 +28,7 @@ use crate::session::Sessions;
 use axum::body::Body;
 use kobo_queue::config::{ConnectionLimits, ServeConfig};
 use kobo_queue::init;
+use kobo_queue::leader::Role;
 use kobo_queue::pki;
 
 /// A TLS handshake that takes longer than this is dropped (slow or hostile
@@ -49,6 +50,30 @@ const MAX_H1_BUFFER: usize = 64 << 10;
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// A ping unanswered for this long closes the connection.
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A leader that becomes a standby answers its parked lease requests at
+/// once (with no work): agents ask again, get `503 standby` and re-park at
+/// the leader instead of waiting out a long poll here.
+async fn unpark_when_deposed(
+    mut role: tokio::sync::watch::Receiver<Role>,
+    queue: kobo_queue::Queue,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = role.changed() => if changed.is_err() { return },
+        }
+        let now = role.borrow_and_update().clone();
+        if let Role::Standby { leader_address } = now {
+            tracing::warn!(
+                leader = leader_address.as_deref().unwrap_or("unknown"),
+                "standing by: parked lease requests are answered and agents sent to the leader"
+            );
+            queue.unpark_all();
+        }
+    }
+}
 
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn serve(
@@ -77,6 +102,10 @@ pub async fn serve(
         crate::tls::server_config(&prepared.paths, cert.clone()).context("configuring TLS")?;
     let observer = prepared.observer.clone();
     let sessions = Arc::new(Sessions::default());
+    let role = config.role.clone().unwrap_or_else(|| {
+        // A lone coordinator leads, for good: nothing ever changes the role.
+        tokio::sync::watch::channel(Role::Leader { epoch: 0 }).1
+    });
     let app = api::router(AppState {
         queue: queue.clone(),
         admin: prepared.admin.clone(),
@@ -84,10 +113,7 @@ pub async fn serve(
         observe: observer.clone(),
         sessions: sessions.clone(),
         gateway: Arc::new(config.gateway.clone()),
-        role: config.role.clone().unwrap_or_else(|| {
-            // A lone coordinator leads, for good: nothing ever changes the role.
-            tokio::sync::watch::channel(kobo_queue::leader::Role::Leader { epoch: 0 }).1
-        }),
+        role: role.clone(),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(observer.clone().run_pump());
@@ -97,6 +123,7 @@ pub async fn serve(
         local,
         &config.data_dir,
     );
+    tracker.spawn(unpark_when_deposed(role, queue.clone(), shutdown.clone()));
     let timer_queue = queue.clone();
     let timer_shutdown = shutdown.clone();
     tracker.spawn(async move { timer_queue.run_timer(timer_shutdown).await });

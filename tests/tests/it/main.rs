@@ -25,6 +25,7 @@ mod heartbeats;
 mod idempotency;
 mod kubernetes;
 mod leader_follow;
+mod leader_role;
 mod limits;
 mod litestream;
 mod llm;
