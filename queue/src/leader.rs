@@ -239,7 +239,7 @@ fn campaign(
     confirmed: &Confirmed,
     stopped: &mpsc::Receiver<()>,
 ) -> Result<(), StoreError> {
-    let mut conn = PgConn::connect(&config.database_url)?;
+    let mut conn = PgConn::connect(&lock_session_url(&config.database_url, config.idle_timeout))?;
     conn.batch_execute(&lock_session_settings(config.idle_timeout))?;
     let db: &dyn Db = &conn;
     let mut held: Option<i64> = None;
@@ -301,6 +301,53 @@ pub fn lock_session_settings(idle_timeout: Duration) -> String {
     )
 }
 
+/// `url` with the lock session's network bounds added where the URL sets
+/// none: connecting, unacknowledged sends (`tcp_user_timeout`) and a dead
+/// peer found by TCP keepalives (after about 1 + 3 × 1 s) all give up within
+/// the idle timeout, so a lock session on a cut network fails and this
+/// coordinator campaigns again instead of hanging for minutes. Both URL
+/// (`postgres://…?k=v`) and key-value (`host=… k=v`) forms are handled.
+pub fn lock_session_url(url: &str, idle_timeout: Duration) -> String {
+    let secs = idle_timeout.as_secs().max(1).to_string();
+    let bounds = [
+        ("connect_timeout", secs.as_str()),
+        ("tcp_user_timeout", secs.as_str()),
+        ("keepalives", "1"),
+        ("keepalives_idle", "1"),
+        ("keepalives_interval", "1"),
+        ("keepalives_retries", "3"),
+    ];
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let given: Vec<&str> = if is_url {
+        url.split_once('?')
+            .map(|(_, query)| {
+                query
+                    .split('&')
+                    .filter_map(|kv| kv.split('=').next())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        url.split_whitespace()
+            .filter_map(|kv| kv.split('=').next())
+            .collect()
+    };
+    let mut out = url.to_string();
+    for (key, value) in bounds {
+        if given.contains(&key) {
+            continue;
+        }
+        let separator = match (is_url, out.contains('?')) {
+            (true, false) => '?',
+            (true, true) => '&',
+            (false, _) => ' ',
+        };
+        out.push(separator);
+        out.push_str(&format!("{key}={value}"));
+    }
+    out
+}
+
 /// Bumps the leader row to the next epoch with this coordinator's address.
 fn take_over(db: &dyn Db, config: &LeadershipConfig) -> Result<i64, StoreError> {
     db.one(
@@ -356,4 +403,32 @@ fn wait(stopped: &mpsc::Receiver<()>, timeout: Duration) -> bool {
         stopped.recv_timeout(timeout),
         Err(RecvTimeoutError::Timeout)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_session_urls_gain_network_bounds_the_url_does_not_set() {
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            lock_session_url("postgres://kobo@db/kobo", five),
+            "postgres://kobo@db/kobo?connect_timeout=5&tcp_user_timeout=5&keepalives=1\
+             &keepalives_idle=1&keepalives_interval=1&keepalives_retries=3"
+        );
+        assert_eq!(
+            lock_session_url(
+                "postgresql://db1,db2/kobo?target_session_attrs=read-write&connect_timeout=2",
+                five
+            ),
+            "postgresql://db1,db2/kobo?target_session_attrs=read-write&connect_timeout=2\
+             &tcp_user_timeout=5&keepalives=1&keepalives_idle=1&keepalives_interval=1&keepalives_retries=3"
+        );
+        assert_eq!(
+            lock_session_url("host=db user=kobo keepalives_idle=9", five),
+            "host=db user=kobo keepalives_idle=9 connect_timeout=5 tcp_user_timeout=5 keepalives=1 \
+             keepalives_interval=1 keepalives_retries=3"
+        );
+    }
 }
