@@ -84,6 +84,12 @@ impl PgConn {
         })
     }
 
+    /// Whether the connection broke (the server went away): a new one is
+    /// needed.
+    pub fn is_closed(&self) -> bool {
+        self.client.borrow().is_closed()
+    }
+
     /// Starts a transaction (PostgreSQL's default, READ COMMITTED: the
     /// writes that must not interleave lock their rows).
     pub fn transaction(&mut self) -> Result<PgTx<'_>, StoreError> {
