@@ -165,6 +165,14 @@ impl Database {
     }
 }
 
+/// Checks a PostgreSQL URL the way the driver will read it; the error names
+/// what is wrong.
+pub fn check_postgres_url(url: &str) -> Result<String, String> {
+    url.parse::<postgres::Config>()
+        .map(|_| url.to_string())
+        .map_err(|err| format!("invalid PostgreSQL URL {}: {err}", redact_password(url)))
+}
+
 /// `postgres://user:secret@h/db` → `postgres://user:***@h/db`.
 fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -315,6 +323,15 @@ impl Store {
         F: FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         self.writer.write(work).await
+    }
+
+    /// Runs `read` on a reader connection, on this thread: for start-up,
+    /// before the runtime serves (never on the async runtime's threads).
+    pub fn read_blocking<R>(
+        &self,
+        read: impl FnOnce(&dyn sql::Db) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.readers.read(read)
     }
 
     /// Runs `read` on a reader connection off the async runtime.
