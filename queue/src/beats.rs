@@ -23,7 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use kobo_protocol::{HeartbeatRequest, HeartbeatResponse, NodeStatus};
-use rusqlite::Transaction;
+use crate::store::sql::Db;
 
 use crate::dispatch::Hub;
 use crate::queue::{Queue, current_instance};
@@ -125,7 +125,7 @@ impl Beats {
     }
 
     /// Writes every kept heartbeat in `tx`. Returns how many.
-    pub fn write_pending(&self, tx: &Transaction<'_>) -> Result<usize, StoreError> {
+    pub fn write_pending(&self, tx: &dyn Db) -> Result<usize, StoreError> {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for (at, req) in pending.values() {

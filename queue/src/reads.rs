@@ -27,7 +27,7 @@ impl Queue {
     async fn reveal<R, F>(&self, caller: &Caller, read: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&rusqlite::Connection, &store::Reveal<'_>) -> Result<R, StoreError>
+        F: FnOnce(&dyn store::sql::Db, &store::Reveal<'_>) -> Result<R, StoreError>
             + Send
             + 'static,
     {
