@@ -21,7 +21,8 @@ pub const SELECT_AUDIT_ALL: &str = "SELECT id, at, actor, action, target, outcom
 /// locks nothing while the log is empty, and under READ COMMITTED a waiter
 /// woken by the holder's commit gets back the row it waited on, which is no
 /// longer the last. The lock is taken in a statement of its own so the read
-/// after it (a new snapshot under READ COMMITTED) sees the holder's row.
+/// after it (a new snapshot under READ COMMITTED, which `PgConn::transaction`
+/// starts) sees the holder's row; under REPEATABLE READ it would not.
 pub const LOCK_AUDIT_PG: &str = "SELECT pg_advisory_xact_lock(?1)";
 pub const AUDIT_LOCK_KEY: i64 = 0x6175_6474;
 

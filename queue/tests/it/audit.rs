@@ -63,6 +63,54 @@ fn audit_rows_chain_when_two_connections_append_at_once() {
     });
 }
 
+/// The writer's group commit runs each write in a savepoint: a write rolled
+/// back after appending leaves no row, and the chain stays whole while
+/// another connection appends meanwhile (on PostgreSQL the lock taken in
+/// the savepoint goes with it; the transaction's next append takes it again
+/// and reads the other's row).
+#[test]
+fn an_append_rolled_back_to_its_savepoint_leaves_the_chain_whole() {
+    each_backend(|test| {
+        let start = Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut conn = test.connect();
+                start.wait();
+                for n in 0..20 {
+                    conn.write(|db| store::append_audit(db, NOW, &record("other", n)))
+                        .expect("append");
+                }
+            });
+            let mut conn = test.connect();
+            start.wait();
+            for n in 0..10 {
+                conn.write(|db| {
+                    store::append_audit(db, NOW, &record("group", n))?;
+                    db.execute("SAVEPOINT w", args![])?;
+                    store::append_audit(db, NOW, &record("undone", n))?;
+                    db.execute("ROLLBACK TO SAVEPOINT w", args![])?;
+                    db.execute("RELEASE SAVEPOINT w", args![])?;
+                    store::append_audit(db, NOW, &record("group", n + 100))
+                })
+                .expect("group");
+            }
+        });
+        let conn = test.connect();
+        let verify = store::verify_audit(conn.db()).expect("verify");
+        assert!(verify.ok, "{verify:?}");
+        assert_eq!(verify.rows, 40);
+        let undone: i64 = conn
+            .db()
+            .one(
+                "SELECT count(*) FROM audit_log WHERE actor = 'undone'",
+                args![],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(undone, 0);
+    });
+}
+
 #[test]
 fn audit_rows_list_in_order_and_a_forged_row_is_found() {
     each_backend(|test| {
