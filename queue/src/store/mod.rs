@@ -63,7 +63,7 @@ pub fn unix_now_ms() -> i64 {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_error_text(.0))]
     Postgres(#[from] postgres::Error),
     #[error("failed to open database {path}")]
     Open {
@@ -120,6 +120,15 @@ pub enum StoreError {
     /// refusal's audit row.
     #[error("{}", .0.message)]
     Limited(crate::tenancy::Refusal),
+}
+
+/// A PostgreSQL error with the server's message: the driver's own text of a
+/// server error is only "db error".
+fn pg_error_text(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{err}: {db}"),
+        None => err.to_string(),
+    }
 }
 
 impl StoreError {

@@ -94,28 +94,6 @@ pub const QUERIES: &[&str] = &[
     super::views::SELECT_JOB,
     super::views::SELECT_ATTEMPTS,
     super::views::SELECT_EVENTS,
-    super::security::INSERT_API_KEY,
-    super::security::SELECT_API_KEYS,
-    super::security::REVOKE_API_KEY,
-    super::security::UPDATE_API_KEY_POLICY,
-    super::security::INSERT_TOKEN,
-    super::security::SELECT_TOKEN,
-    super::security::USE_TOKEN,
-    super::security::INSERT_CERTIFICATE,
-    super::security::SELECT_VALID_CERTIFICATES,
-    super::security::REVOKE_NODE_CERTIFICATES,
-    super::security::REVOKE_NODE,
-    super::enroll::INSERT_ENROLL_KEY,
-    super::enroll::SELECT_ENROLL_KEYS,
-    super::enroll::COUNT_ENROLLMENT,
-    super::enroll::REVOKE_ENROLL_KEY,
-    super::enroll::SELECT_LIVE_NODE,
-    super::enroll::SELECT_RETIRABLE,
-    super::enroll::RETIRE_NODE,
-    super::audit::SELECT_LAST_AUDIT_HASH,
-    super::audit::INSERT_AUDIT,
-    super::audit::SELECT_AUDIT,
-    super::audit::SELECT_AUDIT_ALL,
 ];
 
 /// The queries of the store functions ported to [`super::sql::Db`], as
@@ -211,6 +189,76 @@ pub const PORTED_QUERIES: &[(&str, &str)] = &[
     (
         super::timed::REFRESH_LEASES_AFTER_RESTART,
         super::timed::REFRESH_LEASES_AFTER_RESTART_PG,
+    ),
+    (
+        super::security::INSERT_API_KEY,
+        super::security::INSERT_API_KEY,
+    ),
+    (
+        super::security::SELECT_API_KEYS,
+        super::security::SELECT_API_KEYS,
+    ),
+    (
+        super::security::REVOKE_API_KEY,
+        super::security::REVOKE_API_KEY,
+    ),
+    (
+        super::security::UPDATE_API_KEY_POLICY,
+        super::security::UPDATE_API_KEY_POLICY,
+    ),
+    (super::security::INSERT_TOKEN, super::security::INSERT_TOKEN),
+    (
+        super::security::SELECT_TOKEN,
+        super::security::SELECT_TOKEN_PG,
+    ),
+    (super::security::USE_TOKEN, super::security::USE_TOKEN),
+    (
+        super::security::INSERT_CERTIFICATE,
+        super::security::INSERT_CERTIFICATE,
+    ),
+    (
+        super::security::SELECT_VALID_CERTIFICATES,
+        super::security::SELECT_VALID_CERTIFICATES,
+    ),
+    (
+        super::security::REVOKE_NODE_CERTIFICATES,
+        super::security::REVOKE_NODE_CERTIFICATES,
+    ),
+    (super::security::REVOKE_NODE, super::security::REVOKE_NODE),
+    (
+        super::enroll::INSERT_ENROLL_KEY,
+        super::enroll::INSERT_ENROLL_KEY,
+    ),
+    (
+        super::enroll::SELECT_ENROLL_KEYS,
+        super::enroll::SELECT_ENROLL_KEYS_PG,
+    ),
+    (
+        super::enroll::COUNT_ENROLLMENT,
+        super::enroll::COUNT_ENROLLMENT,
+    ),
+    (
+        super::enroll::REVOKE_ENROLL_KEY,
+        super::enroll::REVOKE_ENROLL_KEY,
+    ),
+    (
+        super::enroll::SELECT_LIVE_NODE,
+        super::enroll::SELECT_LIVE_NODE,
+    ),
+    (
+        super::enroll::SELECT_RETIRABLE,
+        super::enroll::SELECT_RETIRABLE,
+    ),
+    (super::enroll::RETIRE_NODE, super::enroll::RETIRE_NODE),
+    (
+        super::audit::SELECT_LAST_AUDIT_HASH,
+        super::audit::SELECT_LAST_AUDIT_HASH,
+    ),
+    (super::audit::INSERT_AUDIT, super::audit::INSERT_AUDIT),
+    (super::audit::SELECT_AUDIT, super::audit::SELECT_AUDIT),
+    (
+        super::audit::SELECT_AUDIT_ALL,
+        super::audit::SELECT_AUDIT_ALL,
     ),
 ];
 

@@ -1,7 +1,9 @@
 //! kobo-coord integration tests at the store level: the schema and every
 //! query, leasing cost against queue depth, and the lease state machine
-//! against a simple model; the job lifecycle on SQLite and PostgreSQL.
+//! against a simple model; the job lifecycle, nodes, the security tables,
+//! the audit chain and usage on SQLite and PostgreSQL.
 
+mod audit;
 mod backends;
 mod depth;
 mod lease_model;
@@ -9,6 +11,7 @@ mod lifecycle;
 mod nodes;
 mod routing_props;
 mod schema;
+mod security;
 
 use kobo_queue::store;
 use rusqlite::Connection;

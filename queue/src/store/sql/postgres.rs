@@ -18,7 +18,10 @@ use crate::store::StoreError;
 /// Migrations for PostgreSQL, applied in order; `schema_version` records
 /// which ran. Numbered on their own: PostgreSQL's 0001 is the state SQLite's
 /// 0001..0009 reach for the tables it holds.
-const MIGRATIONS: &[&str] = &[include_str!("../../../../sql/postgres/0001_core.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../../sql/postgres/0001_core.sql"),
+    include_str!("../../../../sql/postgres/0002_security.sql"),
+];
 
 /// The schema version a migrated PostgreSQL database has.
 pub const PG_MIGRATIONS_APPLIED: i64 = MIGRATIONS.len() as i64;
