@@ -18,7 +18,13 @@ use crate::store::StoreError;
 /// Migrations for PostgreSQL, applied in order; `schema_version` records
 /// which ran. Numbered on their own: PostgreSQL's 0001 is the state SQLite's
 /// 0001..0009 reach for the tables it holds.
-const MIGRATIONS: &[&str] = &[include_str!("../../../../sql/postgres/0001_core.sql")];
+///
+/// On branch pgobs 0003 is the second entry; the security migration
+/// (0002_security.sql) goes before it when both are merged.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../../sql/postgres/0001_core.sql"),
+    include_str!("../../../../sql/postgres/0003_observe.sql"),
+];
 
 /// The schema version a migrated PostgreSQL database has.
 pub const PG_MIGRATIONS_APPLIED: i64 = MIGRATIONS.len() as i64;
