@@ -1,13 +1,18 @@
 //! kobo-coord integration tests at the store level: the schema and every
 //! query, leasing cost against queue depth, and the lease state machine
-//! against a simple model; the job lifecycle on SQLite and PostgreSQL.
+//! against a simple model; the job lifecycle, observability reads, views,
+//! saved queries and schedules on SQLite and PostgreSQL.
 
 mod backends;
 mod depth;
+mod fixture;
 mod lease_model;
 mod lifecycle;
 mod nodes;
+mod observe;
+mod reporting;
 mod routing_props;
+mod schedules;
 mod schema;
 
 use kobo_queue::store;
