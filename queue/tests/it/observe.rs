@@ -7,7 +7,7 @@ use kobo_protocol::{JobListQuery, JobState, NodeStatus};
 use kobo_queue::store::sql::args;
 use kobo_queue::store::{self, ScalingFilter, StoreError};
 
-use crate::backends::each_backend;
+use crate::backends::{Conn, each_backend};
 use crate::fixture::{self, FOLDED_AT, T0, TTL};
 use crate::sealer;
 
@@ -398,5 +398,28 @@ fn job_details_listings_and_positions() {
             Some(Some("local".into()))
         );
         assert_eq!(store::job_owner(db, 9999).expect("none"), None);
+    });
+}
+
+/// The health check at open: PostgreSQL's read-only sessions are refused
+/// with what to point at instead; SQLite files have their own check.
+#[test]
+fn a_read_only_postgres_session_is_refused_at_open() {
+    each_backend(|test| {
+        let conn = test.connect();
+        let Conn::Postgres(mut pg) = conn else {
+            let refused = store::health::check_postgres(conn.db());
+            assert!(matches!(refused, Err(StoreError::Invalid(m)) if m.contains("open_checked")));
+            return;
+        };
+        let health = store::health::check_postgres(&*pg).expect("a writable primary");
+        assert!(health.server_version.starts_with("15"), "{health:?}");
+        pg.batch_execute("SET default_transaction_read_only = on")
+            .expect("read-only");
+        let refused = store::health::check_postgres(&*pg);
+        assert!(
+            matches!(&refused, Err(StoreError::Invalid(m)) if m.contains("read-only") && m.contains("primary")),
+            "{refused:?}"
+        );
     });
 }
