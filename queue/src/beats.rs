@@ -23,10 +23,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use kobo_protocol::{HeartbeatRequest, HeartbeatResponse, NodeStatus};
-use crate::store::sql::Db;
 
 use crate::dispatch::Hub;
 use crate::queue::{Queue, current_instance};
+use crate::store::sql::Db;
 use crate::store::{self, StoreError};
 
 /// How long an idle heartbeat may wait in memory before it is written.

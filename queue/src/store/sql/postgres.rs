@@ -21,6 +21,7 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../../sql/postgres/0001_core.sql"),
     include_str!("../../../../sql/postgres/0002_security.sql"),
+    include_str!("../../../../sql/postgres/0003_observe.sql"),
 ];
 
 /// The schema version a migrated PostgreSQL database has.
