@@ -89,15 +89,16 @@ CREATE TABLE enroll_keys (
     CHECK (max_enrollments IS NULL OR enrollments <= max_enrollments)
 );
 
--- The readable views, in UTC as SQLite's strftime writes them.
+-- The readable views, times in UTC as SQLite's strftime writes them (exact
+-- milliseconds: no float).
 CREATE VIEW v_audit AS
 SELECT id,
-       to_char(to_timestamp(at / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') AS at,
+       to_char((TIMESTAMP '1970-01-01' + at * INTERVAL '1 millisecond'), 'YYYY-MM-DD HH24:MI:SS.MS') AS at,
        actor, action, target, outcome, source, request_id, detail
 FROM audit_log;
 
 CREATE VIEW v_usage AS
-SELECT to_char(to_timestamp(u.hour / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:00') AS hour,
+SELECT to_char((TIMESTAMP '1970-01-01' + u.hour * INTERVAL '1 millisecond'), 'YYYY-MM-DD HH24:00') AS hour,
        u.key,
        k.name AS key_name,
        NULLIF(u.model, '') AS model,

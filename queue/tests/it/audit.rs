@@ -144,6 +144,21 @@ fn audit_rows_list_in_order_and_a_forged_row_is_found() {
         );
         let ok = store::verify_audit(conn.db()).expect("verify");
         assert!(ok.ok && ok.rows == 5, "{ok:?}");
+        let readable: (String, String) = conn
+            .db()
+            .one(
+                "SELECT at, action FROM v_audit WHERE id = ?1",
+                args![ids[1]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("v_audit");
+        assert_eq!(
+            readable,
+            (
+                "2027-01-15 08:00:00.010".to_string(),
+                "key.create".to_string()
+            )
+        );
 
         // Append-only on both backends.
         for sql in [
@@ -325,6 +340,26 @@ fn usage_sums_by_key_model_node_and_hour_over_a_window() {
         assert_eq!(
             (local[0].model.as_deref(), local[0].node.as_deref()),
             (None, None)
+        );
+        type Readable = (String, Option<String>, Option<String>, i64);
+        let readable: Vec<Readable> = db
+            .many(
+                "SELECT hour, key_name, model, total_tokens FROM v_usage WHERE node IS NULL OR node = 'n2' ORDER BY hour",
+                args![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("v_usage");
+        assert_eq!(
+            readable,
+            [
+                (
+                    "2027-01-15 08:00".into(),
+                    Some("ci".into()),
+                    Some("qwen".into()),
+                    20
+                ),
+                ("2027-01-15 09:00".into(), None, None, 10),
+            ]
         );
     });
 }
