@@ -192,18 +192,16 @@ pub fn open(config: &ServeConfig, shutdown: CancellationToken) -> anyhow::Result
                 .with_context(|| format!("opening {}", db.display()))?
         }
         Some(url) => Store::open_postgres(url, hub.clone(), None).with_context(|| {
-            format!("opening {}", store::Database::Postgres(url.clone()).display())
+            format!(
+                "opening {}",
+                store::Database::Postgres(url.clone()).display()
+            )
         })?,
     };
-    let (keys, certificates) = store.read_blocking(|db| {
-        Ok((store::list_api_keys(db)?, store::valid_certificates(db)?))
-    })?;
+    let (keys, certificates) = store
+        .read_blocking(|db| Ok((store::list_api_keys(db)?, store::valid_certificates(db)?)))?;
     hub.tenants.load(&keys);
-    let access = Arc::new(AccessCache::new(
-        secrets.hasher.clone(),
-        keys,
-        certificates,
-    ));
+    let access = Arc::new(AccessCache::new(secrets.hasher.clone(), keys, certificates));
     let ca = Arc::new(
         tls::Ca::load(&paths, config.node_cert_lifetime)
             .context("loading the certificate authority")?,

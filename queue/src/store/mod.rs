@@ -305,7 +305,7 @@ impl Store {
         let mut conn = sql::PgConn::connect(url)?;
         sql::migrate_postgres(&mut conn)?;
         let writer = writer::spawn(
-            writer::Backend::Postgres(writer::PgWriter::new(url, conn, fence)),
+            writer::Backend::Postgres(Box::new(writer::PgWriter::new(url, conn, fence))),
             after_commit,
         )?;
         Ok(Store {

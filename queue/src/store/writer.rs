@@ -151,7 +151,7 @@ pub trait Fence: Send + Sync + 'static {
 /// What the writer writes through.
 pub(crate) enum Backend {
     Sqlite(Connection),
-    Postgres(PgWriter),
+    Postgres(Box<PgWriter>),
 }
 
 /// The PostgreSQL side of the writer: a URL, the connection (none while it

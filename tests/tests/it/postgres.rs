@@ -50,7 +50,10 @@ async fn a_coordinator_on_postgres_runs_jobs_and_survives_a_sigkill() {
         })
         .await
         .expect("duplicate submit");
-    assert_eq!(again.id, first[0], "the idempotency key names the first job");
+    assert_eq!(
+        again.id, first[0],
+        "the idempotency key names the first job"
+    );
     cluster.wait_done(first[0]).await;
 
     cluster.kill_coordinator().await;
