@@ -2,11 +2,12 @@
 //! status, load, round trip, CPU, loaded models, coordinates), measured
 //! speeds, and node status changes (drain, resume).
 
+use kobo_protocol::NodeStatus;
+
 use super::sql::{Db, Row, args};
 use super::{StoreError, parse_list};
 use crate::routing::{self, NodeProfile};
 use crate::scoring::{NodeState, Speed};
-use kobo_protocol::NodeStatus;
 
 pub const SELECT_FLEET: &str = "SELECT n.node_id, n.region, n.capabilities, n.gpu, n.models, n.max_workers, n.status, n.specialization, n.latitude, n.longitude, n.loaded_models, n.rtt_ms, (SELECT m.cpu_percent FROM node_metrics m WHERE m.node_id = n.node_id ORDER BY m.at DESC LIMIT 1), (SELECT count(*) FROM jobs j WHERE j.state = 'leased' AND j.node_id = n.node_id) FROM nodes n WHERE n.revoked_at IS NULL";
 pub const SELECT_FLEET_NODE: &str = "SELECT n.node_id, n.region, n.capabilities, n.gpu, n.models, n.max_workers, n.status, n.specialization, n.latitude, n.longitude, n.loaded_models, n.rtt_ms, (SELECT m.cpu_percent FROM node_metrics m WHERE m.node_id = n.node_id ORDER BY m.at DESC LIMIT 1), (SELECT count(*) FROM jobs j WHERE j.state = 'leased' AND j.node_id = n.node_id) FROM nodes n WHERE n.revoked_at IS NULL AND n.node_id = ?1";

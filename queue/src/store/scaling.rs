@@ -3,12 +3,13 @@
 //! take them. The numbers become a [`ScalingView`] through the one formula,
 //! [`kobo_protocol::scaling::agents_needed`].
 
+use kobo_protocol::scaling::{self, ScalingView};
+use kobo_protocol::{NodeStatus, NodeView};
+
 use super::StoreError;
 use super::sql::{Db, args};
 use crate::regions::area_of_region;
 use crate::routing::same_model;
-use kobo_protocol::scaling::{self, ScalingView};
-use kobo_protocol::{NodeStatus, NodeView};
 
 /// Queued and leased jobs matching kind (`?1`), a region's residency area
 /// (`?2`: the job names none or this one) and model (`?3`: the job names

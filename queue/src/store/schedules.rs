@@ -1,16 +1,20 @@
-//! Recurring jobs: schedule rows, and firing the slots that came due. A slot
-//! fires by submitting the schedule's job with the idempotency key
-//! `schedule:<name>:<slot ms>`, so a slot never fires twice — not across a
-//! restart, not with two coordinators on one database.
+//! Recurring jobs: schedule rows, and firing the slots that came due. A tick
+//! claims a schedule's due slots by moving its `next_fire_at` only if it
+//! still holds the slot it read (on PostgreSQL it also locks the row, and
+//! another coordinator's tick passes over it), then submits the schedule's
+//! job with the idempotency key `schedule:<name>:<slot ms>`: a slot never
+//! fires twice — not across a restart, not with two coordinators on one
+//! database.
 
 use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use kobo_protocol::{CatchUp, ScheduleView, SubmitJob};
 
 use super::StoreError;
 use super::jobs::{Changes, insert_job};
 use super::sql::{Db, Dialect, Row, args};
 use crate::security::Sealer;
-use chrono::{DateTime, TimeZone, Utc};
-use kobo_protocol::{CatchUp, ScheduleView, SubmitJob};
 
 pub const INSERT_SCHEDULE: &str = "INSERT INTO schedules (name, cron, job, catch_up, next_fire_at, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 /// On PostgreSQL a failed statement spoils the whole transaction: a taken

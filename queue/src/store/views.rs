@@ -2,14 +2,15 @@
 //! Confidential jobs' prompts and results are opened only for callers the
 //! [`Reveal`] allows, and withheld (`redacted`) from the others.
 
-use super::sql::{Db, Param, Row, args};
-use super::{StoreError, parse_list, parse_state};
-use crate::routing::JobNeeds;
-use crate::security::Sealer;
 use kobo_protocol::{
     AttemptView, JobDetail, JobEventView, JobId, JobListQuery, JobView, LlmOutput, LlmRequest,
     Preferences, Requirements,
 };
+
+use super::sql::{Db, Param, Row, args};
+use super::{StoreError, parse_list, parse_state};
+use crate::routing::JobNeeds;
+use crate::security::Sealer;
 
 const JOB_COLUMNS: &str = "id, state, kind, model, priority, attempts, max_attempts, node_id, lease_token, created_at, updated_at, run_at, finished_at, last_error, queue_reason, idempotency_key, result, confidential, submitted_by, req_capabilities, req_gpu, data_location, route_reason";
 /// Columns after [`JOB_COLUMNS`] in [`SELECT_JOB`].
