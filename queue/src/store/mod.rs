@@ -303,6 +303,8 @@ impl Store {
         fence: Option<Arc<dyn Fence>>,
     ) -> Result<Store, StoreError> {
         let mut conn = sql::PgConn::connect(url)?;
+        let pg = health::check_postgres(&conn)?;
+        tracing::info!(server_version = %pg.server_version, database = %redact_password(url), "the store is on PostgreSQL");
         sql::migrate_postgres(&mut conn)?;
         let writer = writer::spawn(
             writer::Backend::Postgres(Box::new(writer::PgWriter::new(url, conn, fence))),
