@@ -187,6 +187,7 @@ async fn run_in(args: &DemoArgs, data_dir: PathBuf) -> anyhow::Result<()> {
         gateway: kobo_queue::config::GatewayConfig::default(),
         limits: kobo_queue::config::ConnectionLimits::default(),
         checkpoints: kobo_queue::config::Checkpoints::Internal,
+        database: None,
         role: None,
     };
     let server = tokio::spawn(kobo_server::serve(listener, config, shutdown.clone()));

@@ -147,7 +147,7 @@ impl Admin {
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyView>, StoreError> {
-        let keys = self.store.read(store::list_api_keys).await?;
+        let keys = self.store.read(|conn| store::list_api_keys(conn)).await?;
         Ok(keys.into_iter().map(|k| k.view).collect())
     }
 
@@ -516,7 +516,7 @@ impl Admin {
     }
 
     pub async fn audit_verify(&self) -> Result<AuditVerify, StoreError> {
-        self.store.read(store::verify_audit).await
+        self.store.read(|conn| store::verify_audit(conn)).await
     }
 }
 

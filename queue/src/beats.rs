@@ -23,10 +23,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use kobo_protocol::{HeartbeatRequest, HeartbeatResponse, NodeStatus};
-use rusqlite::Transaction;
 
 use crate::dispatch::Hub;
 use crate::queue::{Queue, current_instance};
+use crate::store::sql::Db;
 use crate::store::{self, StoreError};
 
 /// How long an idle heartbeat may wait in memory before it is written.
@@ -125,7 +125,7 @@ impl Beats {
     }
 
     /// Writes every kept heartbeat in `tx`. Returns how many.
-    pub fn write_pending(&self, tx: &Transaction<'_>) -> Result<usize, StoreError> {
+    pub fn write_pending(&self, tx: &dyn Db) -> Result<usize, StoreError> {
         let pending =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for (at, req) in pending.values() {

@@ -162,6 +162,10 @@ pub struct ServeConfig {
     pub limits: ConnectionLimits,
     /// Whether kobo checkpoints the write-ahead log itself.
     pub checkpoints: Checkpoints,
+    /// A PostgreSQL URL to keep the jobs in instead of the data directory's
+    /// SQLite file (`--database`); the keys and certificates stay in the
+    /// data directory either way.
+    pub database: Option<String>,
     /// This coordinator's role among several sharing one database (a
     /// [`crate::leader::Leadership`]'s channel, or a fixed standby); `None`:
     /// the only coordinator, always the leader.

@@ -23,6 +23,7 @@ use crate::queue::Queue;
 use crate::security::{self, Secrets, new_api_key};
 use crate::store;
 use crate::store::Store;
+use crate::store::sql::{Db, PgConn};
 
 /// The local admin key's file in the data directory.
 
@@ -32,6 +33,8 @@ pub struct InitOptions {
     pub sans: Vec<String>,
     /// A CA certificate and key to use instead of creating one.
     pub ca_import: Option<(PathBuf, PathBuf)>,
+    /// A PostgreSQL URL holding the jobs instead of the SQLite file.
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,26 +91,19 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
     tls::ensure_server_cert(&paths, &tls::server_names(&options.sans))
         .context("issuing the server certificate")?;
     let secrets = Secrets::load_or_create(dir).context("creating the secret keys")?;
-    let db = DataDir::new(dir).database();
-    // The first open of a start: the crash's WAL is looked at and the file
-    // checked before anything reads it.
-    let mut conn =
-        store::health::open_checked(&db).with_context(|| format!("opening {}", db.display()))?;
-    store::migrate(&mut conn).context("migrating the database")?;
     let ca = tls::Ca::load(&paths, tls::NODE_CERT_LIFETIME)?;
-
     let key_file = DataDir::new(dir).admin_key();
-    let has_admin = store::list_api_keys(&conn)?
-        .iter()
-        .any(|k| k.view.role == AccessRole::Admin && k.view.revoked_at.is_none());
-    let admin_key = if has_admin && key_file.exists() {
-        None
-    } else {
+    let first_admin = |db: &dyn Db| -> anyhow::Result<Option<String>> {
+        let has_admin = store::list_api_keys(db)?
+            .iter()
+            .any(|k| k.view.role == AccessRole::Admin && k.view.revoked_at.is_none());
+        if has_admin && key_file.exists() {
+            return Ok(None);
+        }
         let (id, secret, key) = new_api_key();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = store::unix_now_ms();
         store::insert_api_key(
-            &tx,
+            db,
             now,
             &id,
             "local-admin",
@@ -117,7 +113,7 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
             &KeyPolicy::default(),
         )?;
         store::append_audit(
-            &tx,
+            db,
             now,
             &record(
                 &Caller::local(),
@@ -128,8 +124,32 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
             ),
         )?;
         security::write_private(&key_file, key.as_bytes())?;
-        tx.commit()?;
-        Some(key)
+        Ok(Some(key))
+    };
+    let admin_key = match &options.database {
+        None => {
+            let db = DataDir::new(dir).database();
+            // The first open of a start: the crash's WAL is looked at and the
+            // file checked before anything reads it.
+            let mut conn = store::health::open_checked(&db)
+                .with_context(|| format!("opening {}", db.display()))?;
+            store::migrate(&mut conn).context("migrating the database")?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let key = first_admin(&tx)?;
+            tx.commit()?;
+            key
+        }
+        Some(url) => {
+            let shown = store::Database::Postgres(url.clone()).display();
+            let mut conn =
+                PgConn::connect(url).with_context(|| format!("connecting to {shown}"))?;
+            store::sql::migrate_postgres(&mut conn)
+                .with_context(|| format!("migrating {shown}"))?;
+            let tx = conn.transaction()?;
+            let key = first_admin(&tx)?;
+            tx.commit()?;
+            key
+        }
     };
     Ok(Initialized {
         admin_key,
@@ -159,22 +179,29 @@ pub fn open(config: &ServeConfig, shutdown: CancellationToken) -> anyhow::Result
         data_dir: config.data_dir.clone(),
         sans: config.sans.clone(),
         ca_import: config.ca_import.clone(),
+        database: config.database.clone(),
     })?;
     let dir = DataDir::new(&config.data_dir);
     let paths = CertPaths::of(&dir);
     let secrets = Secrets::load_or_create(&config.data_dir).context("reading the secret keys")?;
     let hub = Arc::new(Hub::new(config.queue.clone(), secrets.sealer.clone()));
-    let db = dir.database();
-    let store = Store::open_with(&db, hub.clone(), config.checkpoints)
-        .with_context(|| format!("opening {}", db.display()))?;
-    let conn = store::open_connection(&db)?;
-    let keys = store::list_api_keys(&conn)?;
+    let store = match &config.database {
+        None => {
+            let db = dir.database();
+            Store::open_with(&db, hub.clone(), config.checkpoints)
+                .with_context(|| format!("opening {}", db.display()))?
+        }
+        Some(url) => Store::open_postgres(url, hub.clone(), None).with_context(|| {
+            format!(
+                "opening {}",
+                store::Database::Postgres(url.clone()).display()
+            )
+        })?,
+    };
+    let (keys, certificates) = store
+        .read_blocking(|db| Ok((store::list_api_keys(db)?, store::valid_certificates(db)?)))?;
     hub.tenants.load(&keys);
-    let access = Arc::new(AccessCache::new(
-        secrets.hasher.clone(),
-        keys,
-        store::valid_certificates(&conn)?,
-    ));
+    let access = Arc::new(AccessCache::new(secrets.hasher.clone(), keys, certificates));
     let ca = Arc::new(
         tls::Ca::load(&paths, config.node_cert_lifetime)
             .context("loading the certificate authority")?,

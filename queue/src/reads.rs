@@ -10,6 +10,7 @@ use kobo_protocol::{
 use crate::access::Caller;
 use crate::queue::Queue;
 use crate::routing::{self, JobNeeds, NodeProfile};
+use crate::store::sql::Db;
 use crate::store::{self, StoreError};
 
 /// Whose confidential jobs `caller` may read in the clear: admins all
@@ -27,9 +28,7 @@ impl Queue {
     async fn reveal<R, F>(&self, caller: &Caller, read: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&rusqlite::Connection, &store::Reveal<'_>) -> Result<R, StoreError>
-            + Send
-            + 'static,
+        F: FnOnce(&dyn Db, &store::Reveal<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let hub = self.hub.clone();
         let only_of = reveal_only_of(caller);

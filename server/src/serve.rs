@@ -82,7 +82,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let prepared = init::open(&config, shutdown.clone())?;
+    // Opening the store blocks (a PostgreSQL connection, a SQLite check):
+    // off the runtime's threads.
+    let prepared = {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || init::open(&config, shutdown))
+            .await
+            .context("opening the store")??
+    };
     let queue = prepared.queue.clone();
     queue
         .recover_after_restart()

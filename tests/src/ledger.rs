@@ -208,6 +208,36 @@ impl Ledger {
                 .collect()
             })
             .expect("reading the jobs");
+        self.verdict(rows)
+    }
+
+    /// [`Ledger::check`] of a PostgreSQL database (`--database URL`).
+    pub async fn check_postgres(&self, url: &str) -> Verdict {
+        let client = crate::pg::connect(url)
+            .await
+            .expect("connecting to the database");
+        let rows = client
+            .query(ROWS, &[])
+            .await
+            .expect("reading the jobs")
+            .iter()
+            .map(|r| Row {
+                id: r.get(0),
+                key: r.get(1),
+                state: r.get(2),
+                attempts: r.get(3),
+                max_attempts: r.get(4),
+                has_result: r.get(5),
+                succeeded_attempts: r.get(6),
+                terminal_events: r.get(7),
+                events_out_of_terminal: r.get(8),
+                last_event: r.get(9),
+            })
+            .collect();
+        self.verdict(rows)
+    }
+
+    fn verdict(&self, rows: Vec<Row>) -> Verdict {
         let mut verdict = Verdict {
             jobs: rows.len(),
             acknowledged: self.acknowledged.len(),

@@ -143,6 +143,12 @@ pub struct ServeArgs {
     /// checkpoints; without such a process the log grows without bound).
     #[arg(long, env = "KOBO_CHECKPOINTS", value_enum, default_value_t = CheckpointsArg::Internal)]
     pub checkpoints: CheckpointsArg,
+    /// Keep the jobs in PostgreSQL instead of the data directory's SQLite
+    /// file: `postgres://user@h1,h2/kobo?target_session_attrs=read-write`
+    /// (several hosts: the writable one is used, and found again after a
+    /// failover). The data directory still holds the keys and certificates.
+    #[arg(long, env = "KOBO_DATABASE", value_name = "URL", value_parser = parse_database_url)]
+    pub database: Option<String>,
     /// Time between the autoscaler's looks at the backlog (with --autoscale).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: Duration,
@@ -165,6 +171,16 @@ fn leader_url(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.trim_end_matches('/').to_string())
+}
+
+/// `--database`: a PostgreSQL URL, checked here so a typo is named at once.
+fn parse_database_url(value: &str) -> Result<String, String> {
+    if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+        return Err(format!(
+            "{value:?} is not a PostgreSQL URL (postgres://user@host/db); without --database the jobs are in the data directory's SQLite file"
+        ));
+    }
+    kobo_queue::store::check_postgres_url(value)
 }
 
 /// `--checkpoints`: [`config::Checkpoints`] on the command line.
@@ -346,6 +362,7 @@ impl ServeArgs {
                 CheckpointsArg::Internal => config::Checkpoints::Internal,
                 CheckpointsArg::External => config::Checkpoints::External,
             },
+            database: self.database.clone(),
             role: self.standby_for.clone().map(|url| {
                 tokio::sync::watch::channel(kobo_queue::leader::Role::Standby {
                     leader_address: Some(url),
@@ -380,6 +397,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.data_dir.clone(),
         sans: args.sans.clone(),
         ca_import: args.ca.pair(),
+        database: None,
     })?;
     let dir = args.data_dir.data_dir.display();
     println!("data directory: {dir}");

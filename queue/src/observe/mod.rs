@@ -27,12 +27,12 @@ use kobo_protocol::{ClusterStatus, JobState, JobTotals, NodeCard, Recent, Series
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use rusqlite::Connection;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::regions::place_of;
 
+use crate::store::sql::Db;
 use crate::store::{self, Store, StoreError, TailEvent};
 
 /// How often the pump looks for changes while a dashboard is connected.
@@ -164,7 +164,7 @@ impl Observer {
         self.store.read(move |conn| this.catch_up_on(conn)).await
     }
 
-    fn catch_up_on(&self, conn: &Connection) -> Result<(), StoreError> {
+    fn catch_up_on(&self, conn: &dyn Db) -> Result<(), StoreError> {
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         if !tail.seeded {
             let (counts, last_event_id) = store::job_counts(conn)?;

@@ -1,13 +1,17 @@
 //! The database's health at open: `PRAGMA quick_check` (a damaged file is
 //! refused, with what was found and how to restore), and a look at the
 //! write-ahead log left by a crash, so the log says when its tail was torn
-//! and the database opens at the last valid commit.
+//! and the database opens at the last valid commit. On PostgreSQL the
+//! server recovers and checks its own files: what a coordinator checks at
+//! open is that it can write there (the primary, not a standby) and what
+//! the server guards its pages with ([`check_postgres`]).
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
 use super::StoreError;
+use super::sql::{Db, Dialect, args};
 
 /// Most problems `quick_check` reports (it stops there).
 const QUICK_CHECK_LIMIT: u32 = 20;
@@ -54,6 +58,57 @@ pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         path: path.to_path_buf(),
         problems: problems.join("; ").replace('\n', " "),
     })
+}
+
+/// What a PostgreSQL server said at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgHealth {
+    /// `server_version`, e.g. `15.8 (Debian 15.8-1)`.
+    pub server_version: String,
+    /// Whether the cluster checksums its data pages (`initdb
+    /// --data-checksums`): without them a flipped page reads as data.
+    pub data_checksums: bool,
+}
+
+pub const SELECT_PG_HEALTH: &str = "SELECT current_setting('server_version'), current_setting('data_checksums'), pg_is_in_recovery(), current_setting('transaction_read_only')";
+
+/// Checks the PostgreSQL database a coordinator opens: a standby in
+/// recovery, or a session that is read-only, is refused (with what to point
+/// at instead); pages without checksums are logged.
+pub fn check_postgres(db: &dyn Db) -> Result<PgHealth, StoreError> {
+    if db.dialect() != Dialect::Postgres {
+        return Err(StoreError::Invalid(
+            "check_postgres is for PostgreSQL databases; SQLite files are checked by open_checked"
+                .into(),
+        ));
+    }
+    let (server_version, checksums, in_recovery, read_only): (String, String, bool, String) = db
+        .one(SELECT_PG_HEALTH, args![], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    if in_recovery || read_only == "on" {
+        let why = if in_recovery {
+            "the server is a standby in recovery"
+        } else {
+            "the session is read-only (default_transaction_read_only is on)"
+        };
+        return Err(StoreError::Invalid(format!(
+            "PostgreSQL {server_version} is read-only here: {why}. kobo-coord writes: point it at the primary \
+             (with several hosts in the URL, add target_session_attrs=read-write)"
+        )));
+    }
+    let health = PgHealth {
+        server_version,
+        data_checksums: checksums == "on",
+    };
+    if !health.data_checksums {
+        tracing::warn!(
+            server_version = %health.server_version,
+            "the PostgreSQL cluster has no data checksums: a damaged page is not detected when read \
+             (initdb --data-checksums, or pg_checksums --enable on a stopped cluster)"
+        );
+    }
+    Ok(health)
 }
 
 /// What a crash left in the write-ahead log.

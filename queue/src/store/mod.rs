@@ -1,11 +1,14 @@
-//! The job store: one SQLite file, one writer thread with group commit, and a
-//! pool of reader connections.
+//! The job store: one database (the embedded SQLite file, or PostgreSQL),
+//! one writer thread with group commit, and a pool of reader connections.
 //!
 //! Every change goes through [`Store::write`], which runs a closure on the
-//! writer thread inside a `BEGIN IMMEDIATE` transaction shared with whatever
-//! other writes arrived meanwhile (group commit), each in its own savepoint so
-//! one failing write never spoils the others. The caller's future resolves only
-//! after `COMMIT` returned: what is acknowledged is on disk (`synchronous=FULL`).
+//! writer thread inside a transaction (`BEGIN IMMEDIATE` on SQLite) shared
+//! with whatever other writes arrived meanwhile (group commit), each in its
+//! own savepoint so one failing write never spoils the others. The caller's
+//! future resolves only after `COMMIT` returned: what is acknowledged is on
+//! disk (`synchronous=FULL` on SQLite; on PostgreSQL, committed on the
+//! primary and, with Patroni's `synchronous_mode`, on its synchronous
+//! standby). Store functions take `&dyn sql::Db`, so one body serves both.
 
 mod audit;
 pub mod backup;
@@ -48,7 +51,7 @@ pub use security::*;
 pub use timed::*;
 pub use usage::*;
 pub use views::*;
-pub use writer::{AfterCommit, Effect, LeaseSender, WriteCtx, WriterHandle};
+pub use writer::{AfterCommit, Effect, Fence, LeaseSender, WriteCtx, WriterHandle};
 
 /// Milliseconds since the Unix epoch, now, on the coordinator's clock
 /// (monotonic once read: see [`crate::clock`]).
@@ -60,7 +63,7 @@ pub fn unix_now_ms() -> i64 {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_error_text(.0))]
     Postgres(#[from] postgres::Error),
     #[error("failed to open database {path}")]
     Open {
@@ -119,6 +122,15 @@ pub enum StoreError {
     Limited(crate::tenancy::Refusal),
 }
 
+/// A PostgreSQL error with the server's message: the driver's own text of a
+/// server error is only "db error".
+fn pg_error_text(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{err}: {db}"),
+        None => err.to_string(),
+    }
+}
+
 impl StoreError {
     /// Whether the write failed because the disk is full (SQLITE_FULL).
     pub fn is_disk_full(&self) -> bool {
@@ -132,12 +144,117 @@ impl StoreError {
     }
 }
 
+/// Where the store keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The embedded SQLite file (the default: `kobo.db` in the data directory).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (`postgres://…`, multi-host URLs and
+    /// `target_session_attrs` included).
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://…` or `postgresql://…` is PostgreSQL; anything else is
+    /// the path of a SQLite file.
+    pub fn parse(value: &str) -> Database {
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Database::Postgres(value.to_string())
+        } else {
+            Database::Sqlite(PathBuf::from(value))
+        }
+    }
+
+    /// For logs and errors: the path, or the URL without its password.
+    pub fn display(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+/// Checks a PostgreSQL URL the way the driver will read it; the error names
+/// what is wrong.
+pub fn check_postgres_url(url: &str) -> Result<String, String> {
+    url.parse::<postgres::Config>()
+        .map(|_| url.to_string())
+        .map_err(|err| format!("invalid PostgreSQL URL {}: {err}", redact_password(url)))
+}
+
+/// `postgres://user:secret@h/db` → `postgres://user:***@h/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((auth, hosts)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+        None => url.to_string(),
+    }
+}
+
+/// A pool of reader connections of one backend.
+enum Readers {
+    Sqlite {
+        path: PathBuf,
+        pool: Mutex<Vec<Connection>>,
+    },
+    Postgres {
+        url: String,
+        pool: Mutex<Vec<sql::PgConn>>,
+    },
+}
+
+/// Most idle reader connections kept (PostgreSQL counts connections).
+const MAX_IDLE_READERS: usize = 8;
+
+impl Readers {
+    fn read<R>(
+        &self,
+        read: impl FnOnce(&dyn sql::Db) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        fn put_back<C>(pool: &Mutex<Vec<C>>, conn: C) {
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < MAX_IDLE_READERS {
+                pool.push(conn);
+            }
+        }
+        match self {
+            Readers::Sqlite { path, pool } => {
+                let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let conn = match pooled {
+                    Some(conn) => conn,
+                    None => open_connection(path)?,
+                };
+                let result = read(&conn);
+                put_back(pool, conn);
+                result
+            }
+            Readers::Postgres { url, pool } => {
+                let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let conn = match pooled {
+                    Some(conn) if !conn.is_closed() => conn,
+                    _ => sql::PgConn::connect(url)?,
+                };
+                let result = read(&conn);
+                if !conn.is_closed() {
+                    put_back(pool, conn);
+                }
+                result
+            }
+        }
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     writer: writer::WriterHandle,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    path: PathBuf,
+    readers: Arc<Readers>,
+    database: Database,
     _checkpointer: Option<Arc<checkpoint::Checkpointer>>,
 }
 
@@ -164,17 +281,49 @@ impl Store {
             Checkpoints::Internal => Some(checkpoint::spawn(path)?),
             Checkpoints::External => None,
         };
-        let writer = writer::spawn(conn, after_commit)?;
+        let writer = writer::spawn(writer::Backend::Sqlite(conn), after_commit)?;
         Ok(Store {
             writer,
-            readers: Arc::new(Mutex::new(Vec::new())),
-            path: path.to_path_buf(),
+            readers: Arc::new(Readers::Sqlite {
+                path: path.to_path_buf(),
+                pool: Mutex::new(Vec::new()),
+            }),
+            database: Database::Sqlite(path.to_path_buf()),
             _checkpointer: checkpointer,
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Opens the PostgreSQL database at `url`, migrates it (under an
+    /// advisory lock: coordinators starting together take turns) and
+    /// starts the writer thread; every write transaction runs `fence`
+    /// first, when given. Blocking: call it off the async runtime.
+    pub fn open_postgres(
+        url: &str,
+        after_commit: Arc<dyn AfterCommit>,
+        fence: Option<Arc<dyn Fence>>,
+    ) -> Result<Store, StoreError> {
+        let mut conn = sql::PgConn::connect(url)?;
+        let pg = health::check_postgres(&conn)?;
+        tracing::info!(server_version = %pg.server_version, database = %redact_password(url), "the store is on PostgreSQL");
+        sql::migrate_postgres(&mut conn)?;
+        let writer = writer::spawn(
+            writer::Backend::Postgres(Box::new(writer::PgWriter::new(url, conn, fence))),
+            after_commit,
+        )?;
+        Ok(Store {
+            writer,
+            readers: Arc::new(Readers::Postgres {
+                url: url.to_string(),
+                pool: Mutex::new(Vec::new()),
+            }),
+            database: Database::Postgres(url.to_string()),
+            _checkpointer: None,
+        })
+    }
+
+    /// Where the store keeps its data.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Runs `work` on the writer thread in a group-committed transaction and
@@ -187,25 +336,24 @@ impl Store {
         self.writer.write(work).await
     }
 
+    /// Runs `read` on a reader connection, on this thread: for start-up,
+    /// before the runtime serves (never on the async runtime's threads).
+    pub fn read_blocking<R>(
+        &self,
+        read: impl FnOnce(&dyn sql::Db) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.readers.read(read)
+    }
+
     /// Runs `read` on a reader connection off the async runtime.
     pub async fn read<R, F>(&self, read: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&dyn sql::Db) -> Result<R, StoreError> + Send + 'static,
     {
         let readers = self.readers.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => open_connection(&path)?,
-            };
-            let result = read(&conn);
-            readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-            result
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        tokio::task::spawn_blocking(move || readers.read(read))
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 }

@@ -5,9 +5,9 @@
 
 use kobo_protocol::scaling::{self, ScalingView};
 use kobo_protocol::{NodeStatus, NodeView};
-use rusqlite::{Connection, params};
 
 use super::StoreError;
+use super::sql::{Db, args};
 use crate::regions::area_of_region;
 use crate::routing::same_model;
 
@@ -21,9 +21,24 @@ pub const SELECT_SCALING_COUNTS: &str = "SELECT state, COUNT(*), MIN(ready_at) F
        AND (?3 IS NULL OR model IS NULL OR model = ?3 OR model = ?3 || ':latest' OR ?3 = model || ':latest') \
      GROUP BY state";
 
+/// PostgreSQL: a parameter's type is stated where `IS NULL` alone would
+/// not tell it, and the residency area compares case-blind with `lower`
+/// (SQLite's `NOCASE` folds ASCII only, and areas are ASCII).
+pub const SELECT_SCALING_COUNTS_PG: &str = "SELECT state, COUNT(*), MIN(ready_at) FROM jobs \
+     WHERE state IN ('queued', 'leased') \
+       AND (CAST(?1 AS TEXT) IS NULL OR kind = ?1) \
+       AND (CAST(?2 AS TEXT) IS NULL OR data_location IS NULL OR lower(data_location) = lower(?2)) \
+       AND (CAST(?3 AS TEXT) IS NULL OR model IS NULL OR model = ?3 OR model = ?3 || ':latest' OR ?3 = model || ':latest') \
+     GROUP BY state";
+
 /// Queued and leased jobs per exact (kind, residency, model), the gauges' split.
 pub const SELECT_SCALING_GROUPS: &str = "SELECT kind, COALESCE(data_location, ''), COALESCE(model, ''), \
             SUM(state = 'queued'), SUM(state = 'leased'), MIN(CASE WHEN state = 'queued' THEN ready_at END) \
+     FROM jobs WHERE state IN ('queued', 'leased') GROUP BY 1, 2, 3";
+
+/// PostgreSQL counts with `FILTER` (a boolean does not sum).
+pub const SELECT_SCALING_GROUPS_PG: &str = "SELECT kind, COALESCE(data_location, ''), COALESCE(model, ''), \
+            count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'leased'), MIN(CASE WHEN state = 'queued' THEN ready_at END) \
      FROM jobs WHERE state IN ('queued', 'leased') GROUP BY 1, 2, 3";
 
 /// What the scaling numbers are asked for; `None` matches everything.
@@ -82,26 +97,25 @@ fn view(
 }
 
 /// The scaling numbers of the work `filter` matches, at `now`.
-pub fn scaling(
-    conn: &Connection,
-    filter: &ScalingFilter,
-    now: i64,
-) -> Result<ScalingView, StoreError> {
+pub fn scaling(db: &dyn Db, filter: &ScalingFilter, now: i64) -> Result<ScalingView, StoreError> {
     let area = filter.region.as_deref().map(area_of_region);
-    let mut stmt = conn.prepare_cached(SELECT_SCALING_COUNTS)?;
-    let mut rows = stmt.query(params![filter.kind, area, filter.model])?;
     let (mut queued, mut leased, mut oldest) = (0, 0, None);
-    while let Some(r) = rows.next()? {
-        let state: String = r.get(0)?;
-        let n: i64 = r.get(1)?;
-        if state == "queued" {
-            queued = n as u64;
-            oldest = r.get(2)?;
-        } else {
-            leased = n as u64;
-        }
-    }
-    let nodes = super::list_nodes(conn)?;
+    db.for_each(
+        db.pick(SELECT_SCALING_COUNTS, SELECT_SCALING_COUNTS_PG),
+        args![filter.kind, area, filter.model],
+        &mut |r| {
+            let state: String = r.get(0)?;
+            let n: i64 = r.get(1)?;
+            if state == "queued" {
+                queued = n as u64;
+                oldest = r.get(2)?;
+            } else {
+                leased = n as u64;
+            }
+            Ok(true)
+        },
+    )?;
+    let nodes = super::list_nodes(db)?;
     Ok(view(filter, (queued, leased, oldest), &nodes, now))
 }
 
@@ -110,25 +124,26 @@ pub fn scaling(
 /// `max_groups` of them; the rest are summed into one group whose labels
 /// are all `other`. A job naming no model or residency has `""` there.
 pub fn scaling_groups(
-    conn: &Connection,
+    db: &dyn Db,
     now: i64,
     max_groups: usize,
 ) -> Result<Vec<ScalingView>, StoreError> {
-    let mut stmt = conn.prepare_cached(SELECT_SCALING_GROUPS)?;
-    let mut groups = stmt
-        .query_map([], |r| {
+    let mut groups = db.many(
+        db.pick(SELECT_SCALING_GROUPS, SELECT_SCALING_GROUPS_PG),
+        args![],
+        |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)? as u64,
-                r.get::<_, i64>(4)? as u64,
-                r.get::<_, Option<i64>>(5)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<i64>(3)? as u64,
+                r.get::<i64>(4)? as u64,
+                r.get::<Option<i64>>(5)?,
             ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     groups.sort_by(|a, b| (b.3 + b.4).cmp(&(a.3 + a.4)).then_with(|| a.0.cmp(&b.0)));
-    let nodes = super::list_nodes(conn)?;
+    let nodes = super::list_nodes(db)?;
     let mut out = Vec::new();
     let mut rest = (0, 0, None::<i64>);
     for (idx, (kind, area, model, queued, leased, oldest)) in groups.into_iter().enumerate() {

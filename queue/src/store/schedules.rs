@@ -1,25 +1,43 @@
-//! Recurring jobs: schedule rows, and firing the slots that came due. A slot
-//! fires by submitting the schedule's job with the idempotency key
-//! `schedule:<name>:<slot ms>`, so a slot never fires twice — not across a
-//! restart, not with two coordinators on one database.
+//! Recurring jobs: schedule rows, and firing the slots that came due. A tick
+//! claims a schedule's due slots by moving its `next_fire_at` only if it
+//! still holds the slot it read (on PostgreSQL it also locks the row, and
+//! another coordinator's tick passes over it), then submits the schedule's
+//! job with the idempotency key `schedule:<name>:<slot ms>`: a slot never
+//! fires twice — not across a restart, not with two coordinators on one
+//! database.
 
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
 use kobo_protocol::{CatchUp, ScheduleView, SubmitJob};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
 use super::jobs::{Changes, insert_job};
+use super::sql::{Db, Dialect, Row, args};
 use crate::security::Sealer;
 
 pub const INSERT_SCHEDULE: &str = "INSERT INTO schedules (name, cron, job, catch_up, next_fire_at, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+/// On PostgreSQL a failed statement spoils the whole transaction: a taken
+/// name inserts nothing instead of failing.
+pub const INSERT_SCHEDULE_PG: &str = "INSERT INTO schedules (name, cron, job, catch_up, next_fire_at, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING";
 pub const SELECT_SCHEDULES: &str = "SELECT name, cron, job, catch_up, paused, next_fire_at, last_fired_at, last_job_id, created_at, created_by FROM schedules ORDER BY name";
 pub const SELECT_DUE_SCHEDULES: &str = "SELECT name, cron, job, catch_up, next_fire_at, last_fired_at FROM schedules WHERE paused = 0 AND next_fire_at <= ?1 ORDER BY next_fire_at LIMIT 100";
-pub const FIRED_SCHEDULE: &str = "UPDATE schedules SET next_fire_at = ?2, last_fired_at = coalesce(?3, last_fired_at), last_job_id = coalesce(?4, last_job_id) WHERE name = ?1";
+/// PostgreSQL: two coordinators' ticks may run at once (SQLite has one
+/// writer). Each locks the due rows it fires until it commits; the other
+/// passes over them, and after the commit their `next_fire_at` is past.
+pub const SELECT_DUE_SCHEDULES_PG: &str = "SELECT name, cron, job, catch_up, next_fire_at, last_fired_at FROM schedules WHERE paused = 0 AND next_fire_at <= ?1 ORDER BY next_fire_at LIMIT 100 FOR UPDATE SKIP LOCKED";
+/// Claims the due slots of a schedule by moving it to its next slot, only
+/// if it still is where the firing read it (`?3`): a compare-and-set, so of
+/// two firings that read the same row one changes it and fires, the other
+/// changes nothing and fires nothing.
+pub const CLAIM_SCHEDULE: &str =
+    "UPDATE schedules SET next_fire_at = ?2 WHERE name = ?1 AND next_fire_at = ?3 AND paused = 0";
+pub const FIRED_SCHEDULE: &str =
+    "UPDATE schedules SET last_fired_at = ?2, last_job_id = ?3 WHERE name = ?1";
 pub const PAUSE_SCHEDULE: &str =
     "UPDATE schedules SET paused = ?2, next_fire_at = coalesce(?3, next_fire_at) WHERE name = ?1";
 pub const DELETE_SCHEDULE: &str = "DELETE FROM schedules WHERE name = ?1";
+pub const SELECT_SCHEDULE_CRON: &str = "SELECT cron FROM schedules WHERE name = ?1";
 
 /// Most jobs one schedule fires in one tick when catching up slot by slot.
 const MAX_CATCH_UP: usize = 100;
@@ -43,7 +61,7 @@ pub fn next_slot(schedule: &cron::Schedule, after_ms: i64) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-fn view(r: &rusqlite::Row<'_>, sealer: &Sealer) -> Result<ScheduleView, StoreError> {
+fn view(r: &Row<'_>, sealer: &Sealer) -> Result<ScheduleView, StoreError> {
     let job_text: String = r.get(2)?;
     let job = sealer
         .open("schedule", &job_text)
@@ -76,7 +94,7 @@ pub struct NewSchedule<'a> {
 }
 
 pub fn insert_schedule(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     sealer: &Sealer,
     new: NewSchedule<'_>,
@@ -97,23 +115,26 @@ pub fn insert_schedule(
     } else {
         text
     };
-    let inserted = tx.prepare_cached(INSERT_SCHEDULE)?.execute(params![
-        name,
-        expression,
-        text,
-        catch_up.as_str(),
-        next,
-        now,
-        created_by
-    ]);
+    let inserted = db.execute(
+        db.pick(INSERT_SCHEDULE, INSERT_SCHEDULE_PG),
+        args![
+            name,
+            expression,
+            text,
+            catch_up.as_str(),
+            next,
+            now,
+            created_by
+        ],
+    );
+    let taken = || StoreError::Conflict(format!("a schedule named {name} exists"));
     match inserted {
-        Err(rusqlite::Error::SqliteFailure(e, _))
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            return Err(StoreError::Conflict(format!(
-                "a schedule named {name} exists"
-            )));
+            return Err(taken());
         }
+        Ok(0) if db.dialect() == Dialect::Postgres => return Err(taken()),
         other => other?,
     };
     Ok(ScheduleView {
@@ -131,27 +152,14 @@ pub fn insert_schedule(
     })
 }
 
-pub fn list_schedules(conn: &Connection, sealer: &Sealer) -> Result<Vec<ScheduleView>, StoreError> {
-    let mut stmt = conn.prepare_cached(SELECT_SCHEDULES)?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(view(r, sealer)?);
-    }
-    Ok(out)
+pub fn list_schedules(db: &dyn Db, sealer: &Sealer) -> Result<Vec<ScheduleView>, StoreError> {
+    db.many(SELECT_SCHEDULES, args![], |r| view(r, sealer))
 }
 
 /// Pauses or resumes; resuming starts from the next slot after now.
-pub fn pause_schedule(
-    tx: &Transaction<'_>,
-    now: i64,
-    name: &str,
-    paused: bool,
-) -> Result<(), StoreError> {
-    let expression: Option<String> = tx
-        .prepare_cached("SELECT cron FROM schedules WHERE name = ?1")?
-        .query_row([name], |r| r.get(0))
-        .optional()?;
+pub fn pause_schedule(db: &dyn Db, now: i64, name: &str, paused: bool) -> Result<(), StoreError> {
+    let expression: Option<String> =
+        db.optional(SELECT_SCHEDULE_CRON, args![name], |r| r.get(0))?;
     let expression =
         expression.ok_or_else(|| StoreError::NotFound(format!("no schedule {name}")))?;
     let next = if paused {
@@ -159,13 +167,12 @@ pub fn pause_schedule(
     } else {
         next_slot(&parse_cron(&expression).map_err(StoreError::Corrupt)?, now)
     };
-    tx.prepare_cached(PAUSE_SCHEDULE)?
-        .execute(params![name, paused, next])?;
+    db.execute(PAUSE_SCHEDULE, args![name, paused, next])?;
     Ok(())
 }
 
-pub fn delete_schedule(tx: &Transaction<'_>, name: &str) -> Result<(), StoreError> {
-    if tx.prepare_cached(DELETE_SCHEDULE)?.execute([name])? == 0 {
+pub fn delete_schedule(db: &dyn Db, name: &str) -> Result<(), StoreError> {
+    if db.execute(DELETE_SCHEDULE, args![name])? == 0 {
         return Err(StoreError::NotFound(format!("no schedule {name}")));
     }
     Ok(())
@@ -175,18 +182,17 @@ pub fn delete_schedule(tx: &Transaction<'_>, name: &str) -> Result<(), StoreErro
 /// `now`, caught up once (the latest), all, or not at all, as the schedule
 /// says. Returns the (schedule, job id) fired.
 pub fn fire_due_schedules(
-    tx: &Transaction<'_>,
+    db: &dyn Db,
     now: i64,
     sealer: &Sealer,
     default_max_attempts: u32,
     changes: &mut Changes,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    let due: Vec<(String, String, String, String, i64)> = tx
-        .prepare_cached(SELECT_DUE_SCHEDULES)?
-        .query_map([now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
+    let due: Vec<(String, String, String, String, i64)> = db.many(
+        db.pick(SELECT_DUE_SCHEDULES, SELECT_DUE_SCHEDULES_PG),
+        args![now],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
     let mut fired = Vec::new();
     for (name, expression, job_text, catch_up, next_fire_at) in due {
         let schedule = parse_cron(&expression).map_err(StoreError::Corrupt)?;
@@ -195,6 +201,10 @@ pub fn fire_due_schedules(
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let job: SubmitJob = serde_json::from_str(&job_text)
             .map_err(|e| StoreError::Corrupt(format!("schedule {name}: {e}")))?;
+        let next = next_slot(&schedule, now).unwrap_or(i64::MAX);
+        if db.execute(CLAIM_SCHEDULE, args![name, next, next_fire_at])? == 0 {
+            continue;
+        }
         // Every slot from the one that came due up to now.
         let mut slots = vec![next_fire_at];
         slots.extend(
@@ -227,7 +237,7 @@ pub fn fire_due_schedules(
             let mut spec = job.clone();
             spec.idempotency_key = Some(format!("schedule:{name}:{slot}"));
             let answer = insert_job(
-                tx,
+                db,
                 now,
                 sealer,
                 default_max_attempts,
@@ -238,13 +248,9 @@ pub fn fire_due_schedules(
             fired.push((name.clone(), answer.id));
             last = Some((*slot, answer.id));
         }
-        let next = next_slot(&schedule, now).unwrap_or(i64::MAX);
-        tx.prepare_cached(FIRED_SCHEDULE)?.execute(params![
-            name,
-            next,
-            last.map(|(slot, _)| slot),
-            last.map(|(_, id)| id)
-        ])?;
+        if let Some((slot, id)) = last {
+            db.execute(FIRED_SCHEDULE, args![name, slot, id])?;
+        }
     }
     Ok(fired)
 }

@@ -30,9 +30,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every query constant of the store, for the test that prepares them all.
 pub const QUERIES: &[&str] = &[
-    super::scaling::SELECT_SCALING_COUNTS,
-    super::scaling::SELECT_SCALING_GROUPS,
-    super::views::SELECT_LEASE_HOLDER,
     super::timed::REFRESH_NODES_AFTER_RESTART,
     super::timed::REFRESH_LEASES_AFTER_RESTART,
     super::jobs::INSERT_JOB,
@@ -56,17 +53,7 @@ pub const QUERIES: &[&str] = &[
     super::timed::SELECT_DUE_SCHEDULED,
     super::timed::SELECT_EXPIRED_LEASES,
     super::timed::SELECT_LOST_NODES,
-    super::timed::SELECT_NEXT_WAKEUP,
     super::timed::SELECT_LOCALITY_EXPIRED,
-    super::fleet::SELECT_FLEET,
-    super::fleet::SELECT_SPEEDS,
-    super::fleet::SET_NODE_STATUS,
-    super::schedules::INSERT_SCHEDULE,
-    super::schedules::SELECT_SCHEDULES,
-    super::schedules::SELECT_DUE_SCHEDULES,
-    super::schedules::FIRED_SCHEDULE,
-    super::schedules::PAUSE_SCHEDULE,
-    super::schedules::DELETE_SCHEDULE,
     super::nodes::UPSERT_NODE,
     super::nodes::SELECT_INSTANCE,
     super::nodes::SELECT_PROFILE,
@@ -77,45 +64,6 @@ pub const QUERIES: &[&str] = &[
     super::nodes::SELECT_NODES,
     super::nodes::SELECT_LATEST_METRICS,
     super::nodes::COUNT_RUNNING,
-    super::observe::SELECT_LAST_ROLLUP,
-    super::observe::SELECT_FIRST_RAW_FROM,
-    super::observe::ROLLUP_METRICS,
-    super::observe::PRUNE_METRICS_MINUTE,
-    super::observe::SELECT_QUEUE_SUMMARY,
-    super::observe::SELECT_LATEST_JOBS,
-    super::observe::SELECT_NODE_RECENT,
-    super::observe::SELECT_JOB_COUNTS,
-    super::observe::SELECT_LAST_EVENT_ID,
-    super::observe::SELECT_EVENTS_AFTER,
-    super::observe::SELECT_EVENT_AT_FROM,
-    super::observe::SELECT_EVENT_ID_RANGE,
-    super::observe::SELECT_USAGE_MINUTES,
-    super::observe::SELECT_USAGE_RAW,
-    super::views::SELECT_JOB,
-    super::views::SELECT_ATTEMPTS,
-    super::views::SELECT_EVENTS,
-    super::security::INSERT_API_KEY,
-    super::security::SELECT_API_KEYS,
-    super::security::REVOKE_API_KEY,
-    super::security::UPDATE_API_KEY_POLICY,
-    super::security::INSERT_TOKEN,
-    super::security::SELECT_TOKEN,
-    super::security::USE_TOKEN,
-    super::security::INSERT_CERTIFICATE,
-    super::security::SELECT_VALID_CERTIFICATES,
-    super::security::REVOKE_NODE_CERTIFICATES,
-    super::security::REVOKE_NODE,
-    super::enroll::INSERT_ENROLL_KEY,
-    super::enroll::SELECT_ENROLL_KEYS,
-    super::enroll::COUNT_ENROLLMENT,
-    super::enroll::REVOKE_ENROLL_KEY,
-    super::enroll::SELECT_LIVE_NODE,
-    super::enroll::SELECT_RETIRABLE,
-    super::enroll::RETIRE_NODE,
-    super::audit::SELECT_LAST_AUDIT_HASH,
-    super::audit::INSERT_AUDIT,
-    super::audit::SELECT_AUDIT,
-    super::audit::SELECT_AUDIT_ALL,
 ];
 
 /// The queries of the store functions ported to [`super::sql::Db`], as
@@ -211,6 +159,194 @@ pub const PORTED_QUERIES: &[(&str, &str)] = &[
     (
         super::timed::REFRESH_LEASES_AFTER_RESTART,
         super::timed::REFRESH_LEASES_AFTER_RESTART_PG,
+    ),
+    (
+        super::security::INSERT_API_KEY,
+        super::security::INSERT_API_KEY,
+    ),
+    (
+        super::security::SELECT_API_KEYS,
+        super::security::SELECT_API_KEYS,
+    ),
+    (
+        super::security::REVOKE_API_KEY,
+        super::security::REVOKE_API_KEY,
+    ),
+    (
+        super::security::UPDATE_API_KEY_POLICY,
+        super::security::UPDATE_API_KEY_POLICY,
+    ),
+    (super::security::INSERT_TOKEN, super::security::INSERT_TOKEN),
+    (
+        super::security::SELECT_TOKEN,
+        super::security::SELECT_TOKEN_PG,
+    ),
+    (super::security::USE_TOKEN, super::security::USE_TOKEN),
+    (
+        super::security::INSERT_CERTIFICATE,
+        super::security::INSERT_CERTIFICATE,
+    ),
+    (
+        super::security::SELECT_VALID_CERTIFICATES,
+        super::security::SELECT_VALID_CERTIFICATES,
+    ),
+    (
+        super::security::REVOKE_NODE_CERTIFICATES,
+        super::security::REVOKE_NODE_CERTIFICATES,
+    ),
+    (super::security::REVOKE_NODE, super::security::REVOKE_NODE),
+    (
+        super::enroll::INSERT_ENROLL_KEY,
+        super::enroll::INSERT_ENROLL_KEY,
+    ),
+    (
+        super::enroll::SELECT_ENROLL_KEYS,
+        super::enroll::SELECT_ENROLL_KEYS_PG,
+    ),
+    (
+        super::enroll::COUNT_ENROLLMENT,
+        super::enroll::COUNT_ENROLLMENT,
+    ),
+    (
+        super::enroll::REVOKE_ENROLL_KEY,
+        super::enroll::REVOKE_ENROLL_KEY,
+    ),
+    (
+        super::enroll::SELECT_LIVE_NODE,
+        super::enroll::SELECT_LIVE_NODE,
+    ),
+    (
+        super::enroll::SELECT_RETIRABLE,
+        super::enroll::SELECT_RETIRABLE,
+    ),
+    (super::enroll::RETIRE_NODE, super::enroll::RETIRE_NODE),
+    (
+        super::audit::SELECT_LAST_AUDIT_HASH,
+        super::audit::SELECT_LAST_AUDIT_HASH,
+    ),
+    (super::audit::INSERT_AUDIT, super::audit::INSERT_AUDIT),
+    (super::audit::SELECT_AUDIT, super::audit::SELECT_AUDIT),
+    (
+        super::audit::SELECT_AUDIT_ALL,
+        super::audit::SELECT_AUDIT_ALL,
+    ),
+    (
+        super::scaling::SELECT_SCALING_COUNTS,
+        super::scaling::SELECT_SCALING_COUNTS_PG,
+    ),
+    (
+        super::scaling::SELECT_SCALING_GROUPS,
+        super::scaling::SELECT_SCALING_GROUPS_PG,
+    ),
+    (
+        super::views::SELECT_LEASE_HOLDER,
+        super::views::SELECT_LEASE_HOLDER,
+    ),
+    (
+        super::views::SELECT_QUEUE_POSITION,
+        super::views::SELECT_QUEUE_POSITION,
+    ),
+    (super::views::SELECT_JOB, super::views::SELECT_JOB),
+    (super::views::SELECT_ATTEMPTS, super::views::SELECT_ATTEMPTS),
+    (super::views::SELECT_EVENTS, super::views::SELECT_EVENTS),
+    (
+        super::timed::SELECT_NEXT_WAKEUP,
+        super::timed::SELECT_NEXT_WAKEUP_PG,
+    ),
+    (super::fleet::SELECT_FLEET, super::fleet::SELECT_FLEET),
+    (
+        super::fleet::SELECT_FLEET_NODE,
+        super::fleet::SELECT_FLEET_NODE,
+    ),
+    (super::fleet::SELECT_SPEEDS, super::fleet::SELECT_SPEEDS_PG),
+    (super::fleet::SET_NODE_STATUS, super::fleet::SET_NODE_STATUS),
+    (
+        super::fleet::SELECT_NODE_STATUS,
+        super::fleet::SELECT_NODE_STATUS,
+    ),
+    (
+        super::schedules::INSERT_SCHEDULE,
+        super::schedules::INSERT_SCHEDULE_PG,
+    ),
+    (
+        super::schedules::SELECT_SCHEDULES,
+        super::schedules::SELECT_SCHEDULES,
+    ),
+    (
+        super::schedules::SELECT_DUE_SCHEDULES,
+        super::schedules::SELECT_DUE_SCHEDULES_PG,
+    ),
+    (
+        super::schedules::CLAIM_SCHEDULE,
+        super::schedules::CLAIM_SCHEDULE,
+    ),
+    (
+        super::schedules::FIRED_SCHEDULE,
+        super::schedules::FIRED_SCHEDULE,
+    ),
+    (
+        super::schedules::PAUSE_SCHEDULE,
+        super::schedules::PAUSE_SCHEDULE,
+    ),
+    (
+        super::schedules::DELETE_SCHEDULE,
+        super::schedules::DELETE_SCHEDULE,
+    ),
+    (
+        super::schedules::SELECT_SCHEDULE_CRON,
+        super::schedules::SELECT_SCHEDULE_CRON,
+    ),
+    (
+        super::observe::SELECT_LAST_ROLLUP,
+        super::observe::SELECT_LAST_ROLLUP,
+    ),
+    (
+        super::observe::SELECT_FIRST_RAW_FROM,
+        super::observe::SELECT_FIRST_RAW_FROM,
+    ),
+    (
+        super::observe::ROLLUP_METRICS,
+        super::observe::ROLLUP_METRICS_PG,
+    ),
+    (
+        super::observe::PRUNE_METRICS_MINUTE,
+        super::observe::PRUNE_METRICS_MINUTE,
+    ),
+    (
+        super::observe::SELECT_QUEUE_SUMMARY,
+        super::observe::SELECT_QUEUE_SUMMARY,
+    ),
+    (
+        super::observe::SELECT_LATEST_JOBS,
+        super::observe::SELECT_LATEST_JOBS,
+    ),
+    (
+        super::observe::SELECT_NODE_RECENT,
+        super::observe::SELECT_NODE_RECENT_PG,
+    ),
+    (
+        super::observe::SELECT_JOB_COUNTS_AND_LAST_EVENT,
+        super::observe::SELECT_JOB_COUNTS_AND_LAST_EVENT,
+    ),
+    (
+        super::observe::SELECT_EVENTS_AFTER,
+        super::observe::SELECT_EVENTS_AFTER,
+    ),
+    (
+        super::observe::SELECT_EVENT_AT_FROM,
+        super::observe::SELECT_EVENT_AT_FROM,
+    ),
+    (
+        super::observe::SELECT_EVENT_ID_RANGE,
+        super::observe::SELECT_EVENT_ID_RANGE,
+    ),
+    (
+        super::observe::SELECT_USAGE_MINUTES,
+        super::observe::SELECT_USAGE_MINUTES_PG,
+    ),
+    (
+        super::observe::SELECT_USAGE_RAW,
+        super::observe::SELECT_USAGE_RAW_PG,
     ),
 ];
 

@@ -2,7 +2,6 @@
 //! lost nodes, and when the next of these is due.
 
 use kobo_protocol::{JobId, JobState};
-use rusqlite::Connection;
 
 use super::jobs::{Changes, Event, ReadyJob, Retry, insert_event};
 use super::leases::{release_leases, release_node_leases};
@@ -15,6 +14,8 @@ pub const SELECT_DUE_SCHEDULED: &str = "SELECT id, kind, req_capabilities, req_g
 pub const SELECT_EXPIRED_LEASES: &str = "SELECT id, lease_token FROM jobs WHERE state = 'leased' AND lease_expires_at <= ?1 ORDER BY lease_expires_at LIMIT ?2";
 pub const SELECT_LOST_NODES: &str = "SELECT node_id FROM nodes WHERE status IN ('active', 'draining', 'drained') AND last_heartbeat_at < ?1";
 pub const SELECT_NEXT_WAKEUP: &str = "SELECT min(t) FROM (SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled' UNION ALL SELECT min(lease_expires_at) FROM jobs WHERE state = 'leased' UNION ALL SELECT min(last_heartbeat_at) + ?1 FROM nodes WHERE status IN ('active', 'draining', 'drained') UNION ALL SELECT min(locality_until) FROM jobs WHERE state = 'queued' AND locality_until > 0 UNION ALL SELECT min(next_fire_at) FROM schedules WHERE paused = 0)";
+/// PostgreSQL names every subquery in `FROM`.
+pub const SELECT_NEXT_WAKEUP_PG: &str = "SELECT min(t) FROM (SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled' UNION ALL SELECT min(lease_expires_at) FROM jobs WHERE state = 'leased' UNION ALL SELECT min(last_heartbeat_at) + ?1 FROM nodes WHERE status IN ('active', 'draining', 'drained') UNION ALL SELECT min(locality_until) FROM jobs WHERE state = 'queued' AND locality_until > 0 UNION ALL SELECT min(next_fire_at) FROM schedules WHERE paused = 0) AS due";
 
 /// Rows handled per timed transition per transaction, so one tick never holds
 /// the writer for long; the timer comes straight back for the rest.
@@ -147,10 +148,12 @@ pub fn mark_lost_nodes(
 }
 
 /// When the next timed transition is due (`None`: nothing pending).
-pub fn next_wakeup(conn: &Connection, lost_after_ms: u64) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached(SELECT_NEXT_WAKEUP)?
-        .query_row([lost_after_ms as i64 + 1], |r| r.get(0))?)
+pub fn next_wakeup(db: &dyn Db, lost_after_ms: u64) -> Result<Option<i64>, StoreError> {
+    db.one(
+        db.pick(SELECT_NEXT_WAKEUP, SELECT_NEXT_WAKEUP_PG),
+        args![lost_after_ms as i64 + 1],
+        |r| r.get(0),
+    )
 }
 
 pub const SELECT_LOCALITY_EXPIRED: &str = "SELECT id, kind, req_capabilities, req_gpu, confidential, data_location, model, prefer_region, prefer_node, submitted_by, session IS NOT NULL AND prefer_node IS NOT NULL FROM jobs WHERE state = 'queued' AND locality_until > 0 AND locality_until <= ?1 ORDER BY locality_until LIMIT ?2";

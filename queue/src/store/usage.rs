@@ -2,9 +2,9 @@
 //! window, with the key's name when the actor is an API key.
 
 use kobo_protocol::{UsageGroup, UsageRow};
-use rusqlite::{Connection, params};
 
 use super::StoreError;
+use super::sql::{Db, Dialect, args};
 
 /// An hour of usage, in milliseconds (the table's bucket).
 const HOUR_MS: i64 = 3_600_000;
@@ -30,7 +30,7 @@ fn column(group: UsageGroup) -> &'static str {
 }
 
 /// The usage matching `filter`, one row per group, ordered by the groups.
-pub fn usage(conn: &Connection, filter: &UsageFilter) -> Result<Vec<UsageRow>, StoreError> {
+pub fn usage(db: &dyn Db, filter: &UsageFilter) -> Result<Vec<UsageRow>, StoreError> {
     let has = |g| filter.group.contains(&g);
     let columns: Vec<&str> = UsageGroup::ALL
         .into_iter()
@@ -47,22 +47,32 @@ pub fn usage(conn: &Connection, filter: &UsageFilter) -> Result<Vec<UsageRow>, S
     } else {
         "NULL"
     };
-    let sql = format!(
-        "SELECT {}, {name}, COUNT(*), SUM(u.requests), SUM(u.prompt_tokens), SUM(u.completion_tokens), SUM(u.llm_ms) \
-         FROM usage u LEFT JOIN api_keys k ON u.key = 'apikey:' || k.id \
-         WHERE (?1 IS NULL OR u.key = ?1) AND (?2 IS NULL OR u.hour > ?2 - {HOUR_MS}) AND (?3 IS NULL OR u.hour < ?3){group_by}",
-        columns.join(", ")
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![filter.actor, filter.since, filter.until], |r| {
-        let text = |i: usize| -> rusqlite::Result<Option<String>> {
-            Ok(r.get::<_, Option<String>>(i)?.filter(|s| !s.is_empty()))
+    let sql = match db.dialect() {
+        Dialect::Sqlite => format!(
+            "SELECT {}, {name}, COUNT(*), SUM(u.requests), SUM(u.prompt_tokens), SUM(u.completion_tokens), SUM(u.llm_ms) \
+             FROM usage u LEFT JOIN api_keys k ON u.key = 'apikey:' || k.id \
+             WHERE (?1 IS NULL OR u.key = ?1) AND (?2 IS NULL OR u.hour > ?2 - {HOUR_MS}) AND (?3 IS NULL OR u.hour < ?3){group_by}",
+            columns.join(", ")
+        ),
+        // PostgreSQL's `sum` of `bigint` is `numeric`, and a parameter only
+        // tested for NULL has no type (one compared with a literal would be
+        // an `integer`): cast to what SQLite answers and binds.
+        Dialect::Postgres => format!(
+            "SELECT {}, {name}, COUNT(*), CAST(SUM(u.requests) AS BIGINT), CAST(SUM(u.prompt_tokens) AS BIGINT), CAST(SUM(u.completion_tokens) AS BIGINT), CAST(SUM(u.llm_ms) AS BIGINT) \
+             FROM usage u LEFT JOIN api_keys k ON u.key = 'apikey:' || k.id \
+             WHERE (CAST(?1 AS TEXT) IS NULL OR u.key = ?1) AND (CAST(?2 AS BIGINT) IS NULL OR u.hour > CAST(?2 AS BIGINT) - {HOUR_MS}) AND (CAST(?3 AS BIGINT) IS NULL OR u.hour < ?3){group_by}",
+            columns.join(", ")
+        ),
+    };
+    let rows = db.many(&sql, args![filter.actor, filter.since, filter.until], |r| {
+        let text = |i: usize| -> Result<Option<String>, StoreError> {
+            Ok(r.get::<Option<String>>(i)?.filter(|s| !s.is_empty()))
         };
-        let count = |i: usize| -> rusqlite::Result<u64> {
-            Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+        let count = |i: usize| -> Result<u64, StoreError> {
+            Ok(r.get::<Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
         };
         Ok((
-            r.get::<_, i64>(5)?,
+            r.get::<i64>(5)?,
             UsageRow {
                 hour: r.get(0)?,
                 key: text(1)?,
@@ -77,8 +87,7 @@ pub fn usage(conn: &Connection, filter: &UsageFilter) -> Result<Vec<UsageRow>, S
         ))
     })?;
     let mut out = Vec::new();
-    for row in rows {
-        let (matched, row) = row?;
+    for (matched, row) in rows {
         // Ungrouped, SQL answers one row even when nothing matched.
         if matched > 0 {
             out.push(row);

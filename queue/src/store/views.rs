@@ -6,8 +6,8 @@ use kobo_protocol::{
     AttemptView, JobDetail, JobEventView, JobId, JobListQuery, JobView, LlmOutput, LlmRequest,
     Preferences, Requirements,
 };
-use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
 
+use super::sql::{Db, Param, Row, args};
 use super::{StoreError, parse_list, parse_state};
 use crate::routing::JobNeeds;
 use crate::security::Sealer;
@@ -63,7 +63,7 @@ fn job_view(r: &Row<'_>, reveal: &Reveal<'_>) -> Result<(JobView, JobNeeds), Sto
     };
     let job = JobView {
         id: r.get(0)?,
-        state: parse_state(&r.get::<_, String>(1)?)?,
+        state: parse_state(&r.get::<String>(1)?)?,
         kind: r.get(2)?,
         model: r.get(3)?,
         priority: r.get(4)?,
@@ -88,7 +88,7 @@ fn job_view(r: &Row<'_>, reveal: &Reveal<'_>) -> Result<(JobView, JobNeeds), Sto
     };
     let needs = JobNeeds {
         kind: job.kind.clone(),
-        capabilities: parse_list(&r.get::<_, String>(19)?)?,
+        capabilities: parse_list(&r.get::<String>(19)?)?,
         gpu: r.get(20)?,
         confidential,
         data_location: r.get(21)?,
@@ -99,27 +99,33 @@ fn job_view(r: &Row<'_>, reveal: &Reveal<'_>) -> Result<(JobView, JobNeeds), Sto
 
 /// One job with everything known about it; `None` if there is no such job.
 pub fn job_detail(
-    conn: &Connection,
+    db: &dyn Db,
     job_id: JobId,
     reveal: &Reveal<'_>,
 ) -> Result<Option<(JobDetail, JobNeeds)>, StoreError> {
-    let mut stmt = conn.prepare_cached(SELECT_JOB)?;
-    let mut rows = stmt.query([job_id])?;
-    let Some(r) = rows.next()? else {
+    let found = db.optional(SELECT_JOB, args![job_id], |r| {
+        let (job, needs) = job_view(r, reveal)?;
+        let request = if job.redacted {
+            LlmRequest {
+                model: job.model.clone(),
+                ..LlmRequest::default()
+            }
+        } else {
+            let text = reveal
+                .sealer
+                .open("request", &r.get::<String>(DETAIL_FIRST)?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("request: {e}")))?
+        };
+        let preferences = Preferences {
+            region: r.get(DETAIL_FIRST + 1)?,
+            node: r.get(DETAIL_FIRST + 2)?,
+        };
+        let timeout_ms: Option<i64> = r.get(DETAIL_FIRST + 3)?;
+        Ok((job, needs, request, preferences, timeout_ms))
+    })?;
+    let Some((job, needs, request, preferences, timeout_ms)) = found else {
         return Ok(None);
-    };
-    let (job, needs) = job_view(r, reveal)?;
-    let request = if job.redacted {
-        LlmRequest {
-            model: job.model.clone(),
-            ..LlmRequest::default()
-        }
-    } else {
-        let text = reveal
-            .sealer
-            .open("request", &r.get::<_, String>(DETAIL_FIRST)?)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("request: {e}")))?
     };
     let requirements = Requirements {
         capabilities: needs.capabilities.clone(),
@@ -127,42 +133,30 @@ pub fn job_detail(
         confidential: needs.confidential,
         data_location: needs.data_location.clone(),
     };
-    let preferences = Preferences {
-        region: r.get(DETAIL_FIRST + 1)?,
-        node: r.get(DETAIL_FIRST + 2)?,
-    };
-    let timeout_ms: Option<i64> = r.get(DETAIL_FIRST + 3)?;
-    drop(rows);
-    let attempts = conn
-        .prepare_cached(SELECT_ATTEMPTS)?
-        .query_map([job_id], |r| {
-            Ok(AttemptView {
-                attempt: r.get(0)?,
-                lease_token: r.get(1)?,
-                node_id: r.get(2)?,
-                started_at: r.get(3)?,
-                finished_at: r.get(4)?,
-                outcome: r.get(5)?,
-                error: r.get(6)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut events = Vec::new();
-    let mut stmt = conn.prepare_cached(SELECT_EVENTS)?;
-    let mut rows = stmt.query([job_id])?;
-    while let Some(r) = rows.next()? {
-        events.push(JobEventView {
+    let attempts = db.many(SELECT_ATTEMPTS, args![job_id], |r| {
+        Ok(AttemptView {
+            attempt: r.get(0)?,
+            lease_token: r.get(1)?,
+            node_id: r.get(2)?,
+            started_at: r.get(3)?,
+            finished_at: r.get(4)?,
+            outcome: r.get(5)?,
+            error: r.get(6)?,
+        })
+    })?;
+    let events = db.many(SELECT_EVENTS, args![job_id], |r| {
+        Ok(JobEventView {
             at: r.get(0)?,
             from_state: r
-                .get::<_, Option<String>>(1)?
+                .get::<Option<String>>(1)?
                 .map(|s| parse_state(&s))
                 .transpose()?,
-            to_state: parse_state(&r.get::<_, String>(2)?)?,
+            to_state: parse_state(&r.get::<String>(2)?)?,
             node_id: r.get(3)?,
             attempt: r.get(4)?,
             detail: r.get(5)?,
-        });
-    }
+        })
+    })?;
     Ok(Some((
         JobDetail {
             job,
@@ -179,36 +173,35 @@ pub fn job_detail(
 
 /// One job's summary; `None` if there is no such job.
 pub fn get_job(
-    conn: &Connection,
+    db: &dyn Db,
     job_id: JobId,
     reveal: &Reveal<'_>,
 ) -> Result<Option<JobView>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([job_id])?;
-    rows.next()?
-        .map(|r| job_view(r, reveal).map(|(job, _)| job))
-        .transpose()
+    db.optional(&sql, args![job_id], |r| {
+        job_view(r, reveal).map(|(job, _)| job)
+    })
 }
 
 /// Jobs matching `query`, newest first, with what each needs of a node.
 pub fn list_jobs(
-    conn: &Connection,
+    db: &dyn Db,
     query: &JobListQuery,
     reveal: &Reveal<'_>,
 ) -> Result<JobPage, StoreError> {
     let mut clauses = Vec::new();
-    let mut args: Vec<Value> = Vec::new();
-    if let Some(state) = query.state {
-        args.push(Value::Text(state.as_str().into()));
+    let mut args: Vec<&dyn Param> = Vec::new();
+    let state = query.state.map(|s| s.as_str());
+    if let Some(state) = &state {
+        args.push(state);
         clauses.push(format!("state = ?{}", args.len()));
     }
     if let Some(kind) = &query.kind {
-        args.push(Value::Text(kind.clone()));
+        args.push(kind);
         clauses.push(format!("kind = ?{}", args.len()));
     }
     if let Some(node) = &query.node_id {
-        args.push(Value::Text(node.clone()));
+        args.push(node);
         clauses.push(format!("node_id = ?{}", args.len()));
     }
     let where_of = |clauses: &[String]| {
@@ -219,11 +212,13 @@ pub fn list_jobs(
         }
     };
     // The total counts every page's jobs: the filters, not the cursor.
-    let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM jobs {}", where_of(&clauses)))?
-        .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
-    if let Some(after) = query.after {
-        args.push(Value::Integer(after));
+    let total: i64 = db.one(
+        &format!("SELECT count(*) FROM jobs {}", where_of(&clauses)),
+        &args,
+        |r| r.get(0),
+    )?;
+    if let Some(after) = &query.after {
+        args.push(after);
         clauses.push(format!("id < ?{}", args.len()));
     }
     let limit = query.limit.unwrap_or(DEFAULT_LIST).min(MAX_LIST);
@@ -233,12 +228,7 @@ pub fn list_jobs(
         where_of(&clauses),
         limit + 1
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    let mut jobs = Vec::new();
-    while let Some(r) = rows.next()? {
-        jobs.push(job_view(r, reveal)?);
-    }
+    let mut jobs = db.many(&sql, &args, |r| job_view(r, reveal))?;
     let more = jobs.len() > limit as usize;
     jobs.truncate(limit as usize);
     Ok(JobPage {
@@ -258,11 +248,12 @@ pub struct JobPage {
 }
 
 /// Who submitted a job (`None`: no such job).
-pub fn job_owner(conn: &Connection, job_id: JobId) -> Result<Option<Option<String>>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT submitted_by FROM jobs WHERE id = ?1")?
-        .query_row([job_id], |r| r.get(0))
-        .optional()?)
+pub fn job_owner(db: &dyn Db, job_id: JobId) -> Result<Option<Option<String>>, StoreError> {
+    db.optional(
+        "SELECT submitted_by FROM jobs WHERE id = ?1",
+        args![job_id],
+        |r| r.get(0),
+    )
 }
 
 /// A stored `route_reason` (JSON text written by the hand-off or a pull).
@@ -276,41 +267,27 @@ pub const SELECT_LEASE_HOLDER: &str = "SELECT state, node_id, lease_token FROM j
 
 /// A job's state, lease holder and current lease token.
 pub fn lease_holder(
-    conn: &Connection,
+    db: &dyn Db,
     job_id: JobId,
 ) -> Result<Option<(kobo_protocol::JobState, Option<String>, i64)>, StoreError> {
-    use rusqlite::OptionalExtension;
-    let row = conn
-        .prepare_cached(SELECT_LEASE_HOLDER)?
-        .query_row([job_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get(2)?,
-            ))
-        })
-        .optional()?;
-    row.map(|(state, node, token)| Ok((super::parse_state(&state)?, node, token)))
-        .transpose()
+    db.optional(SELECT_LEASE_HOLDER, args![job_id], |r| {
+        Ok((parse_state(&r.get::<String>(0)?)?, r.get(1)?, r.get(2)?))
+    })
 }
+
+pub const SELECT_QUEUE_POSITION: &str = "SELECT (SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.kind = me.kind \
+       AND (j.class > me.class OR (j.class = me.class AND j.submitted_by = me.submitted_by \
+         AND (j.priority > me.priority OR (j.priority = me.priority \
+           AND (j.ready_at < me.ready_at OR (j.ready_at = me.ready_at AND j.id < me.id))))))) \
+     FROM jobs me WHERE me.id = ?1 AND me.state = 'queued'";
 
 /// How many queued jobs of `job_id`'s kind will surely be leased before it:
 /// those of a higher class, and its own submitter's jobs ahead of it in the
 /// lease path's order (priority, then readiness, then id). Other
 /// submitters' jobs of its class interleave with its own by fair share, so
 /// they are not counted. `None` unless it is queued.
-pub fn queue_position(conn: &Connection, job_id: JobId) -> Result<Option<u64>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT (SELECT count(*) FROM jobs j WHERE j.state = 'queued' AND j.kind = me.kind \
-           AND (j.class > me.class OR (j.class = me.class AND j.submitted_by = me.submitted_by \
-             AND (j.priority > me.priority OR (j.priority = me.priority \
-               AND (j.ready_at < me.ready_at OR (j.ready_at = me.ready_at AND j.id < me.id))))))) \
-         FROM jobs me WHERE me.id = ?1 AND me.state = 'queued'",
-    )?;
-    let mut rows = stmt.query([job_id])?;
-    Ok(rows
-        .next()?
-        .map(|r| r.get::<_, i64>(0))
-        .transpose()?
-        .map(|n| n as u64))
+pub fn queue_position(db: &dyn Db, job_id: JobId) -> Result<Option<u64>, StoreError> {
+    Ok(db
+        .optional(SELECT_QUEUE_POSITION, args![job_id], |r| r.get::<i64>(0))?
+        .map(|n| n.max(0) as u64))
 }

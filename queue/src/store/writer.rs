@@ -1,15 +1,24 @@
-//! The writer thread: group commit of many writes per `BEGIN IMMEDIATE`
-//! transaction, each write in its own savepoint, replies sent after `COMMIT`,
-//! then the post-commit hook the engine gave it ([`AfterCommit`]). The writer
-//! does not know what the hook does: it imports nothing above the store.
+//! The writer thread: group commit of many writes per transaction
+//! (`BEGIN IMMEDIATE` on SQLite), each write in its own savepoint, replies
+//! sent after `COMMIT`, then the post-commit hook the engine gave it
+//! ([`AfterCommit`]). The writer does not know what the hook does: it imports
+//! nothing above the store.
+//!
+//! On PostgreSQL the writer holds one connection; when it breaks (the
+//! primary died, Patroni is promoting another) the group's writes fail
+//! unacknowledged and the writer reconnects through the URL's hosts, with
+//! backoff, before its next group. A [`Fence`] (the leader's epoch) is
+//! checked first in every transaction: a deposed leader writes nothing.
 
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use kobo_protocol::{JobId, Lease};
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::sql::{Db, PgConn, args};
 use super::{StoreError, unix_now_ms};
 
 /// Upper bound on writes sharing one transaction: keeps one commit's latency
@@ -43,7 +52,7 @@ pub trait AfterCommit: Send + Sync + 'static {
 /// What a write closure gets: the transaction, the time of the group, and a
 /// list of effects to run after commit.
 pub struct WriteCtx<'a> {
-    pub tx: &'a Transaction<'a>,
+    pub tx: &'a dyn Db,
     pub now: i64,
     effects: Vec<Effect>,
 }
@@ -123,6 +132,88 @@ impl From<rusqlite::Error> for Failed {
     }
 }
 
+impl From<StoreError> for Failed {
+    fn from(err: StoreError) -> Failed {
+        Failed {
+            disk_full: err.is_disk_full(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Checked at the start of every PostgreSQL write transaction, inside it:
+/// an error fails the whole group (nothing of it is written). The leader's
+/// epoch check is one.
+pub trait Fence: Send + Sync + 'static {
+    fn check(&self, tx: &dyn Db) -> Result<(), StoreError>;
+}
+
+/// What the writer writes through.
+pub(crate) enum Backend {
+    Sqlite(Connection),
+    Postgres(Box<PgWriter>),
+}
+
+/// The PostgreSQL side of the writer: a URL, the connection (none while it
+/// is being re-established) and the fence.
+pub(crate) struct PgWriter {
+    url: String,
+    conn: Option<PgConn>,
+    fence: Option<Arc<dyn Fence>>,
+}
+
+/// How long the writer keeps trying to reach a writable PostgreSQL server
+/// for one group before failing it (a Patroni promotion takes longer: the
+/// next group tries again).
+const RECONNECT_FOR: Duration = Duration::from_secs(5);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+impl PgWriter {
+    pub(crate) fn new(url: &str, conn: PgConn, fence: Option<Arc<dyn Fence>>) -> PgWriter {
+        PgWriter {
+            url: url.to_string(),
+            conn: Some(conn),
+            fence,
+        }
+    }
+
+    /// The connection, re-established if it broke.
+    fn connection(&mut self) -> Result<&mut PgConn, StoreError> {
+        if self.conn.as_ref().is_some_and(PgConn::is_closed) {
+            tracing::warn!("the store's PostgreSQL connection broke; reconnecting");
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let started = std::time::Instant::now();
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match PgConn::connect(&self.url) {
+                    Ok(conn) => {
+                        tracing::info!(
+                            after_ms = started.elapsed().as_millis() as u64,
+                            "the store reconnected to PostgreSQL"
+                        );
+                        self.conn = Some(conn);
+                        break;
+                    }
+                    Err(err) if started.elapsed() >= RECONNECT_FOR => {
+                        return Err(StoreError::Commit(format!(
+                            "no writable PostgreSQL server answers: {err}"
+                        )));
+                    }
+                    Err(_) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
+                    }
+                }
+            }
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Commit("no PostgreSQL connection".into()))
+    }
+}
+
 /// The writer thread's queue of writes; cheap to clone.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -162,20 +253,20 @@ impl WriterHandle {
 }
 
 pub(crate) fn spawn(
-    conn: Connection,
+    backend: Backend,
     hook: Arc<dyn AfterCommit>,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel::<BoxedOp>();
     let requeue = WriterHandle { tx: tx.clone() };
     std::thread::Builder::new()
         .name("kobo-store-writer".into())
-        .spawn(move || run(conn, rx, hook, requeue))
+        .spawn(move || run(backend, rx, hook, requeue))
         .map_err(|err| StoreError::Commit(format!("cannot start writer thread: {err}")))?;
     Ok(WriterHandle { tx })
 }
 
 fn run(
-    mut conn: Connection,
+    mut backend: Backend,
     rx: mpsc::Receiver<BoxedOp>,
     hook: Arc<dyn AfterCommit>,
     own: WriterHandle,
@@ -188,7 +279,10 @@ fn run(
                 Err(_) => break,
             }
         }
-        let (commit, effects) = run_group(&mut conn, &mut batch);
+        let (commit, effects) = match &mut backend {
+            Backend::Sqlite(conn) => run_group(conn, &mut batch),
+            Backend::Postgres(pg) => run_group_pg(pg, &mut batch),
+        };
         if let Err(err) = &commit {
             tracing::error!(error = %err.message, n_writes = batch.len(), "store commit failed");
         }
@@ -207,39 +301,55 @@ fn run_group(conn: &mut Connection, batch: &mut [BoxedOp]) -> (Result<(), Failed
         Ok(tx) => tx,
         Err(err) => return (Err(Failed::from(err)), Vec::new()),
     };
-    let mut ctx = WriteCtx {
-        tx: &tx,
-        now: unix_now_ms(),
-        effects: Vec::new(),
+    let effects = match run_ops(&tx, batch) {
+        Ok(effects) => effects,
+        Err(err) => return (Err(err), Vec::new()),
     };
-    for op in batch.iter_mut() {
-        if let Err(err) = run_cached(ctx.tx, &["SAVEPOINT op"]) {
-            return (Err(Failed::from(err)), Vec::new());
-        }
-        let n_effects = ctx.effects.len();
-        let ok = op.run(&mut ctx);
-        let end: &[&str] = if ok {
-            &["RELEASE op"]
-        } else {
-            ctx.effects.truncate(n_effects);
-            &["ROLLBACK TO op", "RELEASE op"]
-        };
-        if let Err(err) = run_cached(ctx.tx, end) {
-            return (Err(Failed::from(err)), Vec::new());
-        }
-    }
-    let effects = std::mem::take(&mut ctx.effects);
     match tx.commit() {
         Ok(()) => (Ok(()), effects),
         Err(err) => (Err(Failed::from(err)), Vec::new()),
     }
 }
 
-/// Runs statements through the statement cache: a savepoint per write,
-/// parsed afresh each time, was a measurable part of a small write.
-fn run_cached(tx: &Transaction<'_>, statements: &[&str]) -> rusqlite::Result<()> {
-    for sql in statements {
-        tx.prepare_cached(sql)?.execute([])?;
+fn run_group_pg(pg: &mut PgWriter, batch: &mut [BoxedOp]) -> (Result<(), Failed>, Vec<Effect>) {
+    let fence = pg.fence.clone();
+    let conn = match pg.connection() {
+        Ok(conn) => conn,
+        Err(err) => return (Err(Failed::from(err)), Vec::new()),
+    };
+    let result = (|| {
+        let tx = conn.transaction()?;
+        if let Some(fence) = &fence {
+            fence.check(&tx)?;
+        }
+        let effects = run_ops(&tx, batch).map_err(|f| StoreError::Commit(f.message))?;
+        tx.commit()?;
+        Ok::<_, StoreError>(effects)
+    })();
+    match result {
+        Ok(effects) => (Ok(()), effects),
+        Err(err) => (Err(Failed::from(err)), Vec::new()),
     }
-    Ok(())
+}
+
+/// Runs each write of a group in its own savepoint of `tx`; the effects of
+/// those that succeeded, or why the transaction itself failed.
+fn run_ops(tx: &dyn Db, batch: &mut [BoxedOp]) -> Result<Vec<Effect>, Failed> {
+    let mut ctx = WriteCtx {
+        tx,
+        now: unix_now_ms(),
+        effects: Vec::new(),
+    };
+    for op in batch.iter_mut() {
+        tx.execute("SAVEPOINT op", args![])?;
+        let n_effects = ctx.effects.len();
+        if op.run(&mut ctx) {
+            tx.execute("RELEASE op", args![])?;
+        } else {
+            ctx.effects.truncate(n_effects);
+            tx.execute("ROLLBACK TO op", args![])?;
+            tx.execute("RELEASE op", args![])?;
+        }
+    }
+    Ok(ctx.effects)
 }

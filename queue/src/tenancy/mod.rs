@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use kobo_protocol::{KeyPolicy, PriorityClass};
 
+use crate::store::sql::Db;
 use crate::store::{self, ApiKeyRecord, StoreError};
 
 pub use fair::FairShare;
@@ -61,7 +62,7 @@ impl Tenants {
     /// concurrency; the budget is read from `usage` in that transaction.
     pub fn admit(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        db: &dyn Db,
         submitter: &str,
         n: u32,
         now: i64,
@@ -79,7 +80,7 @@ impl Tenants {
             .unwrap_or_else(|| submitter.to_string());
         if let Some(budget) = policy.budget {
             let (start, resets_at) = limits::budget_period(budget.period, now);
-            let used = store::tokens_used_since(tx, submitter, start)?;
+            let used = store::tokens_used_since(db, submitter, start)?;
             if let Some(refusal) = limits::budget_refusal(&name, &policy, used, resets_at, now) {
                 return Ok(Some(refusal));
             }

@@ -1,15 +1,23 @@
 //! kobo-coord integration tests at the store level: the schema and every
 //! query, leasing cost against queue depth, and the lease state machine
-//! against a simple model; the job lifecycle on SQLite and PostgreSQL.
+//! against a simple model; the job lifecycle, nodes, the security tables,
+//! the audit chain, usage, observability reads, views, saved queries and
+//! schedules on SQLite and PostgreSQL.
 
+mod audit;
 mod backends;
 mod depth;
+mod fixture;
 mod leader;
 mod lease_model;
 mod lifecycle;
 mod nodes;
+mod observe;
+mod reporting;
 mod routing_props;
+mod schedules;
 mod schema;
+mod security;
 
 use kobo_queue::store;
 use rusqlite::Connection;

@@ -61,6 +61,7 @@ async fn serve_with_role(initial: Role) -> Served {
         gateway: kobo_queue::config::GatewayConfig::default(),
         limits: kobo_queue::config::ConnectionLimits::default(),
         checkpoints: kobo_queue::config::Checkpoints::Internal,
+        database: None,
         role: Some(receiver),
     };
     let shutdown = CancellationToken::new();

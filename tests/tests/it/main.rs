@@ -33,6 +33,7 @@ mod mcp;
 mod metrics;
 mod packaging;
 mod patroni;
+mod postgres;
 mod provision;
 mod retries;
 mod routing;

@@ -20,6 +20,8 @@ use crate::store::StoreError;
 /// 0001..0009 reach for the tables it holds.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../../sql/postgres/0001_core.sql"),
+    include_str!("../../../../sql/postgres/0002_security.sql"),
+    include_str!("../../../../sql/postgres/0003_observe.sql"),
     include_str!("../../../../sql/postgres/0004_leader.sql"),
 ];
 
@@ -85,6 +87,12 @@ impl PgConn {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Whether the connection broke (the server went away): a new one is
+    /// needed.
+    pub fn is_closed(&self) -> bool {
+        self.client.borrow().is_closed()
     }
 
     /// Starts a transaction (PostgreSQL's default, READ COMMITTED: the
