@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::store::StoreError;
 use crate::store::sql::{Db, Dialect, PgConn, args};
+use crate::store::{Fence, StoreError};
 
 /// The advisory lock key the coordinators contend for ("kobold" in ASCII;
 /// distinct from the migration lock, "kobo").
@@ -193,6 +193,35 @@ pub fn fence(db: &dyn Db, epoch: i64) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// The writer's [`Fence`] for a coordinator that campaigns: every
+/// PostgreSQL write transaction runs [`fence`] with the epoch of the role
+/// at that moment, and none runs while this coordinator stands by. Give it
+/// to `Store::open_postgres` with [`Leadership::subscribe`]'s receiver.
+pub struct LeaderFence {
+    role: watch::Receiver<Role>,
+}
+
+impl LeaderFence {
+    pub fn new(role: watch::Receiver<Role>) -> LeaderFence {
+        LeaderFence { role }
+    }
+}
+
+impl Fence for LeaderFence {
+    fn check(&self, tx: &dyn Db) -> Result<(), StoreError> {
+        let role = self.role.borrow().clone();
+        match role {
+            Role::Leader { epoch } => fence(tx, epoch),
+            Role::Standby { leader_address } => Err(StoreError::Conflict(format!(
+                "deposed: this coordinator stands by (the leader is at {})",
+                leader_address
+                    .as_deref()
+                    .unwrap_or("an address not known yet")
+            ))),
+        }
+    }
 }
 
 /// The leader row: epoch and advertised address.

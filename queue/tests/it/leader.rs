@@ -427,3 +427,51 @@ fn a_leader_that_falls_silent_loses_the_lock_to_the_standby() {
         "the silent leader's session was ended by PostgreSQL"
     );
 }
+
+#[test]
+fn the_writers_fence_follows_the_role() {
+    use kobo_queue::leader::LeaderFence;
+    use kobo_queue::store::Fence;
+
+    let Some(db) = postgres_only("the writer's leader fence") else {
+        return;
+    };
+    let mut election = elect(&db);
+    let leader = election.leader;
+    let fences = [
+        LeaderFence::new(election.contenders[0].subscribe()),
+        LeaderFence::new(election.contenders[1].subscribe()),
+    ];
+    let mut writer = db.connect();
+    writer
+        .write(|tx| fences[leader].check(tx))
+        .expect("the leader's writes pass");
+    let standby_refused = writer
+        .write(|tx| fences[1 - leader].check(tx))
+        .expect_err("a standby writes nothing");
+    assert!(
+        standby_refused
+            .to_string()
+            .starts_with("deposed: this coordinator stands by"),
+        "{standby_refused}"
+    );
+
+    let third = connect(&db);
+    let pid = lock_holder_pid(&third);
+    (&third as &dyn Db)
+        .execute("SELECT pg_terminate_backend(?1::integer)", args![pid])
+        .expect("terminate");
+    wait_role(
+        &mut election.roles[1 - leader],
+        TAKEOVER_LIMIT,
+        "the standby takes over",
+        Role::is_leader,
+    );
+    writer
+        .write(|tx| fences[1 - leader].check(tx))
+        .expect("the new leader's writes pass");
+    assert!(
+        writer.write(|tx| fences[leader].check(tx)).is_err(),
+        "the old leader writes nothing"
+    );
+}
