@@ -116,6 +116,14 @@ impl AccessCache {
         &self.hasher
     }
 
+    /// Replaces every key and certificate with the database's (a
+    /// coordinator taking the lead: others changed them meanwhile).
+    pub fn replace(&self, keys: Vec<ApiKeyRecord>, certs: Vec<(String, String)>) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) =
+            keys.into_iter().map(|k| (k.view.id.clone(), k)).collect();
+        *self.certs.write().unwrap_or_else(PoisonError::into_inner) = certs.into_iter().collect();
+    }
+
     pub fn put_key(&self, record: ApiKeyRecord) {
         self.keys
             .write()

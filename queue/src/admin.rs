@@ -65,6 +65,19 @@ impl Admin {
         }
     }
 
+    /// Reads the API keys, their policies and the valid certificates from
+    /// the database again: the start of a leadership term, when another
+    /// coordinator may have changed them.
+    pub async fn reload_access(&self) -> Result<(), StoreError> {
+        let (keys, certs) = self
+            .store
+            .read(|db| Ok((store::list_api_keys(db)?, store::valid_certificates(db)?)))
+            .await?;
+        self.hub.tenants.load(&keys);
+        self.access.replace(keys, certs);
+        Ok(())
+    }
+
     /// The CA certificate (PEM) agents and clients pin.
     pub fn ca_pem(&self) -> &str {
         &self.ca.cert_pem

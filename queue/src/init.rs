@@ -157,6 +157,13 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
     })
 }
 
+/// The leader's fence for the writer of a coordinator that shares its
+/// database with others (its role comes from a [`crate::leader::Leadership`]).
+fn fence(config: &ServeConfig) -> Option<Arc<dyn store::Fence>> {
+    let role = config.role.clone()?;
+    Some(Arc::new(crate::leader::LeaderFence::new(role)))
+}
+
 /// A running engine: what `serve` (or a test) holds.
 pub struct Engine {
     pub queue: Queue,
@@ -191,7 +198,7 @@ pub fn open(config: &ServeConfig, shutdown: CancellationToken) -> anyhow::Result
             Store::open_with(&db, hub.clone(), config.checkpoints)
                 .with_context(|| format!("opening {}", db.display()))?
         }
-        Some(url) => Store::open_postgres(url, hub.clone(), None).with_context(|| {
+        Some(url) => Store::open_postgres(url, hub.clone(), fence(config)).with_context(|| {
             format!(
                 "opening {}",
                 store::Database::Postgres(url.clone()).display()

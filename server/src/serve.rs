@@ -75,6 +75,84 @@ async fn unpark_when_deposed(
     }
 }
 
+/// The start of a leadership term (or of a lone coordinator's life): nodes
+/// and leases get fresh deadlines (the coordinator, not they, was away), the
+/// routing state and the keys are read from the database.
+async fn begin_term(queue: &kobo_queue::Queue, admin: &kobo_queue::Admin) -> anyhow::Result<()> {
+    queue
+        .recover_after_restart()
+        .await
+        .context("recovering leases after start")?;
+    queue
+        .load_routing_state()
+        .await
+        .context("loading the routing state")?;
+    admin
+        .reload_access()
+        .await
+        .context("reading the API keys and certificates")?;
+    Ok(())
+}
+
+/// Runs `work` for each term this coordinator leads, with a token cancelled
+/// when the term ends (deposed, or shut down). A role channel whose sender
+/// is gone (a lone coordinator) never changes: one term, until shutdown.
+async fn while_leading<F, Fut>(
+    mut role: tokio::sync::watch::Receiver<Role>,
+    shutdown: CancellationToken,
+    mut work: F,
+) where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        while !role.borrow_and_update().is_leader() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = role.changed() => if changed.is_err() { return },
+            }
+        }
+        let term = shutdown.child_token();
+        let mut watch = role.clone();
+        let ends = term.clone();
+        let deposed = async move {
+            loop {
+                if watch.changed().await.is_err() {
+                    // Nobody changes the role any more: the term lasts.
+                    return std::future::pending().await;
+                }
+                if !watch.borrow_and_update().is_leader() {
+                    ends.cancel();
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = work(term.clone()) => {}
+            _ = deposed => {}
+        }
+        term.cancel();
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Retires nodes lost longer than `retire_after` ms until `term` ends.
+async fn retire_lost_nodes(admin: kobo_queue::Admin, retire_after: u64, term: CancellationToken) {
+    let every = (Duration::from_millis(retire_after) / 10)
+        .clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = term.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(err) = admin.retire_lost(retire_after).await {
+            tracing::error!(error = %err, "retiring lost nodes failed");
+        }
+    }
+}
+
 /// Runs the coordinator on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
@@ -82,6 +160,37 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let local = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    let mut config = config;
+    // Coordinators sharing a PostgreSQL database elect one leader; the
+    // campaign lives as long as this function (dropping it steps down).
+    let _leadership = match (&config.database, &config.role) {
+        (Some(url), None) => {
+            // The leader row is in the schema: migrate before campaigning.
+            let prepare = url.clone();
+            tokio::task::spawn_blocking(move || {
+                kobo_queue::store::Store::prepare_postgres(&prepare)
+            })
+            .await
+            .context("preparing the database")?
+            .with_context(|| {
+                format!(
+                    "preparing {}",
+                    kobo_queue::store::Database::Postgres(url.clone()).display()
+                )
+            })?;
+            let address = client_url(config.advertise_url.as_deref(), local);
+            let leadership = kobo_queue::leader::Leadership::start(
+                kobo_queue::leader::LeadershipConfig::new(url.clone(), address),
+            );
+            config.role = Some(leadership.subscribe());
+            Some(leadership)
+        }
+        _ => None,
+    };
+    let shared = config.role.is_some();
     // Opening the store blocks (a PostgreSQL connection, a SQLite check):
     // off the runtime's threads.
     let prepared = {
@@ -91,17 +200,10 @@ pub async fn serve(
             .context("opening the store")??
     };
     let queue = prepared.queue.clone();
-    queue
-        .recover_after_restart()
-        .await
-        .context("recovering leases after start")?;
-    queue
-        .load_routing_state()
-        .await
-        .context("loading the routing state")?;
-    let local = listener
-        .local_addr()
-        .context("reading the listen address")?;
+    if !shared {
+        // A lone coordinator's one term starts here, before it serves.
+        begin_term(&queue, &prepared.admin).await?;
+    }
     write_client_file(&config.data_dir, config.advertise_url.as_deref(), local)?;
     let cert = crate::tls::ReloadingCert::new(&prepared.paths)
         .context("loading the server certificate")?;
@@ -130,25 +232,31 @@ pub async fn serve(
         local,
         &config.data_dir,
     );
-    tracker.spawn(unpark_when_deposed(role, queue.clone(), shutdown.clone()));
-    let timer_queue = queue.clone();
-    let timer_shutdown = shutdown.clone();
-    tracker.spawn(async move { timer_queue.run_timer(timer_shutdown).await });
-    let (retire_admin, retire_shutdown) = (prepared.admin.clone(), shutdown.clone());
+    tracker.spawn(unpark_when_deposed(
+        role.clone(),
+        queue.clone(),
+        shutdown.clone(),
+    ));
+    // The timer and the retiring of lost nodes write: they run while this
+    // coordinator leads (always, alone), each term after the term's start.
+    let (term_queue, term_admin) = (queue.clone(), prepared.admin.clone());
     let retire_after = config.queue.retire_lost_after_ms;
-    tracker.spawn(async move {
-        let every = (Duration::from_millis(retire_after) / 10)
-            .clamp(Duration::from_millis(100), Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = retire_shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+    tracker.spawn(while_leading(role, shutdown.clone(), move |term| {
+        let (queue, admin) = (term_queue.clone(), term_admin.clone());
+        async move {
+            if shared {
+                if let Err(err) = begin_term(&queue, &admin).await {
+                    tracing::error!(error = %err, "starting the leadership term failed");
+                    return;
+                }
+                tracing::info!("leading: leases, nodes and timers taken over");
             }
-            if let Err(err) = retire_admin.retire_lost(retire_after).await {
-                tracing::error!(error = %err, "retiring lost nodes failed");
-            }
+            tokio::join!(
+                queue.run_timer(term.clone()),
+                retire_lost_nodes(admin, retire_after, term)
+            );
         }
-    });
+    }));
     let renew_shutdown = shutdown.clone();
     let (paths, names) = (prepared.paths.clone(), pki::server_names(&config.sans));
     tracker.spawn(async move {

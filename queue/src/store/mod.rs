@@ -116,6 +116,11 @@ pub enum StoreError {
          salvage what is readable with `sqlite3 damaged.db .recover | sqlite3 kobo.db`"
     )]
     Damaged { path: PathBuf, problems: String },
+    /// The database cannot serve now, and nothing was written: PostgreSQL is
+    /// failing over or unreachable, or this coordinator is no longer the
+    /// leader. Retrying soon (at the leader) is right.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// Over a key's rate limit or budget: nothing was written but the
     /// refusal's audit row.
     #[error("{}", .0.message)]
@@ -132,6 +137,30 @@ fn pg_error_text(err: &postgres::Error) -> String {
 }
 
 impl StoreError {
+    /// Whether the database was unreachable or not writable, rather than
+    /// the request wrong: a lost connection, a server shutting down, a
+    /// primary demoted to a read-only standby, a deposed leader.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Postgres(err) => match err.code() {
+                // Not a server's answer: the connection failed or broke.
+                None => true,
+                Some(code) => {
+                    let code = code.code();
+                    // 08: connection exception; 57P: operator intervention
+                    // (shutdown, crash); 25006: read-only transaction (a
+                    // demoted primary); 53300: too many connections.
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code == "25006"
+                        || code == "53300"
+                }
+            },
+            _ => false,
+        }
+    }
+
     /// Whether the write failed because the disk is full (SQLITE_FULL).
     pub fn is_disk_full(&self) -> bool {
         match self {
@@ -306,8 +335,9 @@ impl Store {
         let pg = health::check_postgres(&conn)?;
         tracing::info!(server_version = %pg.server_version, database = %redact_password(url), "the store is on PostgreSQL");
         sql::migrate_postgres(&mut conn)?;
+        drop(conn);
         let writer = writer::spawn(
-            writer::Backend::Postgres(Box::new(writer::PgWriter::new(url, conn, fence))),
+            writer::Backend::Postgres(Box::new(writer::PgWriter::new(url, fence)?)),
             after_commit,
         )?;
         Ok(Store {
@@ -319,6 +349,15 @@ impl Store {
             database: Database::Postgres(url.to_string()),
             _checkpointer: None,
         })
+    }
+
+    /// Checks and migrates the PostgreSQL database at `url` without opening
+    /// a store: before a coordinator campaigns for leadership (its tables
+    /// must exist). Blocking.
+    pub fn prepare_postgres(url: &str) -> Result<(), StoreError> {
+        let mut conn = sql::PgConn::connect(url)?;
+        health::check_postgres(&conn)?;
+        sql::migrate_postgres(&mut conn)
     }
 
     /// Where the store keeps its data.

@@ -101,6 +101,9 @@ where
         let result = match (self.result.take(), commit) {
             (Some(Err(err)), _) => Err(err),
             (Some(Ok(value)), Ok(())) => Ok(value),
+            (Some(Ok(_)), Err(err)) if err.unavailable => {
+                Err(StoreError::Unavailable(err.message.clone()))
+            }
             (Some(Ok(_)), Err(err)) if err.disk_full => {
                 Err(StoreError::DiskFull(err.message.clone()))
             }
@@ -121,12 +124,16 @@ struct Failed {
     message: String,
     /// SQLITE_FULL: the writes get [`StoreError::DiskFull`].
     disk_full: bool,
+    /// The database cannot take writes now (a PostgreSQL failover, a
+    /// deposed leader): the writes get [`StoreError::Unavailable`].
+    unavailable: bool,
 }
 
 impl From<rusqlite::Error> for Failed {
     fn from(err: rusqlite::Error) -> Failed {
         Failed {
             disk_full: err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            unavailable: false,
             message: err.to_string(),
         }
     }
@@ -136,6 +143,7 @@ impl From<StoreError> for Failed {
     fn from(err: StoreError) -> Failed {
         Failed {
             disk_full: err.is_disk_full(),
+            unavailable: err.is_unavailable(),
             message: err.to_string(),
         }
     }
@@ -168,13 +176,27 @@ pub(crate) struct PgWriter {
 const RECONNECT_FOR: Duration = Duration::from_secs(5);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(500);
 
+/// A writer session stuck inside a transaction this long (its process
+/// SIGSTOPped mid-write, its network cut) is ended by the server, so its row
+/// locks do not hold up the next leader's writes.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
+
+/// Connects the writer's session and sets it up.
+fn writer_session(url: &str) -> Result<PgConn, StoreError> {
+    let mut conn = PgConn::connect(url)?;
+    conn.batch_execute(&format!(
+        "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}; SET application_name = 'kobo-writer'"
+    ))?;
+    Ok(conn)
+}
+
 impl PgWriter {
-    pub(crate) fn new(url: &str, conn: PgConn, fence: Option<Arc<dyn Fence>>) -> PgWriter {
-        PgWriter {
+    pub(crate) fn new(url: &str, fence: Option<Arc<dyn Fence>>) -> Result<PgWriter, StoreError> {
+        Ok(PgWriter {
             url: url.to_string(),
-            conn: Some(conn),
+            conn: Some(writer_session(url)?),
             fence,
-        }
+        })
     }
 
     /// The connection, re-established if it broke.
@@ -187,7 +209,7 @@ impl PgWriter {
             let started = std::time::Instant::now();
             let mut pause = Duration::from_millis(20);
             loop {
-                match PgConn::connect(&self.url) {
+                match writer_session(&self.url) {
                     Ok(conn) => {
                         tracing::info!(
                             after_ms = started.elapsed().as_millis() as u64,
@@ -320,7 +342,9 @@ fn run_group_pg(pg: &mut PgWriter, batch: &mut [BoxedOp]) -> (Result<(), Failed>
     let result = (|| {
         let tx = conn.transaction()?;
         if let Some(fence) = &fence {
-            fence.check(&tx)?;
+            fence
+                .check(&tx)
+                .map_err(|err| StoreError::Unavailable(err.to_string()))?;
         }
         let effects = run_ops(&tx, batch).map_err(|f| StoreError::Commit(f.message))?;
         tx.commit()?;

@@ -65,6 +65,17 @@ impl From<StoreError> for ApiError {
                 "the coordinator's disk is full: nothing was written; writes resume once space is freed in its data directory, then retry",
             );
         }
+        if err.is_unavailable() {
+            tracing::warn!(error = %err, "the database is unavailable");
+            return ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the coordinator's database is unavailable (failing over?): nothing was written; retry",
+                )
+            };
+        }
         match err {
             StoreError::JobNotFound(_) | StoreError::NodeNotFound(_) | StoreError::NotFound(_) => {
                 ApiError::not_found(err.to_string())

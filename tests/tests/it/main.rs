@@ -13,6 +13,7 @@ mod chaos_load;
 mod chaos_net;
 mod cli;
 mod cli_help;
+mod coordinators;
 mod crash;
 mod dashboard;
 mod demo;
