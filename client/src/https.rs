@@ -17,7 +17,8 @@ pub struct HttpsOptions<'a> {
     pub connect_timeout: Duration,
     /// A bound on every whole call, when set.
     pub timeout: Option<Duration>,
-    /// HTTP/2 keep-alive pings, for long-lived connections through NAT.
+    /// HTTP/2 keep-alive pings, for long-lived connections through NAT; a
+    /// ping unanswered this long fails the connection's calls.
     pub keep_alive: Option<Duration>,
     pub pool_idle_timeout: Option<Duration>,
     pub user_agent: &'static str,
@@ -52,7 +53,13 @@ pub fn https_client(options: &HttpsOptions<'_>) -> Result<reqwest::Client, Clien
         builder = builder.timeout(timeout);
     }
     if let Some(interval) = options.keep_alive {
-        builder = builder.http2_keep_alive_interval(interval);
+        // A peer that does not answer a ping within the interval is gone
+        // (a frozen or cut-off coordinator): its calls fail instead of
+        // waiting for ever.
+        builder = builder
+            .http2_keep_alive_interval(interval)
+            .http2_keep_alive_timeout(interval)
+            .http2_keep_alive_while_idle(true);
     }
     if let Some(idle) = options.pool_idle_timeout {
         builder = builder.pool_idle_timeout(idle);

@@ -97,6 +97,10 @@ impl Endpoint {
 
 /// Connect timeout for client calls.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings of client connections: a coordinator that stops answering
+/// them (frozen, cut off) fails the calls in flight after this long, so a
+/// client of several coordinators moves on to the next.
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
 
 /// Builds a client that trusts `ca_pem` only (or the system roots when none
 /// is given).
@@ -104,6 +108,7 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client> {
     https_client(&HttpsOptions {
         ca_pem,
         connect_timeout: CONNECT_TIMEOUT,
+        keep_alive: Some(KEEP_ALIVE),
         user_agent: concat!("kobo/", env!("CARGO_PKG_VERSION")),
         ..HttpsOptions::default()
     })
