@@ -18,6 +18,7 @@ use kobo_agent::coordinator::{CallError, CoordinatorClient};
 use kobo_agent::identity::{self, IdentityFiles, TlsIdentity};
 use kobo_agent::llm::{BackendKind, LlmClient, LlmConfig};
 use kobo_agent::report::Reporter;
+use kobo_agent::runner::heartbeat_pause;
 use kobo_protocol::{
     CompleteRequest, HeartbeatRequest, HeldLease, JobId, Lease, LeaseRequest, NodeMetrics, Outcome,
     RegisterRequest,
@@ -533,13 +534,14 @@ async fn run_job(agent: Arc<Running>, lease: Lease, permit: OwnedSemaphorePermit
     agent.held().remove(&lease.job_id);
 }
 
-/// Heartbeats at the coordinator's interval with the held leases.
+/// Heartbeats at the coordinator's interval, jittered as the real agent's
+/// (`kobo_agent::runner::heartbeat_pause`), with the held leases.
 async fn heartbeat_loop(agent: Arc<Running>, stop: CancellationToken) {
     let mut rtt_ms = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(agent.agent.heartbeat_interval) => {}
+            _ = tokio::time::sleep(heartbeat_pause(agent.agent.heartbeat_interval)) => {}
         }
         let running = agent
             .held()
