@@ -31,6 +31,17 @@ const RETRY_CAP: Duration = Duration::from_secs(5);
 const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
 /// How long finished results keep being offered after shutdown began.
 const REPORT_DEADLINE_ON_SHUTDOWN: Duration = Duration::from_secs(15);
+/// Each pause between heartbeats is the coordinator's interval ± this share,
+/// at random: agents the coordinator answered in the same moment (after a
+/// stall, or a restart) would otherwise heartbeat in the same moment ever
+/// after, a herd. Lost-node detection waits for three missed intervals, so
+/// a tenth either way is safe.
+pub const HEARTBEAT_JITTER: f64 = 0.1;
+
+/// The pause before the next heartbeat: `interval` ± [`HEARTBEAT_JITTER`].
+pub fn heartbeat_pause(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 - HEARTBEAT_JITTER + rand::random::<f64>() * 2.0 * HEARTBEAT_JITTER)
+}
 
 /// One job this agent holds: running, or finished and waiting to be reported.
 struct Held {
@@ -480,7 +491,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
         let interval = Duration::from_millis(shared.timings().heartbeat_interval_ms);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(heartbeat_pause(interval)) => {}
         }
         let running: Vec<HeldLease> = shared
             .held()
@@ -629,5 +640,26 @@ mod tests {
         assert_eq!(network_rtt_ms(Duration::from_millis(4), 0), 4);
         // Clocks of different resolution never make it negative.
         assert_eq!(network_rtt_ms(Duration::from_millis(3), 5), 0);
+    }
+
+    #[test]
+    fn heartbeat_pauses_spread_within_a_tenth_of_the_interval() {
+        let interval = Duration::from_secs(3);
+        let pauses: Vec<Duration> = (0..1000).map(|_| heartbeat_pause(interval)).collect();
+        let (low, high) = (interval.mul_f64(0.9), interval.mul_f64(1.1));
+        assert!(
+            pauses.iter().all(|p| (low..=high).contains(p)),
+            "{pauses:?}"
+        );
+        let (min, max) = (pauses.iter().min().unwrap(), pauses.iter().max().unwrap());
+        assert!(
+            *max - *min > Duration::from_millis(300),
+            "pauses spread over most of ±10 %: {min:?}..{max:?}"
+        );
+        let mean = pauses.iter().sum::<Duration>() / pauses.len() as u32;
+        assert!(
+            mean.abs_diff(interval) < Duration::from_millis(50),
+            "on average the interval: {mean:?}"
+        );
     }
 }

@@ -18,6 +18,7 @@ use kobo_agent::coordinator::{CallError, CoordinatorClient};
 use kobo_agent::identity::{self, IdentityFiles, TlsIdentity};
 use kobo_agent::llm::{BackendKind, LlmClient, LlmConfig};
 use kobo_agent::report::Reporter;
+use kobo_agent::runner::heartbeat_pause;
 use kobo_protocol::{
     CompleteRequest, HeartbeatRequest, HeldLease, JobId, Lease, LeaseRequest, NodeMetrics, Outcome,
     RegisterRequest,
@@ -162,17 +163,18 @@ impl Probe {
         first.get_or_insert_with(|| format!("{what}: {err}"));
     }
 
-    /// Round trips of the heartbeats sent at or after `from`, and the time
-    /// the coordinator spent on each (from its request's arrival to its
-    /// answer: the rest of a round trip is the network and the client).
-    pub(crate) fn heartbeats_since(&self, from: Instant) -> (Vec<Duration>, Vec<Duration>) {
+    /// The heartbeats sent at or after `from`: when each was sent, its round
+    /// trip, and the time the coordinator spent on it (from its request's
+    /// arrival to its answer: the rest of a round trip is the network and
+    /// the client).
+    pub(crate) fn heartbeats_since(&self, from: Instant) -> Vec<Beat> {
         self.heartbeats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(at, ..)| *at >= from)
-            .map(|(_, rtt, handled)| (*rtt, *handled))
-            .unzip()
+            .map(|&(sent, rtt, handled)| Beat { sent, rtt, handled })
+            .collect()
     }
 
     pub(crate) fn reported(&self) -> u64 {
@@ -189,6 +191,16 @@ impl Probe {
             .clone();
         first.map(|first| (n, first))
     }
+}
+
+/// One successful heartbeat as its agent saw it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Beat {
+    pub(crate) sent: Instant,
+    /// Sent to answered, as the agent measured it.
+    pub(crate) rtt: Duration,
+    /// The part the coordinator spent (the answer's `coordinator_ms`).
+    pub(crate) handled: Duration,
 }
 
 /// One registered simulated agent.
@@ -232,40 +244,44 @@ pub(crate) async fn connect(
     spec: &AgentSpec,
 ) -> anyhow::Result<Vec<SimAgent>> {
     stream::iter(nodes)
-        .map(|node| async move {
-            let client = CoordinatorClient::new(
-                &coordinator.url,
-                Some(&coordinator.ca_pem),
-                Some(&node.identity),
-            )?;
-            let instance_id = format!("{:016x}", rand::random::<u64>());
-            let timings = client
-                .register(&RegisterRequest {
-                    node_id: node.node_id.clone(),
-                    instance_id: instance_id.clone(),
-                    region: "ap-northeast-1".into(),
-                    capabilities: vec![spec.kind.clone()],
-                    max_workers: spec.max_workers,
-                    gpu: false,
-                    backend: "sim".into(),
-                    models: Vec::new(),
-                    agent_version: concat!("kobo-bench/", env!("CARGO_PKG_VERSION")).into(),
-                    specialization: None,
-                    latitude: None,
-                    longitude: None,
-                })
-                .await
-                .with_context(|| format!("registering {}", node.node_id))?;
-            anyhow::Ok(SimAgent {
-                node_id: node.node_id.clone(),
-                instance_id,
-                client,
-                heartbeat_interval: Duration::from_millis(timings.heartbeat_interval_ms),
-            })
-        })
+        .map(|node| connect_one(&coordinator.url, &coordinator.ca_pem, node, spec))
         .buffered(CONNECT_CONCURRENCY)
         .try_collect()
         .await
+}
+
+/// Connects one enrolled node and registers it, as an agent does at start.
+async fn connect_one(
+    url: &str,
+    ca_pem: &[u8],
+    node: &Enrolled,
+    spec: &AgentSpec,
+) -> anyhow::Result<SimAgent> {
+    let client = CoordinatorClient::new(url, Some(ca_pem), Some(&node.identity))?;
+    let instance_id = format!("{:016x}", rand::random::<u64>());
+    let timings = client
+        .register(&RegisterRequest {
+            node_id: node.node_id.clone(),
+            instance_id: instance_id.clone(),
+            region: "ap-northeast-1".into(),
+            capabilities: vec![spec.kind.clone()],
+            max_workers: spec.max_workers,
+            gpu: false,
+            backend: "sim".into(),
+            models: Vec::new(),
+            agent_version: concat!("kobo-bench/", env!("CARGO_PKG_VERSION")).into(),
+            specialization: None,
+            latitude: None,
+            longitude: None,
+        })
+        .await
+        .with_context(|| format!("registering {}", node.node_id))?;
+    Ok(SimAgent {
+        node_id: node.node_id.clone(),
+        instance_id,
+        client,
+        heartbeat_interval: Duration::from_millis(timings.heartbeat_interval_ms),
+    })
 }
 
 /// Running simulated agents.
@@ -284,30 +300,70 @@ impl Fleet {
     ) -> anyhow::Result<Fleet> {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let llm = LlmClient::new(LlmConfig {
-            kind: BackendKind::Sim,
-            endpoint: None,
-            api_key: None,
-            default_model: None,
-            sim_latency: spec.llm_latency,
-            request_timeout: None,
-        })?;
+        let llm = sim_llm(spec)?;
         let n_agents = agents.len().max(1) as u32;
         for (idx, agent) in agents.into_iter().enumerate() {
             let start_after = spec.stagger * idx as u32 / n_agents;
-            let agent = Arc::new(Running {
-                reporter: Reporter::spawn(agent.client.clone(), agent.node_id.clone()),
-                agent,
-                max_workers: spec.max_workers,
-                max_jobs_per_lease: spec.max_jobs_per_lease,
-                long_poll_ms: spec.long_poll_ms,
-                llm: llm.clone(),
-                probe: probe.clone(),
-                held: Mutex::new(HashMap::new()),
-                tasks: tasks.clone(),
-            });
+            let agent = Running::new(agent, spec, &llm, &probe, &tasks);
             tasks.spawn(heartbeat_loop(agent.clone(), stop.clone()));
             tasks.spawn(lease_loop(agent, start_after, stop.clone()));
+        }
+        Ok(Fleet { stop, tasks, probe })
+    }
+
+    /// Starts agents as a fleet of real ones comes up, one after another:
+    /// agent `i` of `n` connects and registers `spec.stagger × i / n` from
+    /// now, then heartbeats and long-polls, so its heartbeats and its long
+    /// polls keep the phase its start gave them (a real agent's loops start
+    /// when it has registered). At most [`CONNECT_CONCURRENCY`] connect at
+    /// once: the fleet's connections all come from one address here, and
+    /// the coordinator bounds the unauthenticated connections of one
+    /// source. A registration that fails counts as an error of the probe.
+    pub(crate) fn start(
+        coordinator: &Coordinator,
+        nodes: &[Enrolled],
+        spec: &AgentSpec,
+        probe: Arc<Probe>,
+    ) -> anyhow::Result<Fleet> {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let llm = sim_llm(spec)?;
+        let n_agents = nodes.len().max(1) as u32;
+        let connecting = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+        for (idx, node) in nodes.iter().enumerate() {
+            let connecting = connecting.clone();
+            let start_after = spec.stagger * idx as u32 / n_agents;
+            let (url, ca_pem) = (coordinator.url.clone(), coordinator.ca_pem.clone());
+            let node = Enrolled {
+                node_id: node.node_id.clone(),
+                identity: node.identity.clone(),
+            };
+            let (spec, llm, probe, inner, stop) = (
+                spec.clone(),
+                llm.clone(),
+                probe.clone(),
+                tasks.clone(),
+                stop.clone(),
+            );
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(start_after) => {}
+                }
+                let Ok(_slot) = connecting.acquire().await else {
+                    return;
+                };
+                let agent = match connect_one(&url, &ca_pem, &node, &spec).await {
+                    Ok(agent) => agent,
+                    Err(err) => {
+                        probe.error("register", &CallError::Unavailable(format!("{err:#}")));
+                        return;
+                    }
+                };
+                let agent = Running::new(agent, &spec, &llm, &probe, &inner);
+                inner.spawn(heartbeat_loop(agent.clone(), stop.clone()));
+                inner.spawn(lease_loop(agent, Duration::ZERO, stop));
+            });
         }
         Ok(Fleet { stop, tasks, probe })
     }
@@ -335,7 +391,39 @@ struct Running {
     tasks: TaskTracker,
 }
 
+/// The `sim` LLM backend the agents run their jobs on.
+fn sim_llm(spec: &AgentSpec) -> anyhow::Result<LlmClient> {
+    Ok(LlmClient::new(LlmConfig {
+        kind: BackendKind::Sim,
+        endpoint: None,
+        api_key: None,
+        default_model: None,
+        sim_latency: spec.llm_latency,
+        request_timeout: None,
+    })?)
+}
+
 impl Running {
+    fn new(
+        agent: SimAgent,
+        spec: &AgentSpec,
+        llm: &LlmClient,
+        probe: &Arc<Probe>,
+        tasks: &TaskTracker,
+    ) -> Arc<Running> {
+        Arc::new(Running {
+            reporter: Reporter::spawn(agent.client.clone(), agent.node_id.clone()),
+            agent,
+            max_workers: spec.max_workers,
+            max_jobs_per_lease: spec.max_jobs_per_lease,
+            long_poll_ms: spec.long_poll_ms,
+            llm: llm.clone(),
+            probe: probe.clone(),
+            held: Mutex::new(HashMap::new()),
+            tasks: tasks.clone(),
+        })
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, i64>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -446,13 +534,14 @@ async fn run_job(agent: Arc<Running>, lease: Lease, permit: OwnedSemaphorePermit
     agent.held().remove(&lease.job_id);
 }
 
-/// Heartbeats at the coordinator's interval with the held leases.
+/// Heartbeats at the coordinator's interval, jittered as the real agent's
+/// (`kobo_agent::runner::heartbeat_pause`), with the held leases.
 async fn heartbeat_loop(agent: Arc<Running>, stop: CancellationToken) {
     let mut rtt_ms = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(agent.agent.heartbeat_interval) => {}
+            _ = tokio::time::sleep(heartbeat_pause(agent.agent.heartbeat_interval)) => {}
         }
         let running = agent
             .held()
