@@ -18,76 +18,13 @@ use crate::routing::{self, NodeProfile};
 use crate::scoring::{self, Decision, JobRoute, NodeState, Speed};
 use crate::security::Sealer;
 use crate::store::{
-    self, AfterCommit, Completion, Effect, LeaseSender, ReadyJob, StoreError, WriteCtx,
-    WriterHandle,
+    self, AfterCommit, Completion, Effect, ReadyJob, StoreError, WriteCtx, WriterHandle,
 };
 use crate::tenancy::Tenants;
 use std::sync::Arc;
 
-/// Where a parked lease request receives its leases.
-pub type WaiterSender = LeaseSender;
-
-struct Waiter {
-    id: u64,
-    node: NodeProfile,
-    max_jobs: u32,
-    sender: WaiterSender,
-    granted: Vec<Lease>,
-}
-
-impl Waiter {
-    /// Workers busy if the node took what it was granted so far.
-    fn busy(&self) -> u32 {
-        self.node.max_workers.saturating_sub(self.max_jobs) + self.granted.len() as u32
-    }
-}
-
-/// The parked lease requests, by waiter and by node (a node parks at most
-/// one). Parking, unparking and replacing take constant time: with ten
-/// thousand agents parked, a scan per park and a shift of the list per
-/// unpark made every long-poll turnover cost the whole list under this
-/// lock, and the runtime's workers, waiting for it, stopped for seconds.
-#[derive(Default)]
-struct Parked {
-    waiters: HashMap<u64, Waiter>,
-    by_node: HashMap<String, u64>,
-}
-
-impl Parked {
-    fn insert(&mut self, waiter: Waiter) {
-        if let Some(earlier) = self.by_node.insert(waiter.node.node_id.clone(), waiter.id) {
-            self.waiters.remove(&earlier);
-        }
-        self.waiters.insert(waiter.id, waiter);
-    }
-
-    fn remove(&mut self, id: u64) -> Option<Waiter> {
-        let waiter = self.waiters.remove(&id)?;
-        if self.by_node.get(&waiter.node.node_id) == Some(&id) {
-            self.by_node.remove(&waiter.node.node_id);
-        }
-        Some(waiter)
-    }
-
-    fn remove_node(&mut self, node_id: &str) {
-        if let Some(id) = self.by_node.remove(node_id) {
-            self.waiters.remove(&id);
-        }
-    }
-
-    /// Drops the requests whose callers are gone.
-    fn drop_closed(&mut self) {
-        let closed: Vec<u64> = self
-            .waiters
-            .values()
-            .filter(|w| w.sender.is_closed())
-            .map(|w| w.id)
-            .collect();
-        for id in closed {
-            self.remove(id);
-        }
-    }
-}
+pub use crate::parked::WaiterSender;
+use crate::parked::{Parked, Waiter};
 
 /// Shared, in-memory coordination state; owned by the server, used by the
 /// store's writer thread and by handlers.
@@ -102,6 +39,8 @@ pub struct Hub {
     speeds: Mutex<HashMap<SpeedKey, HashMap<String, Speed>>>,
     parked: Mutex<Parked>,
     next_waiter_id: AtomicU64,
+    /// Shutting down: lease requests are answered at once, never parked.
+    closing: std::sync::atomic::AtomicBool,
     finished: Mutex<HashMap<JobId, Vec<oneshot::Sender<()>>>>,
     /// How fast jobs end now.
     pub finish_rate: crate::rate::FinishRate,
@@ -121,6 +60,7 @@ impl Hub {
             speeds: Mutex::new(HashMap::new()),
             parked: Mutex::new(Parked::default()),
             next_waiter_id: AtomicU64::new(1),
+            closing: std::sync::atomic::AtomicBool::new(false),
             finished: Mutex::new(HashMap::new()),
             finish_rate: crate::rate::FinishRate::default(),
             tenants: Tenants::default(),
@@ -134,16 +74,20 @@ impl Hub {
     /// so no job can become ready between the failed lease and the parking.
     pub fn park(&self, node: NodeProfile, max_jobs: u32, sender: WaiterSender) -> u64 {
         let id = self.next_waiter_id.fetch_add(1, Ordering::Relaxed);
-        self.parked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(Waiter {
-                id,
-                node,
-                max_jobs: max_jobs.max(1),
-                sender,
-                granted: Vec::new(),
-            });
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.closing.load(Ordering::Acquire) {
+            // Dropping the sender answers the request (no work) at once: a
+            // request that arrives while the coordinator stops must not
+            // hold the shutdown for a whole long poll.
+            return id;
+        }
+        parked.insert(Waiter {
+            id,
+            node,
+            max_jobs: max_jobs.max(1),
+            sender,
+            granted: Vec::new(),
+        });
         id
     }
 
@@ -347,6 +291,15 @@ impl Hub {
     /// Answers every parked lease request with nothing (at shutdown).
     pub fn unpark_all(&self) {
         *self.parked.lock().unwrap_or_else(PoisonError::into_inner) = Parked::default();
+    }
+
+    /// Answers every parked lease request and parks none from now on (the
+    /// coordinator is stopping). The flag is set under the parking lock, so
+    /// no request parks between the two.
+    pub fn close_parking(&self) {
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        self.closing.store(true, Ordering::Release);
+        *parked = Parked::default();
     }
 
     /// A future that resolves when `job_id` reaches a terminal state (after
@@ -703,54 +656,33 @@ mod tests {
     use kobo_protocol::RouteReason;
     use kobo_protocol::route::{RankedNode, ScoreTerms};
 
-    fn waiter(id: u64, node_id: &str) -> (Waiter, oneshot::Receiver<Vec<Lease>>) {
-        let (sender, receiver) = oneshot::channel();
-        let node = NodeProfile {
-            node_id: node_id.into(),
+    #[test]
+    fn after_close_parking_no_request_parks_and_each_is_answered_at_once() {
+        let hub = Hub::new(QueueConfig::default(), Sealer::new(&[7; 32]));
+        let node = |id: &str| NodeProfile {
+            node_id: id.into(),
             region: "local".into(),
             capabilities: Vec::new(),
             gpu: false,
             models: Vec::new(),
             max_workers: 1,
         };
-        let waiter = Waiter {
-            id,
-            node,
-            max_jobs: 1,
-            sender,
-            granted: Vec::new(),
+        let (before, mut parked_before) = oneshot::channel();
+        hub.park(node("a"), 1, before);
+        assert!(hub.has_parked());
+        hub.close_parking();
+        assert!(!hub.has_parked());
+        let closed = |rx: &mut oneshot::Receiver<Vec<Lease>>| {
+            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed))
         };
-        (waiter, receiver)
-    }
-
-    #[test]
-    fn a_node_parks_one_request_and_each_is_found_by_id_or_node() {
-        let mut parked = Parked::default();
-        let (first_a, _a1) = waiter(1, "a");
-        let (b, b_caller) = waiter(2, "b");
-        let (second_a, _a3) = waiter(3, "a");
-        parked.insert(first_a);
-        parked.insert(b);
-        parked.insert(second_a);
-        assert_eq!(
-            parked.waiters.len(),
-            2,
-            "a's later request replaced its first"
-        );
-        assert!(parked.remove(1).is_none(), "the replaced request is gone");
-        assert_eq!(parked.by_node.get("a"), Some(&3));
-        drop(b_caller);
-        parked.drop_closed();
         assert!(
-            !parked.waiters.contains_key(&2) && !parked.by_node.contains_key("b"),
-            "a request whose caller left is dropped"
+            closed(&mut parked_before),
+            "the parked request was answered (its sender dropped)"
         );
-        assert_eq!(parked.remove(3).map(|w| w.id), Some(3));
-        assert!(parked.by_node.is_empty(), "removing by id forgets the node");
-        let (again, _a4) = waiter(4, "a");
-        parked.insert(again);
-        parked.remove_node("a");
-        assert!(parked.waiters.is_empty() && parked.by_node.is_empty());
+        let (after, mut parked_after) = oneshot::channel();
+        hub.park(node("b"), 1, after);
+        assert!(!hub.has_parked(), "nothing parks once closing");
+        assert!(closed(&mut parked_after), "and answered at once");
     }
 
     /// The fast writer and the wire type describe one shape: what the writer

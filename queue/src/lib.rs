@@ -43,6 +43,7 @@ pub mod enrollment;
 pub mod init;
 pub mod leader;
 pub mod observe;
+mod parked;
 pub mod pki;
 pub mod queue;
 pub mod rate;

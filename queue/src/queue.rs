@@ -655,7 +655,12 @@ impl Queue {
         Ok(status)
     }
 
-    /// Answers every parked lease request now (at shutdown).
+    /// Answers every parked lease request and parks no more (at shutdown).
+    pub fn close_parking(&self) {
+        self.hub.close_parking();
+    }
+
+    /// Answers every parked lease request now (a deposed leader).
     pub fn unpark_all(&self) {
         self.hub.unpark_all();
     }

@@ -281,7 +281,7 @@ pub async fn serve(
         // Parked lease requests are answered at once instead of holding
         // shutdown for a whole long-poll.
         unpark_shutdown.cancelled().await;
-        unpark_queue.unpark_all();
+        unpark_queue.close_parking();
     });
     accept_loop(
         listener,
