@@ -143,10 +143,20 @@ impl ClusterBuilder {
             None => (dir.path().to_path_buf(), KeptDir(Some(dir))),
         };
         let mount = self.tmpfs_mib.map(|mib| Tmpfs::mount(&data_dir, mib));
-        let fake = fake_llm::start(self.fake.clone()).await.expect("fake llm");
+        let mut this = self;
+        let postgres =
+            if on_postgres() && !this.serve_args.iter().any(|a| a.starts_with("--database")) {
+                let pg = crate::pg::Postgres::start().await;
+                this.serve_args.push(format!("--database={}", pg.url()));
+                Some(pg)
+            } else {
+                None
+            };
+        let fake = fake_llm::start(this.fake.clone()).await.expect("fake llm");
         let port = free_port();
         let mut cluster = Cluster {
             _mount: mount,
+            postgres,
             data_dir,
             _dir: kept,
             port,
@@ -155,7 +165,7 @@ impl ClusterBuilder {
             agents: Vec::new(),
             client: None,
             fake,
-            settings: self,
+            settings: this,
         };
         cluster.start_coordinator().await;
         cluster
@@ -317,6 +327,9 @@ impl Agent {
 pub struct Cluster {
     /// Dropped first: unmounted before the directory is removed.
     _mount: Option<Tmpfs>,
+    /// The PostgreSQL server the coordinator keeps its jobs in, when the
+    /// suite runs on PostgreSQL ([`BACKEND_ENV`]).
+    pub postgres: Option<crate::pg::Postgres>,
     _dir: KeptDir,
     pub data_dir: PathBuf,
     pub port: u16,
@@ -735,8 +748,21 @@ impl Cluster {
 
     /// A read-only connection to the coordinator's database file.
     pub fn db(&self) -> rusqlite::Connection {
+        assert!(
+            self.postgres.is_none(),
+            "this test reads the coordinator's SQLite file: it runs with {BACKEND_ENV} unset only"
+        );
         open_read_only(&self.db_path())
     }
+}
+
+/// Set to `postgres` to run the end-to-end tests with every coordinator on
+/// a throwaway PostgreSQL server (`--database`) instead of its SQLite file.
+pub const BACKEND_ENV: &str = "KOBO_TEST_BACKEND";
+
+/// Whether this run puts coordinators on PostgreSQL ([`BACKEND_ENV`]).
+pub fn on_postgres() -> bool {
+    std::env::var(BACKEND_ENV).is_ok_and(|v| v == "postgres")
 }
 
 pub fn open_read_only(path: &Path) -> rusqlite::Connection {
