@@ -72,12 +72,16 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
             tokio::time::sleep(POLL).await;
         }
         // The standby alone: a submit acknowledged by it means it leads.
-        let client = ApiClient::new(&Endpoint {
-            url: b.url.clone(),
-            ca_pem: Some(b.ca_pem.clone()),
-            api_key: DataDir::new(&b_dir).local_admin_key(),
-        })?;
-        client
+        // A client of its own per try, so that no try follows the dead
+        // leader a standby's answer named before.
+        let client = || {
+            ApiClient::new(&Endpoint {
+                url: b.url.clone(),
+                ca_pem: Some(b.ca_pem.clone()),
+                api_key: DataDir::new(&b_dir).local_admin_key(),
+            })
+        };
+        client()?
             .submit(&noop(KIND))
             .await
             .context("a submit before the kill")?;
@@ -96,7 +100,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
         let acknowledged = async {
             loop {
                 if let Ok(Ok(_)) =
-                    tokio::time::timeout(PROBE_TIMEOUT, client.submit(&noop(KIND))).await
+                    tokio::time::timeout(PROBE_TIMEOUT, client()?.submit(&noop(KIND))).await
                 {
                     return anyhow::Ok(killed.elapsed());
                 }
