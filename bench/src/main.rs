@@ -52,7 +52,8 @@ struct Cli {
     #[arg(long)]
     repeat: Option<usize>,
     /// Only these figures (comma-separated): pickup, overhead, throughput,
-    /// scaling, depth, failover, footprint, gateway, fairness, fleet.
+    /// scaling, depth, failover, leader (needs --database), footprint,
+    /// gateway, fairness, fleet.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON to this file.
