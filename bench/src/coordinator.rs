@@ -61,6 +61,8 @@ pub(crate) struct Timings {
     pub(crate) lease_ttl_ms: Option<u64>,
     /// More `serve` flags (e.g. `--no-fair-share`).
     pub(crate) serve_args: Vec<String>,
+    /// `--database URL`: the store on PostgreSQL instead of SQLite.
+    pub(crate) database: Option<String>,
 }
 
 /// A running `kobo-coord serve`.
@@ -128,6 +130,9 @@ impl Coordinator {
             command.arg("--lease-ttl-ms").arg(ms.to_string());
         }
         command.args(&self.timings.serve_args);
+        if let Some(url) = &self.timings.database {
+            command.arg(format!("--database={url}"));
+        }
         let child = command.spawn().context("starting kobo-coord")?;
         self.child = Some(child);
         let started = Instant::now();
@@ -208,6 +213,15 @@ impl Coordinator {
                 bail!("kobo-coord did not stop within {STOP_PATIENCE:?} of SIGTERM")
             }
         }
+    }
+
+    /// SIGKILL, then waits for the process to be gone.
+    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().context("killing kobo-coord")?;
+            child.wait().await?;
+        }
+        Ok(())
     }
 
     /// Starts the coordinator again on the same data directory and port.

@@ -13,6 +13,7 @@
 mod agents;
 mod coordinator;
 mod figures;
+mod postgres;
 mod real_agent;
 mod report;
 mod stats;
@@ -26,7 +27,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::figures::Env;
-use crate::report::{FigureReport, Report};
+use crate::report::{FigureReport, FigureResult, Metric, Report};
 
 /// The load generator shares the two cores with `kobo-coord`: the same
 /// allocator keeps its own cost per job down.
@@ -51,7 +52,8 @@ struct Cli {
     #[arg(long)]
     repeat: Option<usize>,
     /// Only these figures (comma-separated): pickup, overhead, throughput,
-    /// scaling, depth, failover, footprint, gateway, fairness, fleet.
+    /// scaling, depth, failover, leader (needs --database), footprint,
+    /// gateway, fairness, fleet.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON to this file.
@@ -75,7 +77,19 @@ struct Cli {
     /// fewer under a heap profiler. Its targets apply only at 10,000.
     #[arg(long)]
     fleet_agents: Option<usize>,
+    /// A PostgreSQL admin URL (e.g. postgres://postgres@127.0.0.1:5432/postgres):
+    /// pickup and throughput also run with the store on PostgreSQL (a fresh
+    /// database each, created here and dropped after), side by side with
+    /// SQLite, and the leader figure runs (two coordinators, the leader
+    /// SIGKILLed).
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
 }
+
+/// Figures that also run on PostgreSQL with `--database`.
+const ON_POSTGRES: &[&str] = &["pickup", "throughput"];
+/// Figures that run on PostgreSQL only (skipped without `--database`).
+const POSTGRES_ONLY: &[&str] = &["leader"];
 
 /// Lets a thousand agents and their coordinator open their connections.
 fn raise_open_files_limit() {
@@ -101,6 +115,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(url) = &cli.database {
+        postgres::check(url).await?;
+    } else if let Some(name) = cli
+        .only
+        .iter()
+        .find(|o| POSTGRES_ONLY.contains(&o.as_str()))
+    {
+        bail!("figure {name:?} needs --database (a PostgreSQL admin URL)");
+    }
     let data_root = cli.data_root.clone().unwrap_or_else(std::env::temp_dir);
     let root = data_root.join(format!("kobo-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -108,6 +131,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         root: root.clone(),
         quick: cli.quick,
         fleet_agents: cli.fleet_agents,
+        postgres: cli.database.clone(),
+        on_postgres: false,
         repeats: cli
             .repeat
             .unwrap_or(if cli.quick { 1 } else { DEFAULT_REPEATS })
@@ -155,22 +180,19 @@ async fn run_figures(env: &Env, only: &[String]) -> anyhow::Result<Vec<FigureRep
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
+        if POSTGRES_ONLY.contains(&name) && env.postgres.is_none() {
+            continue;
+        }
         eprintln!("kobo-bench: {name} …");
         let began = Instant::now();
-        let result = match name {
-            "pickup" => figures::pickup::run(env).await,
-            "overhead" => figures::overhead::run(env).await,
-            "throughput" => figures::throughput::run(env).await,
-            "scaling" => figures::scaling::run(env).await,
-            "depth" => figures::depth::run(env).await,
-            "failover" => figures::failover::run(env).await,
-            "footprint" => figures::footprint::run(env).await,
-            "gateway" => figures::gateway::run(env).await,
-            "fairness" => figures::fairness::run(env).await,
-            "fleet" => figures::fleet::run(env).await,
-            other => bail!("unknown figure {other}"),
+        let mut result = run_figure(env, name).await?;
+        if ON_POSTGRES.contains(&name)
+            && let Some(pg) = env.postgres_pass()
+        {
+            eprintln!("kobo-bench: {name} on PostgreSQL …");
+            let on_pg = run_figure(&pg, name).await?;
+            result = side_by_side(result, on_pg);
         }
-        .with_context(|| format!("figure {name}"))?;
         let report = FigureReport::from_result(result);
         for metric in &report.metrics {
             eprintln!(
@@ -188,6 +210,56 @@ async fn run_figures(env: &Env, only: &[String]) -> anyhow::Result<Vec<FigureRep
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Runs one figure on the store `env` says.
+async fn run_figure(env: &Env, name: &str) -> anyhow::Result<FigureResult> {
+    match name {
+        "pickup" => figures::pickup::run(env).await,
+        "overhead" => figures::overhead::run(env).await,
+        "throughput" => figures::throughput::run(env).await,
+        "scaling" => figures::scaling::run(env).await,
+        "depth" => figures::depth::run(env).await,
+        "failover" => figures::failover::run(env).await,
+        "footprint" => figures::footprint::run(env).await,
+        "gateway" => figures::gateway::run(env).await,
+        "fairness" => figures::fairness::run(env).await,
+        "fleet" => figures::fleet::run(env).await,
+        "leader" => match env.postgres_pass() {
+            Some(pg) => figures::leader::run(&pg).await,
+            None => bail!("figure leader needs --database"),
+        },
+        other => bail!("unknown figure {other}"),
+    }
+    .with_context(|| format!("figure {name}"))
+}
+
+/// One figure measured on SQLite and on PostgreSQL as one: each run's
+/// metrics of both, labelled by store, PostgreSQL's keyed `postgres_…`.
+fn side_by_side(sqlite: FigureResult, postgres: FigureResult) -> FigureResult {
+    let label = |store: &str, metric: Metric, prefix: &str| Metric {
+        key: format!("{prefix}{}", metric.key),
+        label: format!("{store}: {}", metric.label),
+        ..metric
+    };
+    let runs = sqlite
+        .runs
+        .into_iter()
+        .zip(postgres.runs)
+        .map(|(lite, pg)| {
+            let lite = lite.into_iter().map(|m| label("sqlite", m, ""));
+            let pg = pg.into_iter().map(|m| label("postgres", m, "postgres_"));
+            lite.chain(pg).collect()
+        })
+        .collect();
+    FigureResult {
+        method: format!(
+            "{} The same on PostgreSQL (`postgres_…` keys): `kobo-coord serve --database` on a fresh database on the `--database` server, created for the figure and dropped after; the server's settings as given (`synchronous_commit` left on).",
+            sqlite.method
+        ),
+        runs,
+        ..sqlite
+    }
 }
 
 fn main() -> ExitCode {

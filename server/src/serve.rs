@@ -301,8 +301,18 @@ pub async fn serve(
         tracing::warn!("connections still open after the shutdown grace period; closing them");
     }
     tracing::info!("kobo-coord stopped");
-    // The data directory stays locked until the engine is gone.
-    drop(prepared);
+    // The engine is dropped off the runtime: PostgreSQL's blocking client
+    // runs a runtime of its own to close its connections, which panics on a
+    // runtime thread. The data directory stays locked until it is gone.
+    let dropped = tokio::task::spawn_blocking(move || {
+        drop(queue);
+        drop(observer);
+        drop(prepared);
+        drop(_leadership);
+    });
+    if let Err(err) = dropped.await {
+        tracing::error!(error = %err, "closing the store panicked");
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod fairness;
 pub(crate) mod fleet;
 pub(crate) mod footprint;
 pub(crate) mod gateway;
+pub(crate) mod leader;
 pub(crate) mod overhead;
 pub(crate) mod pickup;
 pub(crate) mod scaling;
@@ -23,6 +24,7 @@ use rusqlite::TransactionBehavior;
 use tokio::sync::mpsc;
 
 use crate::agents::AgentEvent;
+use crate::postgres::Database;
 
 /// Every figure, in the order they run.
 pub(crate) const ALL: &[&str] = &[
@@ -32,6 +34,7 @@ pub(crate) const ALL: &[&str] = &[
     "scaling",
     "depth",
     "failover",
+    "leader",
     "footprint",
     "gateway",
     "fairness",
@@ -52,12 +55,42 @@ pub(crate) struct Env {
     pub(crate) repeats: usize,
     /// `--fleet-agents`: the fleet figure's size instead of its default.
     pub(crate) fleet_agents: Option<usize>,
+    /// `--database`: a PostgreSQL admin URL the figures that support it
+    /// also run on (a fresh database each).
+    pub(crate) postgres: Option<String>,
+    /// This pass of a figure runs its coordinator on PostgreSQL.
+    pub(crate) on_postgres: bool,
 }
 
 impl Env {
     /// A fresh directory for one figure's coordinator or agents.
     pub(crate) fn dir(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        if self.on_postgres {
+            self.root.join(format!("{name}-postgres"))
+        } else {
+            self.root.join(name)
+        }
+    }
+
+    /// The same settings, the store on PostgreSQL (`--database` given).
+    pub(crate) fn postgres_pass(&self) -> Option<Env> {
+        self.postgres.as_ref().map(|_| Env {
+            on_postgres: true,
+            ..self.clone()
+        })
+    }
+
+    /// A fresh database for `figure` when this pass runs on PostgreSQL.
+    pub(crate) async fn database(&self, figure: &str) -> anyhow::Result<Option<Database>> {
+        match (&self.postgres, self.on_postgres) {
+            (Some(admin), true) => Ok(Some(Database::create(admin, figure).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// `sqlite` or `postgres` for `--database` runs, `pg` otherwise.
+    pub(crate) fn pick_store<T>(&self, sqlite: T, postgres: T) -> T {
+        if self.on_postgres { postgres } else { sqlite }
     }
 
     /// `full` normally, `quick` with `--quick`.
@@ -146,4 +179,12 @@ pub(crate) fn check_agents(probe: &crate::agents::Probe, figure: &str) -> anyhow
         bail!("{figure}: {n} agent call(s) failed; first: {first}");
     }
     Ok(())
+}
+
+/// Drops a figure's database, if it made one.
+pub(crate) async fn drop_database(database: Option<Database>) -> anyhow::Result<()> {
+    match database {
+        Some(database) => database.drop().await,
+        None => Ok(()),
+    }
 }

@@ -1,6 +1,7 @@
 //! The coordinator on PostgreSQL (`serve --database URL`): jobs submitted,
 //! leased, done and checked by the ledger against the PostgreSQL tables; a
-//! SIGKILLed coordinator restarted on the same database loses nothing.
+//! SIGKILLed coordinator restarted on the same database loses nothing; a
+//! SIGTERMed one stops cleanly.
 
 use std::time::Duration;
 
@@ -89,4 +90,25 @@ async fn a_coordinator_on_postgres_runs_jobs_and_survives_a_sigkill() {
         "{} was created although the jobs are in PostgreSQL",
         cluster.db_path().display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_coordinator_on_postgres_with_exit_status_0() {
+    // Closing the store's blocking PostgreSQL connections on a runtime
+    // thread panicked (exit 101) once the engine was dropped.
+    let pg = Postgres::start().await;
+    let mut cluster = on_postgres(&pg).await;
+    cluster
+        .client()
+        .submit(&job("general_query", "before the stop"))
+        .await
+        .expect("submit");
+    let mut coordinator = cluster.coordinator.take().expect("running");
+    let pid = nix::unistd::Pid::from_raw(coordinator.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+    let status = tokio::time::timeout(Duration::from_secs(30), coordinator.wait())
+        .await
+        .expect("stops within 30 s")
+        .expect("wait");
+    assert!(status.success(), "exit status {status}\n{}", cluster.logs());
 }
