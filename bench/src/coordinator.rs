@@ -210,6 +210,15 @@ impl Coordinator {
         }
     }
 
+    /// SIGKILL: the coordinator dies mid-whatever, without a word; reaped.
+    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().context("killing kobo-coord")?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
     /// Starts the coordinator again on the same data directory and port.
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;

@@ -51,7 +51,8 @@ struct Cli {
     #[arg(long)]
     repeat: Option<usize>,
     /// Only these figures (comma-separated): pickup, overhead, throughput,
-    /// scaling, depth, failover, footprint, gateway, fairness, fleet.
+    /// scaling, depth, failover, footprint, gateway, fairness, fleet,
+    /// kill-loop.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON to this file.
@@ -168,6 +169,7 @@ async fn run_figures(env: &Env, only: &[String]) -> anyhow::Result<Vec<FigureRep
             "gateway" => figures::gateway::run(env).await,
             "fairness" => figures::fairness::run(env).await,
             "fleet" => figures::fleet::run(env).await,
+            "kill-loop" => figures::killloop::run(env).await,
             other => bail!("unknown figure {other}"),
         }
         .with_context(|| format!("figure {name}"))?;
