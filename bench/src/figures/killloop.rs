@@ -59,7 +59,7 @@ pub(crate) async fn run(env: &Env) -> anyhow::Result<FigureResult> {
     }
     Ok(FigureResult {
         id: "kill-loop",
-        title: "Coordinator kill loop",
+        title: "11. Coordinator kill loop",
         method: format!(
             "`kobo-coord serve --heartbeat-ms {HEARTBEAT_MS} --lease-ttl-ms {LEASE_TTL_MS}` on SQLite, two real `kobo-agent`s (`--llm sim --sim-latency-ms {}`, {WORKERS} workers each); one client submits no-op jobs one after another ({SUBMIT_PACE:?} apart), each under its own idempotency key, retried with the same key every {RETRY:?} while the coordinator is down. The coordinator is SIGKILLed {kills} times, each {}..{} ms after its previous start, and started again at once on the same data directory and port; serving = `GET /v1/nodes` answers. Once every acknowledged job ended, the database is checked: each acknowledged key has exactly one job with the acknowledged id, every job ended succeeded with exactly one event into a terminal state, none out of one, exactly one succeeded attempt and a result; no job the client never sent; `PRAGMA integrity_check` = ok. Any violation fails the figure.",
             SIM_LATENCY.as_millis(),
