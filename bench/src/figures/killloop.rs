@@ -303,3 +303,65 @@ fn check(db: &Path, ledger: &Ledger) -> anyhow::Result<Checked> {
         unacknowledged_in_db,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kobo_queue::security::Secrets;
+    use kobo_queue::store::{self, Changes};
+
+    /// A database with one queued job under `key`, written by the store.
+    fn database_with_one_queued_job(key: &str) -> (std::path::PathBuf, JobId) {
+        let dir = std::env::temp_dir().join(format!(
+            "kobo-bench-killloop-test-{}-{key}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let secrets = Secrets::load_or_create(&dir).expect("data key");
+        let db = kobo_protocol::DataDir::new(&dir).database();
+        let mut conn = store::open_connection(&db).expect("open");
+        store::migrate(&mut conn).expect("migrate");
+        let mut job = noop(KIND);
+        job.idempotency_key = Some(key.into());
+        let answer = store::insert_job(
+            &conn,
+            store::unix_now_ms(),
+            &secrets.sealer,
+            3,
+            "test",
+            &job,
+            &mut Changes::default(),
+        )
+        .expect("insert");
+        (db, answer.id)
+    }
+
+    #[test]
+    fn the_check_fails_on_a_job_not_ended_a_lost_key_and_a_stranger() {
+        let (db, id) = database_with_one_queued_job("stranger");
+        let mut ledger = Ledger::default();
+        ledger.attempted.insert("sent".into());
+        ledger.acknowledged.insert("sent".into(), id + 1);
+        let err = check(&db, &ledger).err().expect("the check must fail");
+        let _ = std::fs::remove_dir_all(db.parent().expect("data dir"));
+        let text = format!("{err:#}");
+        assert!(text.contains("ended queued, not succeeded"), "{text}");
+        assert!(text.contains("was never submitted"), "{text}");
+        assert!(text.contains("key sent acknowledged as job"), "{text}");
+        assert!(text.contains("is lost"), "{text}");
+    }
+
+    #[test]
+    fn the_check_names_an_acknowledged_job_that_has_not_ended() {
+        let (db, id) = database_with_one_queued_job("acked");
+        let mut ledger = Ledger::default();
+        ledger.attempted.insert("acked".into());
+        ledger.acknowledged.insert("acked".into(), id);
+        let text = format!("{:#}", check(&db, &ledger).err().expect("must fail"));
+        let _ = std::fs::remove_dir_all(db.parent().expect("data dir"));
+        assert!(text.contains(&format!("job {id} ended queued")), "{text}");
+        assert!(text.contains("0 events into a terminal state"), "{text}");
+        assert!(!text.contains("is lost"), "{text}");
+    }
+}
