@@ -53,7 +53,7 @@ struct Cli {
     repeat: Option<usize>,
     /// Only these figures (comma-separated): pickup, overhead, throughput,
     /// scaling, depth, failover, leader (needs --database), footprint,
-    /// gateway, fairness, fleet.
+    /// gateway, fairness, fleet, kill-loop.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the report as JSON to this file.
@@ -225,6 +225,7 @@ async fn run_figure(env: &Env, name: &str) -> anyhow::Result<FigureResult> {
         "gateway" => figures::gateway::run(env).await,
         "fairness" => figures::fairness::run(env).await,
         "fleet" => figures::fleet::run(env).await,
+        "kill-loop" => figures::killloop::run(env).await,
         "leader" => match env.postgres_pass() {
             Some(pg) => figures::leader::run(&pg).await,
             None => bail!("figure leader needs --database"),

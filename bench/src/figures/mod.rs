@@ -7,6 +7,7 @@ pub(crate) mod fairness;
 pub(crate) mod fleet;
 pub(crate) mod footprint;
 pub(crate) mod gateway;
+pub(crate) mod killloop;
 pub(crate) mod leader;
 pub(crate) mod overhead;
 pub(crate) mod pickup;
@@ -39,6 +40,7 @@ pub(crate) const ALL: &[&str] = &[
     "gateway",
     "fairness",
     "fleet",
+    "kill-loop",
 ];
 
 /// Jobs inserted per transaction when pre-filling a database directly.
