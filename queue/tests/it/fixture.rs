@@ -247,3 +247,42 @@ pub(crate) fn fill(conn: &mut Conn) -> Jobs {
         confidential,
     }
 }
+
+/// The time [`submit_and_lease`] submits and leases at.
+pub(crate) const LEASED_AT: i64 = 1_800_000_000_000;
+
+/// Submits one job of kind `a` and leases it to `node_id` (registered):
+/// the job's id and its lease token.
+pub(crate) fn submit_and_lease(conn: &mut Conn, node_id: &str) -> (i64, i64) {
+    conn.write(|db| {
+        let job = kobo_protocol::SubmitJob {
+            kind: "a".into(),
+            prompt: Some("p".into()),
+            ..Default::default()
+        };
+        let id = store::insert_job(
+            db,
+            LEASED_AT,
+            &sealer(),
+            3,
+            "local",
+            &job,
+            &mut Changes::default(),
+        )?
+        .id;
+        let node = store::load_node(db, node_id)?;
+        let leases = store::lease_for_node(
+            db,
+            LEASED_AT,
+            &sealer(),
+            10_000,
+            &node.profile,
+            1,
+            &|_| "test".into(),
+            &store::Share::OFF,
+        )?;
+        assert_eq!(leases.len(), 1);
+        Ok((id, leases[0].lease_token))
+    })
+    .expect("submit and lease")
+}

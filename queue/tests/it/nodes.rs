@@ -7,10 +7,10 @@ use kobo_queue::store::sql::args;
 use kobo_queue::store::{self, Changes};
 
 use crate::backends::{Conn, each_backend};
+use crate::fixture::submit_and_lease;
 use crate::sealer;
 
 const NOW: i64 = 1_800_000_000_000;
-const TTL: u64 = 10_000;
 
 fn register(conn: &mut Conn, node_id: &str, instance: &str) {
     let req = RegisterRequest {
@@ -29,40 +29,6 @@ fn register(conn: &mut Conn, node_id: &str, instance: &str) {
     };
     conn.write(|db| store::register_node(db, NOW, &req, None, &mut Changes::default()))
         .expect("register");
-}
-
-fn submit_and_lease(conn: &mut Conn, node_id: &str) -> (i64, i64) {
-    conn.write(|db| {
-        let job = kobo_protocol::SubmitJob {
-            kind: "a".into(),
-            prompt: Some("p".into()),
-            ..Default::default()
-        };
-        let id = store::insert_job(
-            db,
-            NOW,
-            &sealer(),
-            3,
-            "local",
-            &job,
-            &mut Changes::default(),
-        )?
-        .id;
-        let node = store::load_node(db, node_id)?;
-        let leases = store::lease_for_node(
-            db,
-            NOW,
-            &sealer(),
-            TTL,
-            &node.profile,
-            1,
-            &|_| "test".into(),
-            &store::Share::OFF,
-        )?;
-        assert_eq!(leases.len(), 1);
-        Ok((id, leases[0].lease_token))
-    })
-    .expect("submit and lease")
 }
 
 fn state(conn: &Conn, id: i64) -> String {

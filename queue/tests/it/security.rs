@@ -8,14 +8,12 @@ use std::sync::Barrier;
 
 use kobo_protocol::{
     AccessRole, Budget, BudgetPeriod, KeyPolicy, NodeStatus, PriorityClass, RegisterRequest,
-    SubmitJob,
 };
 use kobo_queue::security::SecretHasher;
 use kobo_queue::store::sql::{Db, args};
 use kobo_queue::store::{self, Changes, StoreError};
 
 use crate::backends::{Conn, each_backend};
-use crate::sealer;
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -40,40 +38,6 @@ pub(crate) fn register(conn: &mut Conn, node_id: &str) {
     };
     conn.write(|db| store::register_node(db, NOW, &req, None, &mut Changes::default()))
         .expect("register");
-}
-
-fn submit_and_lease(conn: &mut Conn, node_id: &str) -> i64 {
-    conn.write(|db| {
-        let job = SubmitJob {
-            kind: "a".into(),
-            prompt: Some("p".into()),
-            ..Default::default()
-        };
-        let id = store::insert_job(
-            db,
-            NOW,
-            &sealer(),
-            3,
-            "local",
-            &job,
-            &mut Changes::default(),
-        )?
-        .id;
-        let node = store::load_node(db, node_id)?;
-        let leases = store::lease_for_node(
-            db,
-            NOW,
-            &sealer(),
-            10_000,
-            &node.profile,
-            1,
-            &|_| "test".into(),
-            &store::Share::OFF,
-        )?;
-        assert_eq!(leases.len(), 1);
-        Ok(id)
-    })
-    .expect("submit and lease")
 }
 
 fn one_i64(db: &dyn Db, sql: &str, args: &[&dyn kobo_queue::store::sql::Param]) -> Option<i64> {
@@ -254,7 +218,7 @@ fn revoking_a_node_revokes_its_certificates_and_releases_its_leases() {
             [("aa01", "n1"), ("aa02", "n1"), ("bb01", "n2")]
                 .map(|(s, n)| (s.to_string(), n.to_string()))
         );
-        let job = submit_and_lease(&mut conn, "n1");
+        let (job, _) = crate::fixture::submit_and_lease(&mut conn, "n1");
         let mut changes = Changes::default();
         let (certs, leases) = conn
             .write(|db| store::revoke_node(db, NOW + 10, "n1", &mut changes))

@@ -246,74 +246,62 @@ fn first_id(rows: Vec<postgres::Row>) -> Result<Option<i64>, StoreError> {
     rows.first().map(|row| i64::from_pg(row, 0)).transpose()
 }
 
-impl Db for PgConn {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn execute(&self, sql: &str, args: &[&dyn Param]) -> Result<usize, StoreError> {
-        run_execute(&mut *self.client.borrow_mut(), &self.statements, sql, args)
-    }
-
-    fn insert_id(&self, sql: &str, args: &[&dyn Param]) -> Result<Option<i64>, StoreError> {
-        let rows = run_rows(
-            &mut *self.client.borrow_mut(),
-            &self.statements,
-            sql,
-            " RETURNING id",
-            args,
-        )?;
-        first_id(rows)
-    }
-
-    fn for_each(
+impl PgConn {
+    fn session<R>(
         &self,
-        sql: &str,
-        args: &[&dyn Param],
-        each: &mut dyn FnMut(&Row<'_>) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        let rows = run_rows(
-            &mut *self.client.borrow_mut(),
-            &self.statements,
-            sql,
-            "",
-            args,
-        )?;
-        each_row(rows, each)
+        f: impl FnOnce(&mut dyn Runner, &RefCell<HashMap<String, Statement>>) -> R,
+    ) -> R {
+        f(&mut *self.client.borrow_mut(), &self.statements)
     }
 }
 
-impl Db for PgTx<'_> {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn execute(&self, sql: &str, args: &[&dyn Param]) -> Result<usize, StoreError> {
-        run_execute(&mut *self.tx.borrow_mut(), self.statements, sql, args)
-    }
-
-    fn insert_id(&self, sql: &str, args: &[&dyn Param]) -> Result<Option<i64>, StoreError> {
-        let rows = run_rows(
-            &mut *self.tx.borrow_mut(),
-            self.statements,
-            sql,
-            " RETURNING id",
-            args,
-        )?;
-        first_id(rows)
-    }
-
-    fn for_each(
+impl PgTx<'_> {
+    fn session<R>(
         &self,
-        sql: &str,
-        args: &[&dyn Param],
-        each: &mut dyn FnMut(&Row<'_>) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        // Rows are read before `each` runs, so `each` may run statements.
-        let rows = run_rows(&mut *self.tx.borrow_mut(), self.statements, sql, "", args)?;
-        each_row(rows, each)
+        f: impl FnOnce(&mut dyn Runner, &RefCell<HashMap<String, Statement>>) -> R,
+    ) -> R {
+        f(&mut *self.tx.borrow_mut(), self.statements)
     }
 }
+
+/// [`Db`] for a connection and for a transaction: the same statements
+/// through the session each has ([`Runner`] and its statement cache).
+macro_rules! pg_db {
+    ($t:ty) => {
+        impl Db for $t {
+            fn dialect(&self) -> Dialect {
+                Dialect::Postgres
+            }
+
+            fn execute(&self, sql: &str, args: &[&dyn Param]) -> Result<usize, StoreError> {
+                self.session(|runner, statements| run_execute(runner, statements, sql, args))
+            }
+
+            fn insert_id(&self, sql: &str, args: &[&dyn Param]) -> Result<Option<i64>, StoreError> {
+                let rows = self.session(|runner, statements| {
+                    run_rows(runner, statements, sql, " RETURNING id", args)
+                })?;
+                first_id(rows)
+            }
+
+            fn for_each(
+                &self,
+                sql: &str,
+                args: &[&dyn Param],
+                each: &mut dyn FnMut(&Row<'_>) -> Result<bool, StoreError>,
+            ) -> Result<(), StoreError> {
+                // Rows are read (and the session let go) before `each`
+                // runs, so `each` may run statements.
+                let rows =
+                    self.session(|runner, statements| run_rows(runner, statements, sql, "", args))?;
+                each_row(rows, each)
+            }
+        }
+    };
+}
+
+pg_db!(PgConn);
+pg_db!(PgTx<'_>);
 
 /// Brings a PostgreSQL schema up to date, each migration in its own
 /// transaction under an advisory lock (two coordinators starting at once
