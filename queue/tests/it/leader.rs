@@ -202,14 +202,12 @@ fn the_standby_takes_over_when_the_leaders_session_dies() {
     assert_ne!(lock_holder_pid(&third), pid);
 }
 
-#[test]
-fn a_write_fenced_with_an_old_epoch_changes_nothing() {
-    let Some(db) = postgres_only("leader fencing") else {
-        return;
-    };
-    let mut election = elect(&db);
+/// An election, its leader's index and epoch, and a connection with a
+/// scratch table `fenced_writes (epoch)` to write fenced rows into.
+fn fenced_writes(db: &TestDb) -> (Election, usize, i64, Conn) {
+    let election = elect(db);
     let leader = election.leader;
-    let old_epoch = election.contenders[leader].role().epoch().expect("leading");
+    let epoch = election.contenders[leader].role().epoch().expect("leading");
     let mut writer = db.connect();
     writer
         .write(|db| {
@@ -220,6 +218,15 @@ fn a_write_fenced_with_an_old_epoch_changes_nothing() {
             .map(drop)
         })
         .expect("scratch table");
+    (election, leader, epoch, writer)
+}
+
+#[test]
+fn a_write_fenced_with_an_old_epoch_changes_nothing() {
+    let Some(db) = postgres_only("leader fencing") else {
+        return;
+    };
+    let (mut election, leader, old_epoch, mut writer) = fenced_writes(&db);
     let write = |writer: &mut Conn, epoch: i64| {
         writer.write(|db| {
             leader::fence(db, epoch)?;
@@ -282,19 +289,7 @@ fn a_takeover_waits_for_the_old_leaders_write_in_flight() {
     let Some(db) = postgres_only("leader fencing of writes in flight") else {
         return;
     };
-    let mut election = elect(&db);
-    let leader = election.leader;
-    let old_epoch = election.contenders[leader].role().epoch().expect("leading");
-    let mut writer = db.connect();
-    writer
-        .write(|db| {
-            db.execute(
-                "CREATE TABLE fenced_writes (epoch BIGINT NOT NULL)",
-                args![],
-            )
-            .map(drop)
-        })
-        .expect("scratch table");
+    let (mut election, leader, old_epoch, mut writer) = fenced_writes(&db);
     let third = connect(&db);
     let third: &dyn Db = &third;
 
